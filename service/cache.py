@@ -1,0 +1,148 @@
+"""The cache: Redis when REDIS_URL is set, an in-process store otherwise, behind one interface.
+
+Failures of the backend surface as `CacheError`, so callers decide whether to fall back or fail.
+"""
+
+from __future__ import annotations
+
+import time
+from collections import OrderedDict
+from typing import Protocol
+
+import redis.asyncio as aioredis
+from quart import Quart, current_app
+from redis.asyncio.retry import Retry
+from redis.backoff import NoBackoff
+from redis.exceptions import RedisError
+
+from service.settings import Settings
+
+_EXTENSION = "cache"
+MEMORY_CACHE_MAX_ENTRIES = 100_000
+
+
+class CacheError(Exception):
+    """The cache backend could not answer."""
+
+
+class Cache(Protocol):
+    async def get(self, key: str) -> str | None: ...
+    async def set(self, key: str, value: str, ttl: float) -> None: ...
+    async def delete(self, key: str) -> None: ...
+    async def incr(self, key: str, ttl: float) -> int: ...
+    async def ping(self) -> None: ...
+    async def close(self) -> None: ...
+
+
+class MemoryCache:
+    """A bounded in-process cache for the embedded default; one per worker process."""
+
+    def __init__(self, max_entries: int = MEMORY_CACHE_MAX_ENTRIES) -> None:
+        self._entries: OrderedDict[str, tuple[str, float]] = OrderedDict()
+        self._max_entries = max_entries
+
+    async def get(self, key: str) -> str | None:
+        entry = self._entries.get(key)
+        if entry is None:
+            return None
+        value, expires_at = entry
+        if expires_at <= time.monotonic():
+            del self._entries[key]
+            return None
+        return value
+
+    async def set(self, key: str, value: str, ttl: float) -> None:
+        self._entries[key] = (value, time.monotonic() + ttl)
+        self._entries.move_to_end(key)
+        while len(self._entries) > self._max_entries:
+            self._entries.popitem(last=False)
+
+    async def delete(self, key: str) -> None:
+        self._entries.pop(key, None)
+
+    async def incr(self, key: str, ttl: float) -> int:
+        current = await self.get(key)
+        value = int(current or 0) + 1
+        expires_at = self._entries[key][1] if current is not None else time.monotonic() + ttl
+        self._entries[key] = (str(value), expires_at)
+        return value
+
+    async def ping(self) -> None:
+        return None
+
+    async def close(self) -> None:
+        self._entries.clear()
+
+
+class RedisCache:
+    def __init__(self, client: aioredis.Redis, prefix: str) -> None:
+        self.client = client
+        self.prefix = prefix
+
+    async def get(self, key: str) -> str | None:
+        try:
+            value = await self.client.get(self.prefix + key)
+        except (RedisError, OSError) as exc:
+            raise CacheError("get failed") from exc
+        return value.decode() if isinstance(value, bytes) else value
+
+    async def set(self, key: str, value: str, ttl: float) -> None:
+        try:
+            await self.client.set(self.prefix + key, value, px=max(1, int(ttl * 1000)))
+        except (RedisError, OSError) as exc:
+            raise CacheError("set failed") from exc
+
+    async def delete(self, key: str) -> None:
+        try:
+            await self.client.delete(self.prefix + key)
+        except (RedisError, OSError) as exc:
+            raise CacheError("delete failed") from exc
+
+    async def incr(self, key: str, ttl: float) -> int:
+        try:
+            async with self.client.pipeline(transaction=True) as pipe:
+                pipe.incr(self.prefix + key)
+                pipe.pexpire(self.prefix + key, max(1, int(ttl * 1000)), nx=True)
+                value, _ = await pipe.execute()
+        except (RedisError, OSError) as exc:
+            raise CacheError("incr failed") from exc
+        return int(value)
+
+    async def ping(self) -> None:
+        try:
+            await self.client.ping()
+        except (RedisError, OSError) as exc:
+            raise CacheError("ping failed") from exc
+
+    async def close(self) -> None:
+        await self.client.aclose()
+
+
+def create_cache(settings: Settings) -> Cache:
+    if settings.redis_url is None:
+        return MemoryCache()
+    client = aioredis.Redis.from_url(
+        settings.redis_url.get_secret_value(),
+        socket_timeout=settings.redis_socket_timeout,
+        socket_connect_timeout=settings.redis_socket_timeout,
+        health_check_interval=30,
+        retry=Retry(NoBackoff(), retries=0),
+    )
+    return RedisCache(client, settings.cache_key_prefix)
+
+
+def init_cache(app: Quart, settings: Settings) -> None:
+    @app.before_serving
+    async def _open() -> None:
+        app.extensions[_EXTENSION] = create_cache(settings)
+
+    @app.after_serving
+    async def _close() -> None:
+        cache: Cache | None = app.extensions.pop(_EXTENSION, None)
+        if cache is not None:
+            await cache.close()
+
+
+def get_cache() -> Cache:
+    cache: Cache = current_app.extensions[_EXTENSION]
+    return cache

@@ -1,0 +1,137 @@
+"""Engine set-up: created when the app starts serving, disposed when it stops."""
+
+from __future__ import annotations
+
+import asyncio
+import fcntl
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from quart import Quart, current_app
+from sqlalchemy import event
+from sqlalchemy.engine import Connection
+from sqlalchemy.exc import DBAPIError, InterfaceError, OperationalError
+from sqlalchemy.exc import TimeoutError as PoolTimeoutError
+from sqlalchemy.ext.asyncio import (
+    AsyncEngine,
+    AsyncSession,
+    async_sessionmaker,
+    create_async_engine,
+)
+
+from service.errors import ServiceUnavailable
+from service.settings import Settings
+
+ALEMBIC_DIR = Path(__file__).resolve().parents[2] / "alembic"
+_EXTENSION = "database"
+
+
+@dataclass
+class Database:
+    engine: AsyncEngine
+    sessions: async_sessionmaker[AsyncSession]
+
+    @asynccontextmanager
+    async def transaction(self) -> AsyncIterator[AsyncSession]:
+        """A session committed on success; a dead database becomes a 503, never a hang."""
+        try:
+            async with self.sessions.begin() as session:
+                yield session
+        except Exception as exc:
+            if is_unavailable(exc):
+                raise ServiceUnavailable() from exc
+            raise
+
+
+def is_unavailable(exc: BaseException) -> bool:
+    """True when the failure means "the database cannot be reached", not a bad query."""
+    if isinstance(
+        exc, OperationalError | InterfaceError | PoolTimeoutError | OSError | TimeoutError
+    ):
+        return True
+    return isinstance(exc, DBAPIError) and exc.connection_invalidated
+
+
+def create_engine(settings: Settings) -> AsyncEngine:
+    url = settings.effective_database_url
+    if settings.uses_embedded_database:
+        settings.data_dir.mkdir(parents=True, exist_ok=True)
+        engine = create_async_engine(
+            url,
+            pool_size=settings.db_pool_size,
+            max_overflow=settings.db_max_overflow,
+            pool_timeout=settings.db_pool_timeout,
+            connect_args={"timeout": settings.db_statement_timeout},
+        )
+        event.listen(engine.sync_engine, "connect", _sqlite_pragmas)
+        return engine
+    return create_async_engine(
+        url,
+        pool_size=settings.db_pool_size,
+        max_overflow=settings.db_max_overflow,
+        pool_timeout=settings.db_pool_timeout,
+        pool_pre_ping=True,
+        connect_args={
+            "timeout": settings.db_connect_timeout,
+            "command_timeout": settings.db_statement_timeout,
+            "server_settings": {
+                "application_name": "scene-packer",
+                "statement_timeout": str(int(settings.db_statement_timeout * 1000)),
+            },
+        },
+    )
+
+
+def init_db(app: Quart, settings: Settings) -> None:
+    @app.before_serving
+    async def _open() -> None:
+        engine = create_engine(settings)
+        if settings.uses_embedded_database:
+            await migrate_embedded(engine, settings.data_dir)
+        sessions = async_sessionmaker(engine, expire_on_commit=False)
+        app.extensions[_EXTENSION] = Database(engine=engine, sessions=sessions)
+
+    @app.after_serving
+    async def _close() -> None:
+        database: Database | None = app.extensions.pop(_EXTENSION, None)
+        if database is not None:
+            await database.engine.dispose()
+
+
+def get_database() -> Database:
+    database: Database = current_app.extensions[_EXTENSION]
+    return database
+
+
+async def migrate_embedded(engine: AsyncEngine, data_dir: Path) -> None:
+    """Bring the embedded SQLite schema to head; a file lock keeps several workers in turn."""
+    lock_path = data_dir / ".migrate.lock"
+    with lock_path.open("w") as lock:
+        await asyncio.to_thread(fcntl.flock, lock, fcntl.LOCK_EX)
+        try:
+            async with engine.begin() as connection:
+                await connection.run_sync(_upgrade_to_head)
+        finally:
+            fcntl.flock(lock, fcntl.LOCK_UN)
+
+
+def _upgrade_to_head(connection: Connection) -> None:
+    from alembic.config import Config
+
+    from alembic import command
+
+    config = Config()
+    config.set_main_option("script_location", str(ALEMBIC_DIR))
+    config.attributes["connection"] = connection
+    command.upgrade(config, "head")
+
+
+def _sqlite_pragmas(dbapi_connection: Any, _record: Any) -> None:
+    cursor = dbapi_connection.cursor()
+    cursor.execute("PRAGMA journal_mode=WAL")
+    cursor.execute("PRAGMA busy_timeout=5000")
+    cursor.execute("PRAGMA foreign_keys=ON")
+    cursor.close()

@@ -1,0 +1,93 @@
+"""One error type for the API and the handlers that turn every failure into the JSON error shape.
+
+Every error body is `{"error": {"code": ..., "message": ..., "request_id": ...}}`; nothing from an
+exception's text or traceback ever reaches a client.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from quart import Quart, Response, jsonify
+from quart_rate_limiter import RateLimitExceeded
+from quart_schema import RequestSchemaValidationError
+from werkzeug.exceptions import HTTPException
+
+from service.observability.context import current_request_id
+
+
+class APIError(Exception):
+    def __init__(self, status: int, code: str, message: str) -> None:
+        super().__init__(code)
+        self.status = status
+        self.code = code
+        self.message = message
+
+
+class ServiceUnavailable(APIError):
+    """A dependency (database or cache) failed; the client may retry later."""
+
+    def __init__(self, message: str = "A backing service is unavailable; retry later.") -> None:
+        super().__init__(503, "service_unavailable", message)
+
+
+_HTTP_CODES = {
+    400: ("bad_request", "The request could not be understood."),
+    401: ("unauthorized", "Authentication is required."),
+    403: ("forbidden", "You may not do this."),
+    404: ("not_found", "No such resource."),
+    405: ("method_not_allowed", "This method is not allowed on this resource."),
+    409: ("conflict", "The request conflicts with the current state."),
+    413: ("body_too_large", "The request body is too large."),
+    415: ("unsupported_media_type", "Send the body as application/json."),
+    429: ("rate_limited", "Too many requests; retry later."),
+    500: ("internal_error", "An internal error occurred."),
+    503: ("service_unavailable", "A backing service is unavailable; retry later."),
+}
+
+
+def error_response(
+    status: int, code: str, message: str, *, details: Any = None, headers: dict[str, str] | None
+) -> Response:
+    body: dict[str, Any] = {"code": code, "message": message, "request_id": current_request_id()}
+    if details is not None:
+        body["details"] = details
+    response = jsonify({"error": body})
+    response.status_code = status
+    response.headers.update(headers or {})
+    return response
+
+
+def register_error_handlers(app: Quart) -> None:
+    app.register_error_handler(APIError, _handle_api_error)
+    app.register_error_handler(RequestSchemaValidationError, _handle_validation_error)
+    app.register_error_handler(HTTPException, _handle_http_exception)
+
+
+async def _handle_api_error(error: APIError) -> Response:
+    return error_response(error.status, error.code, error.message, headers=None)
+
+
+async def _handle_validation_error(error: RequestSchemaValidationError) -> Response:
+    details = None
+    inner = error.validation_error
+    if hasattr(inner, "errors"):
+        # Only where and what: pydantic's `input` would echo the submitted values (passwords).
+        details = [
+            {"field": ".".join(str(part) for part in item["loc"]), "problem": item["msg"]}
+            for item in inner.errors()
+        ]
+    return error_response(
+        400, "invalid_body", "The request body is not valid.", details=details, headers=None
+    )
+
+
+async def _handle_http_exception(error: HTTPException) -> Response:
+    status = error.code or 500
+    code, message = _HTTP_CODES.get(status, ("http_error", "The request failed."))
+    headers: dict[str, str] = {}
+    if isinstance(error, RateLimitExceeded):
+        headers["Retry-After"] = str(error.retry_after)
+    if status == 405 and error.valid_methods:  # type: ignore[attr-defined]
+        headers["Allow"] = ", ".join(error.valid_methods)  # type: ignore[attr-defined]
+    return error_response(status, code, message, headers=headers)

@@ -1,0 +1,1 @@
+"""Logging, request context, metrics and health: the service's observability."""

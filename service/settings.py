@@ -1,0 +1,159 @@
+"""Typed settings, read once from the environment.
+
+Every setting is defined here and nowhere else; README.md's settings table mirrors this class.
+A bad value raises `SettingsError` whose message names the environment variable.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+from enum import StrEnum
+from pathlib import Path
+from typing import Annotated, Any
+
+from pydantic import Field, SecretStr, ValidationError, field_validator, model_validator
+from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
+
+DEVELOPMENT_SECRET_KEY = "development-only-secret-key-do-not-use-in-production"
+MIN_PRODUCTION_SECRET_KEY_LENGTH = 32
+
+
+class Environment(StrEnum):
+    DEVELOPMENT = "development"
+    PRODUCTION = "production"
+
+
+class SettingsError(ValueError):
+    """Raised when the environment holds an invalid setting; the message names it."""
+
+
+class Settings(BaseSettings):
+    model_config = SettingsConfigDict(case_sensitive=False, extra="ignore", frozen=True)
+
+    environment: Environment = Environment.DEVELOPMENT
+    log_level: str | None = Field(
+        default=None, description="DEBUG, INFO, WARNING, ERROR; default DEBUG in development"
+    )
+    secret_key: SecretStr | None = None
+
+    data_dir: Path = Path("var")
+    database_url: SecretStr | None = None
+    db_pool_size: int = Field(default=10, ge=1, le=200)
+    db_max_overflow: int = Field(default=5, ge=0, le=200)
+    db_pool_timeout: float = Field(default=5.0, gt=0, le=120)
+    db_connect_timeout: float = Field(default=5.0, gt=0, le=120)
+    db_statement_timeout: float = Field(default=10.0, gt=0, le=3600)
+
+    redis_url: SecretStr | None = None
+    redis_socket_timeout: float = Field(default=1.0, gt=0, le=60)
+    cache_key_prefix: str = Field(default="scene-packer:", max_length=64)
+    profile_cache_ttl: int = Field(default=300, ge=1, le=86400)
+
+    max_body_bytes: int = Field(default=64 * 1024, ge=1024, le=64 * 1024 * 1024)
+    session_cookie_secure: bool | None = None
+    session_duration_seconds: int = Field(default=7 * 86400, ge=60)
+    trusted_proxies: Annotated[list[str], NoDecode] = Field(default_factory=list)
+
+    rate_limit_window_seconds: int = Field(default=60, ge=1, le=86400)
+    login_limit_per_ip: int = Field(default=20, ge=1)
+    login_limit_per_username: int = Field(default=5, ge=1)
+    register_limit_per_ip: int = Field(default=10, ge=1)
+
+    @field_validator("log_level")
+    @classmethod
+    def _known_level(cls, value: str | None) -> str | None:
+        if value is None or value == "":
+            return None
+        level = value.upper()
+        if level not in {"DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL"}:
+            raise ValueError("must be one of DEBUG, INFO, WARNING, ERROR, CRITICAL")
+        return level
+
+    @field_validator("database_url")
+    @classmethod
+    def _supported_database(cls, value: SecretStr | None) -> SecretStr | None:
+        if value is None or not value.get_secret_value():
+            return None
+        url = value.get_secret_value()
+        if url.startswith(("postgres://", "postgresql://")):
+            url = "postgresql+asyncpg://" + url.split("://", 1)[1]
+        if not url.startswith(("postgresql+asyncpg://", "sqlite+aiosqlite://")):
+            raise ValueError("must start with postgresql+asyncpg:// or sqlite+aiosqlite://")
+        return SecretStr(url)
+
+    @field_validator("redis_url")
+    @classmethod
+    def _supported_redis(cls, value: SecretStr | None) -> SecretStr | None:
+        if value is None or not value.get_secret_value():
+            return None
+        if not value.get_secret_value().startswith(("redis://", "rediss://", "unix://")):
+            raise ValueError("must start with redis://, rediss:// or unix://")
+        return value
+
+    @field_validator("trusted_proxies", mode="before")
+    @classmethod
+    def _split_proxies(cls, value: Any) -> Any:
+        if isinstance(value, str):
+            value = [part.strip() for part in value.split(",") if part.strip()]
+        for network in value:
+            try:
+                ipaddress.ip_network(network, strict=False)
+            except ValueError:
+                raise ValueError(f"{network!r} is not an IP address or network") from None
+        return value
+
+    @model_validator(mode="after")
+    def _production_needs_secret(self) -> Settings:
+        if self.environment is Environment.PRODUCTION:
+            key = self.secret_key.get_secret_value() if self.secret_key else ""
+            if len(key) < MIN_PRODUCTION_SECRET_KEY_LENGTH:
+                raise ValueError(
+                    "SECRET_KEY: production needs an explicit SECRET_KEY of at least "
+                    f"{MIN_PRODUCTION_SECRET_KEY_LENGTH} characters"
+                )
+        return self
+
+    @property
+    def is_production(self) -> bool:
+        return self.environment is Environment.PRODUCTION
+
+    @property
+    def effective_log_level(self) -> str:
+        return self.log_level or ("INFO" if self.is_production else "DEBUG")
+
+    @property
+    def effective_secret_key(self) -> str:
+        return self.secret_key.get_secret_value() if self.secret_key else DEVELOPMENT_SECRET_KEY
+
+    @property
+    def effective_database_url(self) -> str:
+        if self.database_url is not None:
+            return self.database_url.get_secret_value()
+        return f"sqlite+aiosqlite:///{self.data_dir / 'scene_packer.db'}"
+
+    @property
+    def uses_embedded_database(self) -> bool:
+        return self.effective_database_url.startswith("sqlite")
+
+    @property
+    def cookie_secure(self) -> bool:
+        if self.session_cookie_secure is None:
+            return self.is_production
+        return self.session_cookie_secure
+
+
+def load_settings(**overrides: Any) -> Settings:
+    """Read settings from the environment (overrides win); SettingsError names a bad one."""
+    try:
+        return Settings(**overrides)
+    except ValidationError as exc:
+        raise SettingsError(_describe(exc)) from None
+
+
+def _describe(exc: ValidationError) -> str:
+    problems = []
+    for error in exc.errors():
+        name = ".".join(str(part) for part in error["loc"]).upper()
+        message = error["msg"].removeprefix("Value error, ")
+        problems.append(f"{name}: {message}" if name else message)
+    return "invalid configuration: " + "; ".join(problems)

@@ -1,0 +1,131 @@
+"""Fixtures: real PostgreSQL and Redis (a fresh database per test run, migrated by alembic),
+and the embedded default (SQLite in a temporary directory, in-process cache)."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import subprocess
+import sys
+import uuid
+from collections.abc import AsyncIterator, Coroutine, Iterator
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+from typing import Any
+
+import asyncpg
+import pytest
+from quart import Quart
+from quart.typing import TestClientProtocol as Client
+from sqlalchemy.engine import make_url
+
+from service.app import create_app
+from service.settings import Settings, load_settings
+
+ROOT = Path(__file__).resolve().parents[1]
+PG_ADMIN_URL = os.environ.get("TEST_POSTGRES_URL", "postgresql://postgres@127.0.0.1:5432/postgres")
+REDIS_URL = os.environ.get("TEST_REDIS_URL", "redis://127.0.0.1:6379/0")
+BACKENDS = ["postgres", "embedded"]
+
+
+@pytest.fixture(scope="session")
+def postgres_url() -> Iterator[str]:
+    """A fresh database for this run, created empty and migrated by `alembic upgrade head`."""
+    name = f"scene_packer_test_{uuid.uuid4().hex[:12]}"
+    _in_thread(_admin(f'CREATE DATABASE "{name}"'))
+    url = make_url(PG_ADMIN_URL).set(drivername="postgresql+asyncpg", database=name)
+    url_text = url.render_as_string(hide_password=False)
+    try:
+        run_alembic(url_text, "upgrade", "head")
+        yield url_text
+    finally:
+        _in_thread(_admin(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'))
+
+
+def run_alembic(database_url: str, *args: str) -> subprocess.CompletedProcess[str]:
+    env = {**os.environ, "DATABASE_URL": database_url}
+    return subprocess.run(
+        [sys.executable, "-m", "alembic", *args],
+        cwd=ROOT,
+        env=env,
+        check=True,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+
+
+def make_settings(backend: str, postgres_url: str | None, data_dir: Path, **extra: Any) -> Settings:
+    if backend == "postgres":
+        assert postgres_url is not None
+        backing: dict[str, Any] = {
+            "database_url": postgres_url,
+            "redis_url": REDIS_URL,
+            "cache_key_prefix": f"test-{uuid.uuid4().hex[:8]}:",
+        }
+    else:
+        backing = {"database_url": "", "redis_url": ""}
+    return load_settings(data_dir=data_dir, environment="development", **backing, **extra)
+
+
+@pytest.fixture(params=BACKENDS)
+def backend(request: pytest.FixtureRequest) -> str:
+    value: str = request.param
+    return value
+
+
+@pytest.fixture
+async def settings(backend: str, request: pytest.FixtureRequest, tmp_path: Path) -> Settings:
+    postgres = request.getfixturevalue("postgres_url") if backend == "postgres" else None
+    if postgres is not None:
+        await _truncate(postgres)
+    return make_settings(backend, postgres, tmp_path)
+
+
+@pytest.fixture
+async def app(settings: Settings) -> AsyncIterator[Quart]:
+    application = create_app(settings)
+    async with application.test_app() as test_app:
+        yield test_app.app  # type: ignore[attr-defined]
+
+
+@pytest.fixture
+def client(app: Quart) -> Client:
+    return app.test_client()
+
+
+async def register(
+    client: Client, username: str = "alice", password: str = "correct horse battery"
+) -> Any:
+    return await client.post(
+        "/api/auth/register", json={"username": username, "password": password}
+    )
+
+
+async def login(
+    client: Client, username: str = "alice", password: str = "correct horse battery"
+) -> Any:
+    return await client.post("/api/auth/login", json={"username": username, "password": password})
+
+
+def _in_thread(coroutine: Coroutine[Any, Any, None]) -> None:
+    """Run set-up SQL on its own loop: fixtures may be called while a test's loop is running."""
+    with ThreadPoolExecutor(max_workers=1) as pool:
+        pool.submit(asyncio.run, coroutine).result()
+
+
+async def _admin(sql: str) -> None:
+    connection = await asyncpg.connect(PG_ADMIN_URL)
+    try:
+        await connection.execute(sql)
+    finally:
+        await connection.close()
+
+
+async def _truncate(url: str) -> None:
+    dsn = make_url(url).set(drivername="postgresql").render_as_string(hide_password=False)
+    connection = await asyncpg.connect(dsn)
+    try:
+        await connection.execute("TRUNCATE users RESTART IDENTITY")
+    finally:
+        await connection.close()

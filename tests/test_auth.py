@@ -1,0 +1,79 @@
+"""The user domain over HTTP, on PostgreSQL + Redis and on the embedded default."""
+
+from __future__ import annotations
+
+from tests.conftest import Client, login, register
+
+
+async def test_index_describes_the_service(client: Client) -> None:
+    response = await client.get("/")
+    assert response.status_code == 200
+    body = await response.get_json()
+    assert body["service"] == "eBook Scene Packer"
+    assert body["version"]
+
+
+async def test_register_login_me_logout(client: Client) -> None:
+    response = await register(client, "Alice")
+    assert response.status_code == 201
+    created = await response.get_json()
+    assert created["username"] == "alice"
+    assert "password" not in str(created) and "hash" not in str(created)
+
+    response = await login(client, "alice")
+    assert response.status_code == 200
+    assert (await response.get_json())["id"] == created["id"]
+
+    response = await client.get("/api/auth/me")
+    assert response.status_code == 200
+    me = await response.get_json()
+    assert me["username"] == "alice"
+    assert me["last_login_at"] is not None
+
+    response = await client.post("/api/auth/logout")
+    assert response.status_code == 204
+    response = await client.get("/api/auth/me")
+    assert response.status_code == 401
+
+
+async def test_me_is_read_through_and_invalidated_on_login(client: Client) -> None:
+    await register(client)
+    await login(client)
+    first = await (await client.get("/api/auth/me")).get_json()
+    again = await (await client.get("/api/auth/me")).get_json()
+    assert again == first
+    await login(client)  # changes last_login_at, so the cached profile must be dropped
+    after = await (await client.get("/api/auth/me")).get_json()
+    assert after["last_login_at"] > first["last_login_at"]
+
+
+async def test_duplicate_username_is_409(client: Client) -> None:
+    assert (await register(client, "bob")).status_code == 201
+    response = await register(client, "BOB")
+    assert response.status_code == 409
+    assert (await response.get_json())["error"]["code"] == "username_taken"
+
+
+async def test_wrong_password_and_unknown_user_are_the_same_401(
+    client: Client,
+) -> None:
+    await register(client, "carol")
+    wrong = await login(client, "carol", "not the password")
+    unknown = await login(client, "nobody", "not the password")
+    assert wrong.status_code == unknown.status_code == 401
+    assert (await wrong.get_json())["error"]["code"] == "invalid_credentials"
+    assert (await wrong.get_json())["error"]["message"] == (await unknown.get_json())["error"][
+        "message"
+    ]
+
+
+async def test_me_without_session_is_401(client: Client) -> None:
+    response = await client.get("/api/auth/me")
+    assert response.status_code == 401
+    assert (await response.get_json())["error"]["code"] == "unauthorized"
+
+
+async def test_forged_session_cookie_is_401(client: Client) -> None:
+    client.set_cookie("localhost", "scene_packer_session", "IjEi.forged.signature")  # type: ignore[attr-defined]
+    response = await client.get("/api/auth/me")
+    assert response.status_code == 401

@@ -1,0 +1,166 @@
+"""Every failure is a JSON error with the right status and no internals."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+from quart import Quart
+
+from service.app import create_app
+from service.settings import Settings
+from tests.conftest import ROOT, Client, login, register
+
+
+async def _error(response: object) -> dict[str, str]:
+    body = await response.get_json()  # type: ignore[attr-defined]
+    assert set(body) == {"error"}
+    return body["error"]  # type: ignore[no-any-return]
+
+
+async def test_unknown_route_is_404_json(client: Client) -> None:
+    response = await client.get("/no/such/thing")
+    assert response.status_code == 404
+    assert (await _error(response))["code"] == "not_found"
+
+
+async def test_wrong_method_is_405_with_allow(client: Client) -> None:
+    response = await client.get("/api/auth/login")
+    assert response.status_code == 405
+    assert "POST" in response.headers["Allow"]
+    assert (await _error(response))["code"] == "method_not_allowed"
+
+
+@pytest.mark.parametrize(
+    "body",
+    [
+        {"username": "x", "password": "long enough password"},
+        {"username": "alice"},
+        {"username": "al ice!", "password": "long enough password"},
+        {"username": "alice", "password": "short"},
+        ["not", "an", "object"],
+    ],
+)
+async def test_invalid_register_body_is_400_without_echoing_input(
+    client: Client, body: object
+) -> None:
+    response = await client.post("/api/auth/register", json=body)
+    assert response.status_code == 400
+    error = await _error(response)
+    assert error["code"] == "invalid_body"
+    assert error["details"]
+    assert "long enough password" not in await response.get_data(as_text=True)
+
+
+async def test_malformed_json_is_400(client: Client) -> None:
+    response = await client.post(
+        "/api/auth/login", data=b'{"username": ', headers={"Content-Type": "application/json"}
+    )
+    assert response.status_code == 400
+    assert (await _error(response))["code"] in {"bad_request", "invalid_body"}
+
+
+async def test_oversized_body_is_413(client: Client, settings: Settings) -> None:
+    blob = "x" * (settings.max_body_bytes + 1)
+    response = await client.post(
+        "/api/auth/register",
+        data=f'{{"username": "alice", "password": "{blob}"}}',
+        headers={"Content-Type": "application/json"},
+    )
+    assert response.status_code == 413
+    assert (await _error(response))["code"] == "body_too_large"
+
+
+async def test_login_over_the_limit_is_429_with_retry_after(
+    settings: Settings, tmp_path: Path
+) -> None:
+    limited = settings.model_copy(update={"login_limit_per_username": 3})
+    app = create_app(limited)
+    async with app.test_app() as test_app:
+        client = test_app.test_client()
+        await register(client, "dave")
+        statuses = [(await login(client, "dave", "wrong password")).status_code for _ in range(3)]
+        assert statuses == [401, 401, 401]
+        response = await login(client, "dave")
+        assert response.status_code == 429
+        assert int(response.headers["Retry-After"]) >= 1
+        assert (await _error(response))["code"] == "rate_limited"
+        # Another username from the same address is still allowed.
+        assert (await login(client, "erin", "wrong password")).status_code == 401
+
+
+@pytest.mark.parametrize("backend", ["postgres"], indirect=True)
+async def test_rate_limit_is_shared_by_two_instances_through_redis(settings: Settings) -> None:
+    limited = settings.model_copy(update={"login_limit_per_username": 4})
+    first, second = create_app(limited), create_app(limited)
+    async with first.test_app() as app_a, second.test_app() as app_b:
+        client_a, client_b = app_a.test_client(), app_b.test_client()
+        for client in (client_a, client_b, client_a, client_b):
+            assert (await login(client, "frank", "wrong password")).status_code == 401
+        assert (await login(client_b, "frank", "wrong password")).status_code == 429
+        assert (await login(client_a, "frank", "wrong password")).status_code == 429
+
+
+async def test_unhandled_exception_is_500_without_internals(settings: Settings) -> None:
+    app = create_app(settings)
+
+    @app.get("/boom")
+    async def boom() -> str:
+        raise RuntimeError("secret internal detail /etc/passwd")
+
+    async with app.test_app() as test_app:
+        response = await test_app.test_client().get("/boom")
+    assert response.status_code == 500
+    text = await response.get_data(as_text=True)
+    assert "secret internal detail" not in text and "Traceback" not in text
+    assert (await _error(response))["code"] == "internal_error"
+
+
+@pytest.mark.parametrize("backend", ["embedded"], indirect=True)
+async def test_cache_outage_makes_login_503_not_500(settings: Settings) -> None:
+    broken = settings.model_copy(update={"redis_url": _secret("redis://127.0.0.1:1/0")})
+    app: Quart = create_app(broken)
+    async with app.test_app() as test_app:
+        client = test_app.test_client()
+        response = await login(client, "gina", "whatever password")
+    assert response.status_code == 503
+    assert (await _error(response))["code"] == "service_unavailable"
+    assert "127.0.0.1" not in await response.get_data(as_text=True)
+
+
+@pytest.mark.parametrize(
+    ("environment", "setting"),
+    [
+        ({"ENVIRONMENT": "production"}, "SECRET_KEY"),
+        ({"ENVIRONMENT": "staging"}, "ENVIRONMENT"),
+        ({"DB_POOL_SIZE": "lots"}, "DB_POOL_SIZE"),
+        ({"DATABASE_URL": "mysql://localhost/x"}, "DATABASE_URL"),
+        ({"LOG_LEVEL": "LOUD"}, "LOG_LEVEL"),
+        ({"TRUSTED_PROXIES": "10.0.0.0/8,not-an-ip"}, "TRUSTED_PROXIES"),
+    ],
+)
+def test_bad_setting_fails_start_up_with_one_line_naming_it(
+    environment: dict[str, str], setting: str, tmp_path: Path
+) -> None:
+    env = {"PATH": "/usr/bin:/bin", "DATA_DIR": str(tmp_path), **environment}
+    result = subprocess.run(
+        [sys.executable, "-c", "import service.asgi"],
+        cwd=ROOT,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert result.returncode != 0
+    lines = result.stderr.strip().splitlines()
+    assert len(lines) == 1, result.stderr
+    assert setting in lines[0]
+    assert "Traceback" not in result.stderr
+
+
+def _secret(value: str) -> object:
+    from pydantic import SecretStr
+
+    return SecretStr(value)

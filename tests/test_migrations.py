@@ -1,0 +1,41 @@
+"""`alembic upgrade head` from the repository root creates the schema on both backends."""
+
+from __future__ import annotations
+
+import sqlite3
+from pathlib import Path
+
+import asyncpg
+from sqlalchemy.engine import make_url
+
+from tests.conftest import run_alembic
+
+
+async def test_postgres_schema_is_at_head(postgres_url: str) -> None:
+    dsn = make_url(postgres_url).set(drivername="postgresql").render_as_string(hide_password=False)
+    connection = await asyncpg.connect(dsn)
+    try:
+        version = await connection.fetchval("SELECT version_num FROM alembic_version")
+        columns = {
+            row["column_name"]
+            for row in await connection.fetch(
+                "SELECT column_name FROM information_schema.columns WHERE table_name = 'users'"
+            )
+        }
+    finally:
+        await connection.close()
+    assert version == "0001"
+    assert columns == {"id", "username", "password_hash", "created_at", "last_login_at"}
+
+
+def test_alembic_cli_migrates_sqlite_and_downgrades(tmp_path: Path) -> None:
+    database = tmp_path / "cli.db"
+    url = f"sqlite+aiosqlite:///{database}"
+    run_alembic(url, "upgrade", "head")
+    with sqlite3.connect(database) as connection:
+        tables = {row[0] for row in connection.execute("SELECT name FROM sqlite_master")}
+    assert "users" in tables
+    run_alembic(url, "downgrade", "base")
+    with sqlite3.connect(database) as connection:
+        tables = {row[0] for row in connection.execute("SELECT name FROM sqlite_master")}
+    assert "users" not in tables
