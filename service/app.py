@@ -2,24 +2,41 @@
 
 from __future__ import annotations
 
-from quart import Quart
-from quart_auth import QuartAuth
+from types import TracebackType
+
+import structlog
+from quart import Quart, request
+from quart_auth import QuartAuth, current_user
 from quart_schema import QuartSchema
 
 from service.blueprints import auth, meta
 from service.cache import init_cache
 from service.db import init_db
 from service.errors import register_error_handlers
+from service.observability.context import bind_route, bind_user
+from service.observability.logging import configure_logging
+from service.observability.middleware import RequestObserver
 from service.rate_limits import init_rate_limits
 from service.settings import Settings, load_settings
 from service.version import VERSION
 
 SESSION_COOKIE_NAME = "scene_packer_session"
 
+logger = structlog.get_logger("service.request")
+
+_ExcInfo = tuple[type[BaseException], BaseException, TracebackType] | tuple[None, None, None]
+
+
+class ServiceApp(Quart):
+    def log_exception(self, exc_info: _ExcInfo) -> None:
+        # The one server-side record of an unhandled exception; the client only sees a 500.
+        logger.error("request_failed", exc_info=exc_info)
+
 
 def create_app(settings: Settings | None = None) -> Quart:
     settings = settings if settings is not None else load_settings()
-    app = Quart(__name__)
+    configure_logging(settings)
+    app = ServiceApp(__name__)
     app.config.update(
         SECRET_KEY=settings.effective_secret_key,
         MAX_CONTENT_LENGTH=settings.max_body_bytes,
@@ -32,6 +49,7 @@ def create_app(settings: Settings | None = None) -> Quart:
 
     init_db(app, settings)
     init_cache(app, settings)
+    app.before_request(_bind_request_context)
     init_rate_limits(app, settings)
     QuartAuth(app)
     QuartSchema(
@@ -44,4 +62,14 @@ def create_app(settings: Settings | None = None) -> Quart:
 
     app.register_blueprint(meta.blueprint)
     app.register_blueprint(auth.create_blueprint(settings))
+    app.asgi_app = RequestObserver(app.asgi_app, settings)  # type: ignore[method-assign]
     return app
+
+
+async def _bind_request_context() -> None:
+    if request.url_rule is not None:
+        bind_route(request.url_rule.rule)
+    if SESSION_COOKIE_NAME in request.cookies:
+        auth_id = current_user.auth_id
+        if auth_id is not None and auth_id.isdigit():
+            bind_user(int(auth_id))

@@ -35,6 +35,7 @@ class Settings(BaseSettings):
         default=None, description="DEBUG, INFO, WARNING, ERROR; default DEBUG in development"
     )
     secret_key: SecretStr | None = None
+    log_health_requests: bool = False
 
     data_dir: Path = Path("var")
     database_url: SecretStr | None = None

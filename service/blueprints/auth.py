@@ -3,11 +3,12 @@
 from __future__ import annotations
 
 import json
+import re
 from datetime import UTC, datetime
 
 import structlog
 from pydantic import BaseModel, Field
-from quart import Blueprint, Response, current_app
+from quart import Blueprint, Response, current_app, request
 from quart_auth import AuthUser, current_user, login_required, login_user, logout_user
 from quart_rate_limiter import rate_limit
 from quart_schema import validate_request
@@ -23,6 +24,7 @@ from service.db.users import (
     update_login,
 )
 from service.errors import APIError
+from service.observability.context import bind_user
 from service.passwords import hash_password, needs_rehash, verify_password
 from service.rate_limits import login_limits, register_limits
 from service.settings import Settings
@@ -79,9 +81,17 @@ def create_blueprint(settings: Settings) -> Blueprint:
             await update_login(session, user.id, new_hash)
         await _forget_profile(user.id)
         login_user(AuthUser(str(user.id)))
-        structlog.contextvars.bind_contextvars(user_id=user.id)
+        bind_user(user.id)
         logger.info("login_success", user_id=user.id)
         return {"id": user.id, "username": user.username}
+
+    @blueprint.after_request
+    async def log_rejected_login(response: Response) -> Response:
+        reason = _REJECTED_LOGIN_REASONS.get(response.status_code)
+        if request.endpoint == "auth.login" and reason is not None:
+            username = await _submitted_username() if response.status_code != 413 else None
+            logger.warning("login_failed", username=username, reason=reason)
+        return response
 
     @blueprint.post("/logout")
     async def logout() -> Response:
@@ -101,6 +111,18 @@ def create_blueprint(settings: Settings) -> Blueprint:
         return profile
 
     return blueprint
+
+
+_REJECTED_LOGIN_REASONS = {400: "invalid_input", 413: "invalid_input", 429: "rate_limited"}
+
+
+async def _submitted_username() -> str | None:
+    """The username of a rejected login, only when it is a well-formed one (safe to log)."""
+    body = await request.get_json(silent=True)
+    username = body.get("username") if isinstance(body, dict) else None
+    if isinstance(username, str) and re.fullmatch(USERNAME_PATTERN, username):
+        return username.lower()
+    return None
 
 
 def _current_user_id() -> int:

@@ -1,4 +1,9 @@
-"""The request context: request id and client address, bound through contextvars."""
+"""The request context: request id, route, user and client address, bound through contextvars.
+
+The ASGI middleware binds the request's fields at its start. Quart runs the handler in a child
+task, which sees those bindings but whose own bindings (route, user) the middleware would not;
+`RequestState` is the one mutable object both share, so the request's last log line knows them.
+"""
 
 from __future__ import annotations
 
@@ -6,6 +11,8 @@ import ipaddress
 import re
 import uuid
 from collections.abc import Sequence
+from contextvars import ContextVar
+from dataclasses import dataclass
 from functools import lru_cache
 
 import structlog
@@ -14,9 +21,44 @@ REQUEST_ID_HEADER = "X-Request-ID"
 _SAFE_REQUEST_ID = re.compile(r"[A-Za-z0-9._-]{8,128}")
 
 
+@dataclass(slots=True)
+class RequestState:
+    request_id: str
+    route: str | None = None
+    user_id: int | None = None
+
+
+_request_state: ContextVar[RequestState | None] = ContextVar("request_state", default=None)
+
+
+def start_request(request_id: str, method: str, path: str, client: str) -> RequestState:
+    """Forget whatever the context held and bind this request's fields."""
+    structlog.contextvars.clear_contextvars()
+    structlog.contextvars.bind_contextvars(
+        request_id=request_id, method=method, path=path, client_ip=client
+    )
+    state = RequestState(request_id)
+    _request_state.set(state)
+    return state
+
+
+def bind_route(route: str) -> None:
+    state = _request_state.get()
+    if state is not None:
+        state.route = route
+    structlog.contextvars.bind_contextvars(route=route)
+
+
+def bind_user(user_id: int) -> None:
+    state = _request_state.get()
+    if state is not None:
+        state.user_id = user_id
+    structlog.contextvars.bind_contextvars(user_id=user_id)
+
+
 def current_request_id() -> str | None:
-    value = structlog.contextvars.get_contextvars().get("request_id")
-    return value if isinstance(value, str) else None
+    state = _request_state.get()
+    return state.request_id if state is not None else None
 
 
 def accept_request_id(incoming: str | None) -> str:

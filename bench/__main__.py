@@ -1,0 +1,21 @@
+"""`python -m bench NAME`: run one benchmark and write bench/results/NAME.{json,md}."""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+
+BENCHMARKS = {
+    "logging": "bench.logging_cost",
+}
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(prog="python -m bench")
+    parser.add_argument("name", choices=sorted(BENCHMARKS))
+    args = parser.parse_args()
+    importlib.import_module(BENCHMARKS[args.name]).run()
+
+
+if __name__ == "__main__":
+    main()

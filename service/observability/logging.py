@@ -1,0 +1,217 @@
+"""The single logging pipeline: structlog's processor chain, shared with stdlib logging.
+
+`configure_logging` builds one chain. structlog events are rendered by it directly; records from
+stdlib loggers (SQLAlchemy, alembic, asyncio, Quart, hypercorn) reach the same chain through
+`ProcessorFormatter`, so production emits nothing but one JSON object per line.
+"""
+
+from __future__ import annotations
+
+import logging
+import re
+import sys
+from collections.abc import Mapping
+from functools import lru_cache
+from typing import Any, TextIO
+
+import orjson
+import structlog
+from structlog.types import EventDict, Processor, WrappedLogger
+
+from service.settings import Settings
+
+REDACTED = "[REDACTED]"
+SENSITIVE_KEY_PARTS = (
+    "password",
+    "passwd",
+    "secret",
+    "token",
+    "authorization",
+    "cookie",
+    "api_key",
+    "apikey",
+)
+HYPERCORN_LOGGERS = ("hypercorn.error", "hypercorn.access")
+_URL_CREDENTIALS = re.compile(
+    r"(?P<scheme>[A-Za-z][A-Za-z0-9+.-]*://)(?P<user>[^:/@\s]*):[^@\s/]*@"
+)
+_CONTROL_CHARACTERS = re.compile(r"[\x00-\x1f\x7f]")
+
+
+def configure_logging(settings: Settings, stream: TextIO | None = None) -> None:
+    """Build the processor chain for structlog and route every stdlib logger through it."""
+    stream = stream if stream is not None else sys.stdout
+    level = logging.getLevelNamesMapping()[settings.effective_log_level]
+    shared = shared_processors()
+
+    binary = hasattr(stream, "buffer")
+    if settings.is_production:
+        text_renderer: list[Processor] = [
+            structlog.processors.format_exc_info,
+            redact,
+            structlog.processors.JSONRenderer(serializer=_dumps_text),
+        ]
+        # Straight to bytes where the stream allows it: orjson's output needs no decoding.
+        native_renderer: list[Processor] = [
+            *text_renderer[:-1],
+            structlog.processors.JSONRenderer(serializer=orjson.dumps if binary else _dumps_text),
+        ]
+        factory: Any = _NamedLoggerFactory(stream, binary=binary)
+    else:
+        colors = stream.isatty()
+        text_renderer = [redact, escape_control_characters, structlog.dev.ConsoleRenderer(colors)]
+        native_renderer = text_renderer
+        factory = _NamedLoggerFactory(stream, binary=False)
+
+    structlog.reset_defaults()
+    structlog.configure(
+        processors=[*shared, *native_renderer],
+        wrapper_class=structlog.make_filtering_bound_logger(level),
+        logger_factory=factory,
+        # Cached loggers are fastest but ignore later reconfiguration (tests reconfigure).
+        cache_logger_on_first_use=settings.is_production,
+    )
+
+    handler = logging.StreamHandler(stream)
+    handler.addFilter(_allow_listed_access_fields)
+    handler.setFormatter(
+        structlog.stdlib.ProcessorFormatter(
+            foreign_pre_chain=[_add_access_fields, *shared],
+            processors=[structlog.stdlib.ProcessorFormatter.remove_processors_meta, *text_renderer],
+        )
+    )
+    root = logging.getLogger()
+    root.handlers = [handler]
+    root.setLevel(level)
+    for name in HYPERCORN_LOGGERS:
+        server_logger = logging.getLogger(name)
+        server_logger.handlers = []
+        server_logger.propagate = True
+    # SQL statements carry user data; only problems are worth a line.
+    logging.getLogger("sqlalchemy").setLevel(max(level, logging.WARNING))
+    # A record that fails to format must vanish, not be dumped with its arguments to stderr.
+    logging.raiseExceptions = False
+    logging.captureWarnings(True)
+
+
+def shared_processors() -> list[Processor]:
+    return [
+        structlog.contextvars.merge_contextvars,
+        structlog.stdlib.add_logger_name,
+        structlog.stdlib.add_log_level,
+        structlog.processors.TimeStamper(fmt="iso", utc=True),
+        structlog.processors.StackInfoRenderer(),
+    ]
+
+
+def redact(_logger: WrappedLogger, _method: str, event_dict: EventDict) -> EventDict:
+    """Replace values of sensitive keys at any depth; strip passwords out of URLs and DSNs."""
+    return {key: _redact_value(key, value) for key, value in event_dict.items()}
+
+
+def redact_url(text: str) -> str:
+    if "://" not in text:
+        return text
+    return _URL_CREDENTIALS.sub(r"\g<scheme>\g<user>:***@", text)
+
+
+def escape_control_characters(
+    _logger: WrappedLogger, _method: str, event_dict: EventDict
+) -> EventDict:
+    """Console output: a value cannot start a new, forged line."""
+    for key, value in event_dict.items():
+        if isinstance(value, str) and _CONTROL_CHARACTERS.search(value) and key != "exception":
+            event_dict[key] = value.encode("unicode_escape").decode("ascii")
+    return event_dict
+
+
+def _redact_value(key: Any, value: Any) -> Any:
+    if isinstance(key, str) and _is_sensitive(key):
+        return REDACTED
+    if isinstance(value, str):
+        return redact_url(value)
+    if isinstance(value, Mapping):
+        return {k: _redact_value(k, v) for k, v in value.items()}
+    if isinstance(value, list | tuple):
+        return [_redact_value(None, item) for item in value]
+    return value
+
+
+@lru_cache(maxsize=4096)
+def _is_sensitive(key: str) -> bool:
+    lowered = key.lower().replace("-", "_")
+    return any(part in lowered for part in SENSITIVE_KEY_PARTS)
+
+
+# hypercorn's access record carries every request header and the whole process environment as its
+# arguments; only these fields, by name, leave the record.
+_ACCESS_ATOMS = {
+    "m": "method",
+    "U": "path",
+    "s": "status",
+    "H": "protocol",
+    "h": "peer",
+    "D": "duration_us",
+    "{x-request-id}o": "request_id",
+    "{content-length}o": "response_bytes",
+}
+
+
+_NUMERIC_ACCESS_FIELDS = {"status", "duration_us", "response_bytes"}
+
+
+def _allow_listed_access_fields(record: logging.LogRecord) -> bool:
+    if record.name == "hypercorn.access" and isinstance(record.args, Mapping):
+        atoms: Mapping[str, Any] = record.args
+        fields: dict[str, Any] = {}
+        for atom, name in _ACCESS_ATOMS.items():
+            value = atoms.get(atom)
+            if value is None or value == "-":
+                continue
+            if name in _NUMERIC_ACCESS_FIELDS:
+                try:
+                    value = int(value)
+                except (TypeError, ValueError):
+                    continue
+            fields[name] = value
+        record.msg, record.args = "http_access", None
+        record.access_fields = fields
+    return True
+
+
+def _add_access_fields(_logger: WrappedLogger, _method: str, event_dict: EventDict) -> EventDict:
+    record = event_dict.get("_record")
+    fields = getattr(record, "access_fields", None)
+    if fields:
+        event_dict.update(fields)
+    return event_dict
+
+
+def _dumps_text(obj: Any, **kwargs: Any) -> str:
+    return orjson.dumps(obj, **kwargs).decode()
+
+
+class _NamedLogger(structlog.BytesLogger):
+    def __init__(self, name: str, stream: TextIO) -> None:
+        super().__init__(stream.buffer)
+        self.name = name
+
+
+class _NamedTextLogger(structlog.PrintLogger):
+    def __init__(self, name: str, stream: TextIO) -> None:
+        super().__init__(stream)
+        self.name = name
+
+
+class _NamedLoggerFactory:
+    """structlog's own fast loggers, with a `name` for `add_logger_name`."""
+
+    def __init__(self, stream: TextIO, *, binary: bool) -> None:
+        self._stream = stream
+        self._binary = binary
+
+    def __call__(self, *args: Any) -> WrappedLogger:
+        name = args[0] if args and isinstance(args[0], str) else "service"
+        if self._binary:
+            return _NamedLogger(name, self._stream)
+        return _NamedTextLogger(name, self._stream)

@@ -1,0 +1,100 @@
+"""The ASGI middleware that observes every HTTP request.
+
+It runs outside Quart, so it sees the whole exchange: it binds the request context, echoes the
+request id on every response (500s included), and writes the one canonical `request_finished`
+line once the body has been fully sent.
+"""
+
+from __future__ import annotations
+
+import time
+from typing import Any
+
+import structlog
+from hypercorn.typing import ASGIFramework, ASGIReceiveCallable, ASGISendCallable, Scope
+
+from service.observability.context import (
+    REQUEST_ID_HEADER,
+    accept_request_id,
+    client_ip,
+    start_request,
+)
+from service.settings import Settings
+
+logger = structlog.get_logger("service.request")
+
+_REQUEST_ID_HEADER = REQUEST_ID_HEADER.lower().encode()
+_POLL_PATHS = ("/metrics", "/api/health")
+_FALLBACK_BODY = b'{"error": {"code": "internal_error", "message": "An internal error occurred."}}'
+
+
+class RequestObserver:
+    def __init__(self, app: ASGIFramework, settings: Settings) -> None:
+        self.app = app
+        self.settings = settings
+
+    async def __call__(
+        self, scope: Scope, receive: ASGIReceiveCallable, send: ASGISendCallable
+    ) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        incoming_id = forwarded_for = None
+        for name, value in scope["headers"]:
+            if name == _REQUEST_ID_HEADER:
+                incoming_id = value.decode("latin-1")
+            elif name == b"x-forwarded-for":
+                forwarded_for = value.decode("latin-1")
+        request_id = accept_request_id(incoming_id)
+        peer = scope.get("client")
+        client = client_ip(peer[0] if peer else None, forwarded_for, self.settings.trusted_proxies)
+        state = start_request(request_id, scope["method"], scope["path"], client)
+        id_header = (_REQUEST_ID_HEADER, request_id.encode())
+        status = 500
+        sent_bytes = 0
+        response_started = False
+        started_at = time.perf_counter()
+
+        async def observed_send(message: Any) -> None:
+            nonlocal status, sent_bytes, response_started
+            if message["type"] == "http.response.start":
+                response_started = True
+                status = message["status"]
+                message = {**message, "headers": [*message.get("headers", ()), id_header]}
+            elif message["type"] == "http.response.body":
+                sent_bytes += len(message.get("body", b""))
+            await send(message)
+
+        try:
+            await self.app(scope, receive, observed_send)
+        except Exception:
+            logger.exception("request_failed")
+            if not response_started:
+                await _send_fallback_500(observed_send)
+        finally:
+            if self.settings.log_health_requests or not scope["path"].startswith(_POLL_PATHS):
+                duration_ms = round((time.perf_counter() - started_at) * 1000, 3)
+                level = "error" if status >= 500 else "warning" if status >= 400 else "info"
+                logger.log(
+                    _LEVELS[level],
+                    "request_finished",
+                    status=status,
+                    duration_ms=duration_ms,
+                    response_bytes=sent_bytes,
+                    route=state.route,
+                    user_id=state.user_id,
+                )
+
+
+_LEVELS = {"info": 20, "warning": 30, "error": 40}
+
+
+async def _send_fallback_500(send: ASGISendCallable) -> None:
+    headers = [
+        (b"content-type", b"application/json"),
+        (b"content-length", b"%d" % len(_FALLBACK_BODY)),
+    ]
+    await send(
+        {"type": "http.response.start", "status": 500, "headers": headers, "trailers": False}
+    )
+    await send({"type": "http.response.body", "body": _FALLBACK_BODY, "more_body": False})

@@ -1,0 +1,28 @@
+"""An app with extra routes that only tests need, served by hypercorn like the real one."""
+
+from __future__ import annotations
+
+import asyncio
+
+import structlog
+
+from service.app import create_app
+
+logger = structlog.get_logger("tests.apps")
+
+app = create_app()
+
+
+@app.get("/test/boom")
+async def boom() -> str:
+    raise RuntimeError("internal detail: postgresql://app:hunter2@db.internal/x")
+
+
+@app.get("/test/background")
+async def background() -> str:
+    async def later() -> None:
+        await asyncio.sleep(0.05)
+        logger.info("background_done")
+
+    app.add_background_task(later)
+    return "started"

@@ -1,0 +1,133 @@
+"""Real hypercorn processes for tests that must see what an operator sees (stdout, workers)."""
+
+from __future__ import annotations
+
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+import tomllib
+from collections.abc import Iterator, Mapping
+from contextlib import contextmanager
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import httpx
+
+from tests.conftest import ROOT
+
+PRODUCTION_ENV = {
+    "ENVIRONMENT": "production",
+    "SECRET_KEY": "test-secret-key-that-is-long-enough-0123456789",
+}
+
+
+@dataclass
+class Server:
+    base_url: str
+    output: Path
+    process: subprocess.Popen[bytes]
+
+    def lines(self) -> list[str]:
+        return self.output.read_text().splitlines()
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port: int = sock.getsockname()[1]
+        return port
+
+
+@contextmanager
+def running_server(
+    tmp_path: Path,
+    env: Mapping[str, str],
+    *,
+    app: str = "service.asgi:app",
+    config: Mapping[str, Any] | None = None,
+    ready_path: str = "/",
+) -> Iterator[Server]:
+    """Serve `app` with the repository's hypercorn.toml (bind and `config` overridden).
+
+    Output (stdout and stderr together) goes to a file; the server is stopped with SIGTERM,
+    by its own process id, when the block ends.
+    """
+    port = free_port()
+    settings = tomllib.loads((ROOT / "hypercorn.toml").read_text())
+    settings.update({"bind": [f"127.0.0.1:{port}"], **(config or {})})
+    config_path = tmp_path / f"hypercorn-{port}.toml"
+    config_path.write_text(_to_toml(settings))
+    output = tmp_path / f"server-{port}.log"
+    full_env = {
+        "PATH": os.environ.get("PATH", "/usr/bin:/bin"),
+        "DATA_DIR": str(tmp_path / "data"),
+        **env,
+    }
+    with output.open("wb") as sink:
+        process = subprocess.Popen(
+            [sys.executable, "-m", "hypercorn", "--config", str(config_path), app],
+            cwd=ROOT,
+            env=full_env,
+            stdout=sink,
+            stderr=subprocess.STDOUT,
+            start_new_session=True,
+        )
+    server = Server(f"http://127.0.0.1:{port}", output, process)
+    try:
+        _wait_until_ready(server, ready_path)
+        yield server
+    finally:
+        stop(process)
+
+
+def stop(process: subprocess.Popen[bytes]) -> None:
+    if process.poll() is None:
+        os.killpg(process.pid, signal.SIGTERM)
+        try:
+            process.wait(timeout=20)
+        except subprocess.TimeoutExpired:
+            os.killpg(process.pid, signal.SIGKILL)
+            process.wait(timeout=10)
+
+
+def _wait_until_ready(server: Server, path: str) -> None:
+    deadline = time.monotonic() + 30
+    while time.monotonic() < deadline:
+        if server.process.poll() is not None:
+            raise RuntimeError(f"server exited early:\n{server.output.read_text()}")
+        try:
+            httpx.get(server.base_url + path, timeout=1)
+            return
+        except httpx.TransportError:
+            time.sleep(0.1)
+    raise RuntimeError(f"server did not start:\n{server.output.read_text()}")
+
+
+def _to_toml(data: Mapping[str, Any], prefix: str = "") -> str:
+    scalars, tables = [], []
+    for key, value in data.items():
+        name = key if key.replace("_", "").isalnum() else f'"{key}"'
+        if isinstance(value, Mapping):
+            tables.append((f"{prefix}{name}", value))
+        else:
+            scalars.append(f"{name} = {_toml_value(value)}")
+    text = "\n".join(scalars) + "\n"
+    for table_name, table in tables:
+        text += f"\n[{table_name}]\n" + _to_toml(table, prefix=f"{table_name}.").lstrip("\n")
+    return text
+
+
+def _toml_value(value: Any) -> str:
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    if isinstance(value, int | float):
+        return repr(value)
+    if isinstance(value, str):
+        return '"' + value.replace("\\", "\\\\").replace('"', '\\"') + '"'
+    if isinstance(value, list):
+        return "[" + ", ".join(_toml_value(item) for item in value) + "]"
+    raise TypeError(f"cannot write {value!r} as TOML")
