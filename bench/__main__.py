@@ -7,6 +7,7 @@ import importlib
 
 BENCHMARKS = {
     "logging": "bench.logging_cost",
+    "metrics": "bench.metrics_cost",
 }
 
 

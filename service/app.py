@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from contextlib import suppress
 from types import TracebackType
 
 import structlog
@@ -10,11 +11,13 @@ from quart_auth import QuartAuth, current_user
 from quart_schema import QuartSchema
 
 from service.blueprints import auth, meta
-from service.cache import init_cache
+from service.blueprints import metrics as metrics_blueprint
+from service.cache import CacheError, init_cache
 from service.db import init_db
 from service.errors import register_error_handlers
 from service.observability.context import bind_route, bind_user
 from service.observability.logging import configure_logging
+from service.observability.metrics import get_metrics, init_metrics, instrument_engine
 from service.observability.middleware import RequestObserver
 from service.rate_limits import init_rate_limits
 from service.settings import Settings, load_settings
@@ -47,8 +50,9 @@ def create_app(settings: Settings | None = None) -> Quart:
     )
     app.extensions["settings"] = settings
 
-    init_db(app, settings)
-    init_cache(app, settings)
+    metrics = init_metrics(app, settings)
+    init_db(app, settings, instrument=lambda engine: instrument_engine(engine, metrics))
+    init_cache(app, settings, metrics.cache_requests, metrics.cache_errors)
     app.before_request(_bind_request_context)
     init_rate_limits(app, settings)
     QuartAuth(app)
@@ -61,8 +65,9 @@ def create_app(settings: Settings | None = None) -> Quart:
     register_error_handlers(app)
 
     app.register_blueprint(meta.blueprint)
+    app.register_blueprint(metrics_blueprint.blueprint)
     app.register_blueprint(auth.create_blueprint(settings))
-    app.asgi_app = RequestObserver(app.asgi_app, settings)  # type: ignore[method-assign]
+    app.asgi_app = RequestObserver(app.asgi_app, settings, metrics)  # type: ignore[method-assign]
     return app
 
 
@@ -73,3 +78,6 @@ async def _bind_request_context() -> None:
         auth_id = current_user.auth_id
         if auth_id is not None and auth_id.isdigit():
             bind_user(int(auth_id))
+            # A cache failure is counted by the cache wrapper; it must not fail the request.
+            with suppress(CacheError):
+                await get_metrics().mark_active_user(int(auth_id))

@@ -7,9 +7,11 @@ from __future__ import annotations
 
 import time
 from collections import OrderedDict
-from typing import Protocol
+from collections.abc import Awaitable
+from typing import Any, Protocol
 
 import redis.asyncio as aioredis
+from aioprometheus.collectors import Counter
 from quart import Quart, current_app
 from redis.asyncio.retry import Retry
 from redis.backoff import NoBackoff
@@ -30,6 +32,8 @@ class Cache(Protocol):
     async def set(self, key: str, value: str, ttl: float) -> None: ...
     async def delete(self, key: str) -> None: ...
     async def incr(self, key: str, ttl: float) -> int: ...
+    async def mark_seen(self, key: str, member: str, at: float) -> None: ...
+    async def count_seen(self, key: str, since: float) -> int: ...
     async def ping(self) -> None: ...
     async def close(self) -> None: ...
 
@@ -40,6 +44,7 @@ class MemoryCache:
     def __init__(self, max_entries: int = MEMORY_CACHE_MAX_ENTRIES) -> None:
         self._entries: OrderedDict[str, tuple[str, float]] = OrderedDict()
         self._max_entries = max_entries
+        self._seen: dict[str, dict[str, float]] = {}
 
     async def get(self, key: str) -> str | None:
         entry = self._entries.get(key)
@@ -67,11 +72,25 @@ class MemoryCache:
         self._entries[key] = (str(value), expires_at)
         return value
 
+    async def mark_seen(self, key: str, member: str, at: float) -> None:
+        members = self._seen.setdefault(key, {})
+        members[member] = at
+        if len(members) > self._max_entries:
+            oldest = min(members, key=members.__getitem__)
+            del members[oldest]
+
+    async def count_seen(self, key: str, since: float) -> int:
+        members = self._seen.get(key, {})
+        for member in [m for m, at in members.items() if at < since]:
+            del members[member]
+        return len(members)
+
     async def ping(self) -> None:
         return None
 
     async def close(self) -> None:
         self._entries.clear()
+        self._seen.clear()
 
 
 class RedisCache:
@@ -108,6 +127,22 @@ class RedisCache:
             raise CacheError("incr failed") from exc
         return int(value)
 
+    async def mark_seen(self, key: str, member: str, at: float) -> None:
+        try:
+            await self.client.zadd(self.prefix + key, {member: at})
+        except (RedisError, OSError) as exc:
+            raise CacheError("mark_seen failed") from exc
+
+    async def count_seen(self, key: str, since: float) -> int:
+        try:
+            async with self.client.pipeline(transaction=True) as pipe:
+                pipe.zremrangebyscore(self.prefix + key, "-inf", f"({since}")
+                pipe.zcard(self.prefix + key)
+                _, count = await pipe.execute()
+        except (RedisError, OSError) as exc:
+            raise CacheError("count_seen failed") from exc
+        return int(count)
+
     async def ping(self) -> None:
         try:
             await self.client.ping()
@@ -116,6 +151,63 @@ class RedisCache:
 
     async def close(self) -> None:
         await self.client.aclose()
+
+
+class InstrumentedCache:
+    """Counts every operation (reads as hit or miss) and every failure of the cache inside."""
+
+    def __init__(self, inner: Cache, requests: Counter, errors: Counter) -> None:
+        self.inner = inner
+        self._requests = requests
+        self._errors = errors
+
+    async def get(self, key: str) -> str | None:
+        return await self.read(key, operation="get")
+
+    async def read(self, key: str, *, operation: str) -> str | None:
+        """A read counted under its own operation, so that bookkeeping reads (rate limits)
+        do not dilute the `get` hit rate that dashboards and alerts watch."""
+        value: str | None = await self._call(operation, self.inner.get(key))
+        self._requests.inc({"operation": operation, "result": "miss" if value is None else "hit"})
+        return value
+
+    async def set(self, key: str, value: str, ttl: float) -> None:
+        await self.write(key, value, ttl, operation="set")
+
+    async def write(self, key: str, value: str, ttl: float, *, operation: str) -> None:
+        await self._counted(operation, self.inner.set(key, value, ttl))
+
+    async def delete(self, key: str) -> None:
+        await self._counted("delete", self.inner.delete(key))
+
+    async def incr(self, key: str, ttl: float) -> int:
+        value: int = await self._counted("incr", self.inner.incr(key, ttl))
+        return value
+
+    async def mark_seen(self, key: str, member: str, at: float) -> None:
+        await self._counted("mark_seen", self.inner.mark_seen(key, member, at))
+
+    async def count_seen(self, key: str, since: float) -> int:
+        value: int = await self._counted("count_seen", self.inner.count_seen(key, since))
+        return value
+
+    async def ping(self) -> None:
+        await self.inner.ping()
+
+    async def close(self) -> None:
+        await self.inner.close()
+
+    async def _counted(self, operation: str, call: Awaitable[Any]) -> Any:
+        result = await self._call(operation, call)
+        self._requests.inc({"operation": operation, "result": "ok"})
+        return result
+
+    async def _call(self, operation: str, call: Awaitable[Any]) -> Any:
+        try:
+            return await call
+        except CacheError:
+            self._errors.inc({})
+            raise
 
 
 def create_cache(settings: Settings) -> Cache:
@@ -131,18 +223,18 @@ def create_cache(settings: Settings) -> Cache:
     return RedisCache(client, settings.cache_key_prefix)
 
 
-def init_cache(app: Quart, settings: Settings) -> None:
+def init_cache(app: Quart, settings: Settings, requests: Counter, errors: Counter) -> None:
     @app.before_serving
     async def _open() -> None:
-        app.extensions[_EXTENSION] = create_cache(settings)
+        app.extensions[_EXTENSION] = InstrumentedCache(create_cache(settings), requests, errors)
 
     @app.after_serving
     async def _close() -> None:
-        cache: Cache | None = app.extensions.pop(_EXTENSION, None)
+        cache: InstrumentedCache | None = app.extensions.pop(_EXTENSION, None)
         if cache is not None:
             await cache.close()
 
 
-def get_cache() -> Cache:
-    cache: Cache = current_app.extensions[_EXTENSION]
+def get_cache() -> InstrumentedCache:
+    cache: InstrumentedCache = current_app.extensions[_EXTENSION]
     return cache

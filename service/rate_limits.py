@@ -32,7 +32,7 @@ class CacheStore(RateLimiterStoreABC):
 
     async def get(self, key: str, default: datetime) -> datetime:
         try:
-            value = await get_cache().get(_KEY_PREFIX + key)
+            value = await get_cache().read(_KEY_PREFIX + key, operation="rate_limit_get")
         except CacheError as exc:
             raise ServiceUnavailable() from exc
         return default if value is None else datetime.fromtimestamp(float(value), UTC)
@@ -40,7 +40,9 @@ class CacheStore(RateLimiterStoreABC):
     async def set(self, key: str, tat: datetime) -> None:
         ttl = max(1.0, (tat - datetime.now(UTC)).total_seconds() + 1.0)
         try:
-            await get_cache().set(_KEY_PREFIX + key, repr(tat.timestamp()), ttl)
+            await get_cache().write(
+                _KEY_PREFIX + key, repr(tat.timestamp()), ttl, operation="rate_limit_set"
+            )
         except CacheError as exc:
             raise ServiceUnavailable() from exc
 

@@ -55,6 +55,10 @@ class Settings(BaseSettings):
     session_duration_seconds: int = Field(default=7 * 86400, ge=60)
     trusted_proxies: Annotated[list[str], NoDecode] = Field(default_factory=list)
 
+    metrics_token: SecretStr | None = None
+    metrics_track_probes: bool = False
+    active_user_window_seconds: int = Field(default=300, ge=10, le=86400)
+
     rate_limit_window_seconds: int = Field(default=60, ge=1, le=86400)
     login_limit_per_ip: int = Field(default=20, ge=1)
     login_limit_per_username: int = Field(default=5, ge=1)
@@ -81,6 +85,11 @@ class Settings(BaseSettings):
         if not url.startswith(("postgresql+asyncpg://", "sqlite+aiosqlite://")):
             raise ValueError("must start with postgresql+asyncpg:// or sqlite+aiosqlite://")
         return SecretStr(url)
+
+    @field_validator("metrics_token")
+    @classmethod
+    def _empty_token_is_none(cls, value: SecretStr | None) -> SecretStr | None:
+        return value if value is not None and value.get_secret_value() else None
 
     @field_validator("redis_url")
     @classmethod

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import fcntl
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
 from pathlib import Path
@@ -85,10 +85,14 @@ def create_engine(settings: Settings) -> AsyncEngine:
     )
 
 
-def init_db(app: Quart, settings: Settings) -> None:
+def init_db(
+    app: Quart, settings: Settings, instrument: Callable[[AsyncEngine], None] | None = None
+) -> None:
     @app.before_serving
     async def _open() -> None:
         engine = create_engine(settings)
+        if instrument is not None:
+            instrument(engine)
         if settings.uses_embedded_database:
             await migrate_embedded(engine, settings.data_dir)
         sessions = async_sessionmaker(engine, expire_on_commit=False)

@@ -19,19 +19,20 @@ from service.observability.context import (
     client_ip,
     start_request,
 )
+from service.observability.metrics import UNMATCHED, Metrics, method_label
 from service.settings import Settings
 
 logger = structlog.get_logger("service.request")
 
 _REQUEST_ID_HEADER = REQUEST_ID_HEADER.lower().encode()
-_POLL_PATHS = ("/metrics", "/api/health")
 _FALLBACK_BODY = b'{"error": {"code": "internal_error", "message": "An internal error occurred."}}'
 
 
 class RequestObserver:
-    def __init__(self, app: ASGIFramework, settings: Settings) -> None:
+    def __init__(self, app: ASGIFramework, settings: Settings, metrics: Metrics) -> None:
         self.app = app
         self.settings = settings
+        self.metrics = metrics
 
     async def __call__(
         self, scope: Scope, receive: ASGIReceiveCallable, send: ASGISendCallable
@@ -48,12 +49,18 @@ class RequestObserver:
         request_id = accept_request_id(incoming_id)
         peer = scope.get("client")
         client = client_ip(peer[0] if peer else None, forwarded_for, self.settings.trusted_proxies)
-        state = start_request(request_id, scope["method"], scope["path"], client)
+        path: str = scope["path"]
+        is_poll = path == "/metrics" or path.startswith("/api/health")
+        track = self.settings.metrics_track_probes or not is_poll
+        method = method_label(scope["method"])
+        state = start_request(request_id, scope["method"], path, client)
         id_header = (_REQUEST_ID_HEADER, request_id.encode())
         status = 500
         sent_bytes = 0
         response_started = False
         started_at = time.perf_counter()
+        if track:
+            self.metrics.request_started(method)
 
         async def observed_send(message: Any) -> None:
             nonlocal status, sent_bytes, response_started
@@ -72,8 +79,11 @@ class RequestObserver:
             if not response_started:
                 await _send_fallback_500(observed_send)
         finally:
-            if self.settings.log_health_requests or not scope["path"].startswith(_POLL_PATHS):
-                duration_ms = round((time.perf_counter() - started_at) * 1000, 3)
+            elapsed = time.perf_counter() - started_at
+            if track:
+                self.metrics.request_finished(method, state.route or UNMATCHED, status, elapsed)
+            if self.settings.log_health_requests or not is_poll:
+                duration_ms = round(elapsed * 1000, 3)
                 level = "error" if status >= 500 else "warning" if status >= 400 else "info"
                 logger.log(
                     _LEVELS[level],

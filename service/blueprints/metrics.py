@@ -1,0 +1,37 @@
+"""`GET /metrics`: the Prometheus exposition, optionally behind a bearer token."""
+
+from __future__ import annotations
+
+import asyncio
+import hmac
+
+from quart import Blueprint, Response, current_app, request
+
+from service.errors import APIError
+from service.observability import exposition
+from service.observability.metrics import get_metrics
+from service.settings import Settings
+
+blueprint = Blueprint("metrics", __name__)
+
+
+@blueprint.get("/metrics")
+async def metrics() -> Response:
+    settings: Settings = current_app.extensions["settings"]
+    if settings.metrics_token is not None:
+        _require_token(settings.metrics_token.get_secret_value())
+    collected = get_metrics()
+    await collected.refresh_scrape_time_values(current_app)
+    families = collected.snapshot()
+    # Formatting is CPU work proportional to the series count: keep it off the event loop.
+    body = await asyncio.to_thread(exposition.render, families)
+    return Response(
+        body, content_type=exposition.CONTENT_TYPE, headers={"Cache-Control": "no-store"}
+    )
+
+
+def _require_token(expected: str) -> None:
+    supplied = request.headers.get("Authorization", "")
+    scheme, _, token = supplied.partition(" ")
+    if scheme.lower() != "bearer" or not hmac.compare_digest(token.encode(), expected.encode()):
+        raise APIError(401, "unauthorized", "A valid bearer token is required for /metrics.")

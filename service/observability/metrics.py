@@ -1,0 +1,293 @@
+"""Every metric the service exports, defined once, and what records them.
+
+Names and labels are a contract: dashboards and alerts in `monitoring/` are built on them.
+Label values come only from bounded sets (route templates, a fixed method list, known error
+classes, fixed operation names), never from raw client input, so a scan of random URLs cannot
+create series.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import time
+from functools import lru_cache
+from typing import Any
+
+import psutil
+from aioprometheus.collectors import Counter, Gauge, Histogram, Registry
+from quart import Quart, current_app
+from quart.signals import got_request_exception
+from sqlalchemy import event
+from sqlalchemy.ext.asyncio import AsyncEngine
+
+from service.cache import CacheError
+from service.observability import exposition
+from service.settings import Settings
+from service.version import VERSION
+
+HTTP_DURATION_BUCKETS = (
+    0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 0.75, 1.0, 1.5, 2.0, 2.5, 5.0, 10.0,
+)  # fmt: skip
+DB_DURATION_BUCKETS = (0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5)
+HEALTH_DURATION_BUCKETS = (0.001, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5)
+STANDARD_METHODS = frozenset({"GET", "HEAD", "POST", "PUT", "PATCH", "DELETE", "OPTIONS"})
+UNMATCHED = "<unmatched>"
+OTHER = "other"
+# Exception classes that may name an `app_errors_total` series; anything else counts as "other".
+KNOWN_ERROR_TYPES = frozenset(
+    {
+        "OperationalError", "InterfaceError", "DBAPIError", "IntegrityError", "TimeoutError",
+        "CacheError", "ConnectionError", "OSError", "RuntimeError", "ValueError", "TypeError",
+        "KeyError", "AttributeError", "AssertionError", "NotImplementedError", "ZeroDivisionError",
+    }
+)  # fmt: skip
+_STATUS_TEXT = {status: str(status) for status in range(100, 600)}
+_EXTENSION = "metrics"
+_ACTIVE_USERS_KEY = "active_users"
+
+
+class Series:
+    """A fast path over one aioprometheus collector for a fixed list of label names.
+
+    The first observation of a label set goes through aioprometheus's public API (which checks
+    the labels); its storage key is then remembered, so later observations cost one dict lookup
+    instead of re-encoding the labels every time. Relies on `MetricDict.store` (aioprometheus
+    23.x, pinned in pyproject.toml); `tests/test_metrics.py` checks the counts it produces.
+    """
+
+    __slots__ = ("_collector", "_keys", "_names", "_store")
+
+    def __init__(self, collector: Counter | Gauge | Histogram, *names: str) -> None:
+        self._collector = collector
+        self._names = names
+        self._keys: dict[tuple[str, ...], Any] = {}
+        self._store: dict[Any, Any] = collector.values.store
+
+    def add(self, values: tuple[str, ...], amount: float = 1) -> None:
+        key = self._keys.get(values)
+        if key is None:
+            self._remember(values).add(dict(zip(self._names, values, strict=True)), amount)
+        else:
+            self._store[key] += amount
+
+    def observe(self, values: tuple[str, ...], amount: float) -> None:
+        key = self._keys.get(values)
+        if key is None:
+            self._remember(values).observe(dict(zip(self._names, values, strict=True)), amount)
+        else:
+            self._store[key].observe(amount)
+
+    def _remember(self, values: tuple[str, ...]) -> Any:
+        labels = dict(zip(self._names, values, strict=True))
+        self._keys[values] = self._collector.values.__keytransform__(labels)  # type: ignore[no-untyped-call]
+        return self._collector
+
+
+class Metrics:
+    """One registry per app (tests build many apps); each metric an attribute."""
+
+    def __init__(self, settings: Settings) -> None:
+        self.settings = settings
+        self.registry = r = Registry()
+        self.http_requests = Counter(
+            "http_requests_total", "HTTP requests answered, by route template.", registry=r
+        )
+        self.http_duration = Histogram(
+            "http_request_duration_seconds",
+            "Time from request start until the response body was fully sent.",
+            registry=r,
+            buckets=HTTP_DURATION_BUCKETS,
+        )
+        self.http_in_progress = Gauge(
+            "http_requests_in_progress", "HTTP requests being handled now.", registry=r
+        )
+        self.app_errors = Counter(
+            "app_errors_total", "Unhandled exceptions, by exception class.", registry=r
+        )
+        self.db_queries = Counter("db_queries_total", "Database statements executed.", registry=r)
+        self.db_duration = Histogram(
+            "db_query_duration_seconds",
+            "Database statement execution time.",
+            registry=r,
+            buckets=DB_DURATION_BUCKETS,
+        )
+        self.db_errors = Counter(
+            "db_query_errors_total", "Database statements that failed.", registry=r
+        )
+        self.db_pool = Gauge(
+            "db_pool_connections", "Database pool connections by state.", registry=r
+        )
+        self.cache_requests = Counter(
+            "cache_requests_total", "Cache operations; reads are a hit or a miss.", registry=r
+        )
+        self.cache_errors = Counter(
+            "cache_errors_total", "Cache operations that failed.", registry=r
+        )
+        self.active_users = Gauge(
+            "active_users",
+            "Distinct authenticated users seen recently (global; aggregate with max).",
+            registry=r,
+        )
+        self.rate_limited = Counter(
+            "rate_limited_requests_total", "Requests answered 429, by route.", registry=r
+        )
+        self.health_status = Gauge(
+            "health_check_status", "1 healthy, 0 unhealthy or warning, per check.", registry=r
+        )
+        self.health_duration = Histogram(
+            "health_check_duration_seconds",
+            "Duration of each health check.",
+            registry=r,
+            buckets=HEALTH_DURATION_BUCKETS,
+        )
+        self.process_cpu = Counter(
+            "process_cpu_seconds_total", "User and system CPU time of the process.", registry=r
+        )
+        self.process_memory = Gauge(
+            "process_resident_memory_bytes", "Resident memory of the process.", registry=r
+        )
+        self.process_fds = Gauge("process_open_fds", "Open file descriptors.", registry=r)
+        self.process_start = Gauge(
+            "process_start_time_seconds", "Process start, seconds since the epoch.", registry=r
+        )
+        self.app_info = Gauge("app_info", "Version and environment of the service.", registry=r)
+        self.app_info.set({"version": VERSION, "environment": settings.environment.value}, 1)
+        # How each gauge combines across worker processes.
+        self.gauge_merge: dict[str, exposition.Merge] = {
+            "http_requests_in_progress": "sum",
+            "db_pool_connections": "sum",
+            "active_users": "max",
+            "health_check_status": "min",
+            "process_resident_memory_bytes": "sum",
+            "process_open_fds": "sum",
+            "process_start_time_seconds": "min",
+            "app_info": "max",
+        }
+        self._requests = Series(self.http_requests, "method", "endpoint", "status")
+        self._durations = Series(self.http_duration, "method", "endpoint")
+        self._in_progress = Series(self.http_in_progress, "method")
+        self._process = psutil.Process(os.getpid())
+        self._active_seen: dict[int, float] = {}
+        self._last_cpu = 0.0
+
+    def request_started(self, method: str) -> None:
+        self._in_progress.add((method,), 1)
+
+    def request_finished(self, method: str, endpoint: str, status: int, seconds: float) -> None:
+        self._in_progress.add((method,), -1)
+        self._requests.add((method, endpoint, _STATUS_TEXT.get(status) or str(status)))
+        self._durations.observe((method, endpoint), seconds)
+        if status == 429:
+            self.rate_limited.inc({"endpoint": endpoint})
+
+    def record_error(self, exception: BaseException) -> None:
+        self.app_errors.inc({"type": error_type_label(exception)})
+
+    def snapshot(self) -> exposition.Snapshot:
+        return exposition.snapshot(self.registry, self.gauge_merge)
+
+    async def refresh_scrape_time_values(self, app: Quart) -> None:
+        """Values that are read rather than counted: process, pool and active users."""
+        await asyncio.to_thread(self._read_process)
+        database = app.extensions.get("database")
+        if database is not None:
+            pool: Any = database.engine.sync_engine.pool
+            if hasattr(pool, "checkedout"):
+                self.db_pool.set({"state": "in_use"}, pool.checkedout())
+                self.db_pool.set({"state": "idle"}, pool.checkedin())
+        cache = app.extensions.get("cache")
+        if cache is not None:
+            since = time.time() - self.settings.active_user_window_seconds
+            try:
+                count = await cache.count_seen(_ACTIVE_USERS_KEY, since)
+            except CacheError:  # counted by the cache wrapper; keep the last value
+                return
+            self.active_users.set({}, count)
+
+    async def mark_active_user(self, user_id: int) -> None:
+        """Remember a user as active in the shared store, at most once a minute per worker."""
+        now = time.time()
+        last = self._active_seen.get(user_id)
+        if last is not None and now - last < 60:
+            return
+        if len(self._active_seen) > 100_000:
+            self._active_seen.clear()
+        self._active_seen[user_id] = now
+        cache = current_app.extensions.get("cache")
+        if cache is not None:
+            await cache.mark_seen(_ACTIVE_USERS_KEY, str(user_id), now)
+
+    def _read_process(self) -> None:
+        with self._process.oneshot():
+            cpu = self._process.cpu_times()
+            memory = self._process.memory_info()
+            fds = self._process.num_fds()
+            started = self._process.create_time()
+        total_cpu = cpu.user + cpu.system
+        self.process_cpu.add({}, max(0.0, total_cpu - self._last_cpu))
+        self._last_cpu = total_cpu
+        self.process_memory.set({}, memory.rss)
+        self.process_fds.set({}, fds)
+        self.process_start.set({}, started)
+
+
+def method_label(method: str) -> str:
+    return method if method in STANDARD_METHODS else "OTHER"
+
+
+def error_type_label(exception: BaseException) -> str:
+    name = type(exception).__name__
+    return name if name in KNOWN_ERROR_TYPES else OTHER
+
+
+def init_metrics(app: Quart, settings: Settings) -> Metrics:
+    metrics = Metrics(settings)
+    app.extensions[_EXTENSION] = metrics
+
+    async def _record_exception(sender: Quart, exception: BaseException, **_: Any) -> None:
+        metrics.record_error(exception)
+
+    got_request_exception.connect(_record_exception, app, weak=False)
+    return metrics
+
+
+def get_metrics() -> Metrics:
+    metrics: Metrics = current_app.extensions[_EXTENSION]
+    return metrics
+
+
+def instrument_engine(engine: AsyncEngine, metrics: Metrics) -> None:
+    """Count and time every statement through SQLAlchemy's engine events (any backend)."""
+    sync_engine = engine.sync_engine
+
+    def before(
+        _conn: Any, _cursor: Any, _stmt: str, _params: Any, context: Any, _many: Any
+    ) -> None:
+        if context is not None:
+            context._scene_packer_started = time.perf_counter()
+
+    def after(
+        _conn: Any, _cursor: Any, statement: str, _params: Any, context: Any, _m: Any
+    ) -> None:
+        started = getattr(context, "_scene_packer_started", None)
+        labels = {"operation": statement_operation(statement)}
+        metrics.db_queries.inc(labels)
+        if started is not None:
+            metrics.db_duration.observe(labels, time.perf_counter() - started)
+
+    def failed(_context: Any) -> None:
+        metrics.db_errors.inc({})
+
+    event.listen(sync_engine, "before_cursor_execute", before)
+    event.listen(sync_engine, "after_cursor_execute", after)
+    event.listen(sync_engine, "handle_error", failed)
+
+
+@lru_cache(maxsize=1024)
+def statement_operation(statement: str) -> str:
+    head = statement.lstrip()[:6].upper()
+    for operation in ("SELECT", "INSERT", "UPDATE", "DELETE"):
+        if head == operation:
+            return operation
+    return "OTHER"

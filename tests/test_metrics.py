@@ -1,0 +1,217 @@
+"""`/metrics` on the real app over real PostgreSQL + Redis and the embedded default."""
+
+from __future__ import annotations
+
+import random
+import string
+from pathlib import Path
+
+import httpx
+import pytest
+from quart import Quart
+
+from service.app import create_app
+from service.observability import exposition
+from service.observability.metrics import Metrics
+from service.settings import Settings, load_settings
+from tests.conftest import Client, login, register
+from tests.metrics_helpers import parse, promtool_check, value
+from tests.server import running_server
+
+
+async def _scrape(client: Client) -> str:
+    response = await client.get("/metrics")
+    assert response.status_code == 200
+    assert response.headers["Content-Type"].startswith("text/plain; version=0.0.4")
+    return await response.get_data(as_text=True)  # type: ignore[no-any-return]
+
+
+async def test_request_counts_and_histogram_are_exact(client: Client) -> None:
+    for _ in range(25):
+        assert (await client.get("/")).status_code == 200
+    for _ in range(3):
+        await client.get("/api/auth/me")
+    samples = parse(await _scrape(client))
+    assert value(samples, "http_requests_total", method="GET", endpoint="/", status="200") == 25
+    assert (
+        value(samples, "http_requests_total", method="GET", endpoint="/api/auth/me", status="401")
+        == 3
+    )
+    labels = {"method": "GET", "endpoint": "/"}
+    assert value(samples, "http_request_duration_seconds_count", **labels) == 25
+    assert value(samples, "http_request_duration_seconds_sum", **labels) > 0
+    buckets = sorted(
+        (float(dict(key[1])["le"]), v)
+        for key, v in samples.items()
+        if key[0] == "http_request_duration_seconds_bucket" and dict(key[1])["endpoint"] == "/"
+    )
+    bounds = [bound for bound, _ in buckets]
+    assert {0.005, 1.0, 2.0, 10.0} <= set(bounds)
+    counts = [count for _, count in buckets]
+    assert counts == sorted(counts) and counts[-1] == 25
+    assert value(samples, "http_requests_in_progress", method="GET") == 0
+
+
+async def test_metrics_and_probes_are_not_counted_by_default(client: Client) -> None:
+    await _scrape(client)
+    samples = parse(await _scrape(client))
+    assert not [key for key in samples if dict(key[1]).get("endpoint") == "/metrics"]
+
+
+async def test_random_unknown_paths_add_no_series(client: Client) -> None:
+    await client.get("/warm-up/unknown")
+    await client.open("/", method="PROPFIND")
+    before = parse(await _scrape(client))
+    rng = random.Random(7)
+    for _ in range(2000):
+        path = "/" + "".join(rng.choices(string.ascii_letters + string.digits, k=12))
+        await client.get(path)
+    after = parse(await _scrape(client))
+    request_series = {k for k in after if k[0].startswith("http_request")}
+    assert request_series == {k for k in before if k[0].startswith("http_request")}
+    assert (
+        value(after, "http_requests_total", method="GET", endpoint="<unmatched>", status="404")
+        == 2001
+    )
+    assert (
+        value(after, "http_requests_total", method="OTHER", endpoint="<unmatched>", status="405")
+        == 1
+    )
+
+
+def test_hostile_path_over_real_http_leaves_exposition_parseable(tmp_path: Path) -> None:
+    with running_server(tmp_path, {}) as server, httpx.Client(base_url=server.base_url) as client:
+        raw = client.get("/x%22y%0Az")
+        assert raw.status_code == 404
+        client.get("/x%22y%0Az%5C")
+        text = client.get("/metrics").text
+    samples = parse(text)
+    assert (
+        value(samples, "http_requests_total", method="GET", endpoint="<unmatched>", status="404")
+        == 2
+    )
+    result = promtool_check(text)
+    assert result.returncode == 0 and result.stdout == "" and result.stderr == "", result
+
+
+def test_label_values_are_escaped_whatever_they_hold(tmp_path: Path) -> None:
+    metrics = Metrics(load_settings(data_dir=tmp_path))
+    hostile = 'a"b\nc\\d}{e="f"'
+    metrics.http_requests.inc({"method": "GET", "endpoint": hostile, "status": "200"})
+    text = exposition.render(metrics.snapshot()).decode()
+    samples = parse(text)
+    assert value(samples, "http_requests_total", method="GET", endpoint=hostile, status="200") == 1
+    assert promtool_check(text).returncode == 0
+
+
+async def test_promtool_accepts_the_full_exposition(client: Client) -> None:
+    await register(client)
+    await login(client)
+    await client.get("/api/auth/me")
+    text = await _scrape(client)
+    result = promtool_check(text)
+    assert result.returncode == 0, result.stdout + result.stderr
+    assert result.stdout == "" and result.stderr == ""
+
+
+async def test_db_and_cache_metrics_move_with_auth_traffic(client: Client) -> None:
+    before = parse(await _scrape(client))
+    await register(client)
+    await login(client)
+    await client.get("/api/auth/me")  # miss, then stored
+    await client.get("/api/auth/me")  # hit
+    after = parse(await _scrape(client))
+    for operation in ("INSERT", "SELECT", "UPDATE"):
+        grew = value(after, "db_queries_total", operation=operation) - value(
+            before, "db_queries_total", operation=operation
+        )
+        assert grew >= 1, operation
+        assert value(after, "db_query_duration_seconds_count", operation=operation) >= 1
+    assert value(after, "cache_requests_total", operation="get", result="hit") >= 1
+    assert value(after, "cache_requests_total", operation="get", result="miss") >= 1
+    assert value(after, "db_pool_connections", state="in_use") == 0
+    assert value(after, "db_pool_connections", state="idle") >= 1
+    assert value(after, "process_resident_memory_bytes") > 0
+    assert value(after, "process_start_time_seconds") > 0
+    assert value(after, "process_open_fds") > 0
+    assert value(after, "app_info", version=_version(after), environment="development") == 1
+
+
+def _version(samples: dict[tuple[str, frozenset[tuple[str, str]]], float]) -> str:
+    return next(dict(k[1])["version"] for k in samples if k[0] == "app_info")
+
+
+async def test_active_users_counts_a_logged_in_user(client: Client) -> None:
+    await register(client, "ann")
+    await register(client, "ben")
+    await login(client, "ann")
+    await client.get("/api/auth/me")
+    samples = parse(await _scrape(client))
+    assert value(samples, "active_users") == 1
+
+
+@pytest.mark.parametrize("backend", ["postgres"], indirect=True)
+async def test_active_users_is_global_across_instances(settings: Settings) -> None:
+    first, second = create_app(settings), create_app(settings)
+    async with first.test_app() as app_a, second.test_app() as app_b:
+        client_a, client_b = app_a.test_client(), app_b.test_client()
+        await register(client_a, "cat")
+        await register(client_a, "dan")
+        await login(client_a, "cat")
+        await login(client_b, "dan")
+        await client_a.get("/api/auth/me")
+        await client_b.get("/api/auth/me")
+        for client in (client_a, client_b):
+            assert value(parse(await _scrape(client)), "active_users") == 2
+
+
+async def test_429_bumps_rate_limited_requests(settings: Settings) -> None:
+    app = create_app(settings.model_copy(update={"login_limit_per_username": 1}))
+    async with app.test_app() as test_app:
+        client = test_app.test_client()
+        await login(client, "zed", "wrong password")
+        assert (await login(client, "zed", "wrong password")).status_code == 429
+        samples = parse(await _scrape(client))
+    assert value(samples, "rate_limited_requests_total", endpoint="/api/auth/login") == 1
+
+
+async def test_unhandled_exceptions_are_counted_by_bounded_class(settings: Settings) -> None:
+    class SurpriseFromAPlugin(Exception):
+        pass
+
+    app: Quart = create_app(settings)
+
+    @app.get("/boom/<kind>")
+    async def boom(kind: str) -> str:
+        if kind == "runtime":
+            raise RuntimeError("x")
+        raise SurpriseFromAPlugin("y")
+
+    async with app.test_app() as test_app:
+        client = test_app.test_client()
+        assert (await client.get("/boom/runtime")).status_code == 500
+        assert (await client.get("/boom/custom")).status_code == 500
+        samples = parse(await _scrape(client))
+    assert value(samples, "app_errors_total", type="RuntimeError") == 1
+    assert value(samples, "app_errors_total", type="other") == 1
+    assert (
+        value(samples, "http_requests_total", method="GET", endpoint="/boom/<kind>", status="500")
+        == 2
+    )
+
+
+async def test_metrics_token_is_required_when_set(settings: Settings) -> None:
+    app = create_app(settings.model_copy(update={"metrics_token": _secret("s3cret-token")}))
+    async with app.test_app() as test_app:
+        client = test_app.test_client()
+        assert (await client.get("/metrics")).status_code == 401
+        wrong = await client.get("/metrics", headers={"Authorization": "Bearer nope"})
+        assert wrong.status_code == 401
+        right = await client.get("/metrics", headers={"Authorization": "Bearer s3cret-token"})
+        assert right.status_code == 200
+
+
+def _secret(text: str) -> object:
+    from pydantic import SecretStr
+
+    return SecretStr(text)
