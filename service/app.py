@@ -10,12 +10,13 @@ from quart import Quart, request
 from quart_auth import QuartAuth, current_user
 from quart_schema import QuartSchema
 
-from service.blueprints import auth, meta
+from service.blueprints import auth, health, meta
 from service.blueprints import metrics as metrics_blueprint
 from service.cache import CacheError, init_cache
 from service.db import init_db
 from service.errors import register_error_handlers
 from service.observability.context import bind_route, bind_user
+from service.observability.health import init_health
 from service.observability.logging import configure_logging
 from service.observability.metrics import get_metrics, init_metrics, instrument_engine
 from service.observability.middleware import RequestObserver
@@ -53,6 +54,7 @@ def create_app(settings: Settings | None = None) -> Quart:
     metrics = init_metrics(app, settings)
     init_db(app, settings, instrument=lambda engine: instrument_engine(engine, metrics))
     init_cache(app, settings, metrics.cache_requests, metrics.cache_errors)
+    init_health(app, settings, metrics)
     app.before_request(_bind_request_context)
     init_rate_limits(app, settings)
     QuartAuth(app)
@@ -66,6 +68,7 @@ def create_app(settings: Settings | None = None) -> Quart:
 
     app.register_blueprint(meta.blueprint)
     app.register_blueprint(metrics_blueprint.blueprint)
+    app.register_blueprint(health.blueprint)
     app.register_blueprint(auth.create_blueprint(settings))
     app.asgi_app = RequestObserver(app.asgi_app, settings, metrics)  # type: ignore[method-assign]
     return app

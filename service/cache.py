@@ -32,6 +32,7 @@ class Cache(Protocol):
     async def set(self, key: str, value: str, ttl: float) -> None: ...
     async def delete(self, key: str) -> None: ...
     async def incr(self, key: str, ttl: float) -> int: ...
+    async def acquire_rate(self, key: str, now: float, interval: float, period: float) -> float: ...
     async def mark_seen(self, key: str, member: str, at: float) -> None: ...
     async def count_seen(self, key: str, since: float) -> int: ...
     async def ping(self) -> None: ...
@@ -72,6 +73,16 @@ class MemoryCache:
         self._entries[key] = (str(value), expires_at)
         return value
 
+    async def acquire_rate(self, key: str, now: float, interval: float, period: float) -> float:
+        # No await inside: atomic on the event loop.
+        entry = self._entries.get(key)
+        tat = max(float(entry[0]), now) if entry is not None else now
+        wait = _gcra_wait(tat, now, interval, period)
+        if wait == 0:
+            new_tat = tat + interval
+            self._entries[key] = (repr(new_tat), time.monotonic() + (new_tat - now) + 1)
+        return wait
+
     async def mark_seen(self, key: str, member: str, at: float) -> None:
         members = self._seen.setdefault(key, {})
         members[member] = at
@@ -93,10 +104,25 @@ class MemoryCache:
         self._seen.clear()
 
 
+# GCRA in one atomic step: concurrent requests (any worker, any instance) cannot all pass a limit
+# by reading the same state before any of them writes it.
+_ACQUIRE_RATE = """
+local now, interval, period = tonumber(ARGV[1]), tonumber(ARGV[2]), tonumber(ARGV[3])
+local tat = tonumber(redis.call('GET', KEYS[1]) or ARGV[1])
+if tat < now then tat = now end
+local wait = tat - now - (period - interval)
+if wait > 0 then return tostring(wait) end
+local new_tat = tat + interval
+redis.call('SET', KEYS[1], tostring(new_tat), 'PX', math.ceil((new_tat - now) * 1000) + 1000)
+return '0'
+"""
+
+
 class RedisCache:
     def __init__(self, client: aioredis.Redis, prefix: str) -> None:
         self.client = client
         self.prefix = prefix
+        self._acquire = client.register_script(_ACQUIRE_RATE)
 
     async def get(self, key: str) -> str | None:
         try:
@@ -126,6 +152,13 @@ class RedisCache:
         except (RedisError, OSError) as exc:
             raise CacheError("incr failed") from exc
         return int(value)
+
+    async def acquire_rate(self, key: str, now: float, interval: float, period: float) -> float:
+        try:
+            wait = await self._acquire(keys=[self.prefix + key], args=[now, interval, period])
+        except (RedisError, OSError) as exc:
+            raise CacheError("acquire_rate failed") from exc
+        return float(wait)
 
     async def mark_seen(self, key: str, member: str, at: float) -> None:
         try:
@@ -184,6 +217,12 @@ class InstrumentedCache:
         value: int = await self._counted("incr", self.inner.incr(key, ttl))
         return value
 
+    async def acquire_rate(self, key: str, now: float, interval: float, period: float) -> float:
+        wait: float = await self._counted(
+            "rate_limit_acquire", self.inner.acquire_rate(key, now, interval, period)
+        )
+        return wait
+
     async def mark_seen(self, key: str, member: str, at: float) -> None:
         await self._counted("mark_seen", self.inner.mark_seen(key, member, at))
 
@@ -208,6 +247,11 @@ class InstrumentedCache:
         except CacheError:
             self._errors.inc({})
             raise
+
+
+def _gcra_wait(tat: float, now: float, interval: float, period: float) -> float:
+    """Seconds until one more request fits (0: it fits now), for GCRA with this TAT."""
+    return max(0.0, tat - now - (period - interval))
 
 
 def create_cache(settings: Settings) -> Cache:

@@ -16,6 +16,7 @@ from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
 DEVELOPMENT_SECRET_KEY = "development-only-secret-key-do-not-use-in-production"
 MIN_PRODUCTION_SECRET_KEY_LENGTH = 32
+HEALTH_CHECKS = ("database", "cache", "disk", "memory")
 
 
 class Environment(StrEnum):
@@ -58,6 +59,16 @@ class Settings(BaseSettings):
     metrics_token: SecretStr | None = None
     metrics_track_probes: bool = False
     active_user_window_seconds: int = Field(default=300, ge=10, le=86400)
+
+    health_check_timeout: float = Field(default=0.5, gt=0, le=30)
+    health_cache_ttl: float = Field(default=1.0, ge=0, le=300)
+    health_refresh_seconds: float = Field(default=5.0, ge=0, le=3600)
+    health_critical_checks: Annotated[list[str], NoDecode] = Field(
+        default_factory=lambda: ["database", "cache"]
+    )
+    health_disk_path: Path | None = None
+    disk_warning_free_percent: float = Field(default=20.0, ge=0, le=100)
+    memory_warning_percent: float = Field(default=90.0, ge=0, le=100)
 
     rate_limit_window_seconds: int = Field(default=60, ge=1, le=86400)
     login_limit_per_ip: int = Field(default=20, ge=1)
@@ -110,6 +121,16 @@ class Settings(BaseSettings):
                 ipaddress.ip_network(network, strict=False)
             except ValueError:
                 raise ValueError(f"{network!r} is not an IP address or network") from None
+        return value
+
+    @field_validator("health_critical_checks", mode="before")
+    @classmethod
+    def _known_checks(cls, value: Any) -> Any:
+        if isinstance(value, str):
+            value = [part.strip() for part in value.split(",") if part.strip()]
+        unknown = sorted(set(value) - set(HEALTH_CHECKS))
+        if unknown:
+            raise ValueError(f"unknown checks {unknown}; choose from {', '.join(HEALTH_CHECKS)}")
         return value
 
     @model_validator(mode="after")

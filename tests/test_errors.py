@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import subprocess
 import sys
 from pathlib import Path
@@ -101,6 +102,21 @@ async def test_rate_limit_is_shared_by_two_instances_through_redis(settings: Set
             assert (await login(client, "frank", "wrong password")).status_code == 401
         assert (await login(client_b, "frank", "wrong password")).status_code == 429
         assert (await login(client_a, "frank", "wrong password")).status_code == 429
+
+
+async def test_concurrent_attempts_cannot_overshoot_the_limit(settings: Settings) -> None:
+    limited = settings.model_copy(update={"login_limit_per_username": 5})
+    first, second = create_app(limited), create_app(limited)
+    async with first.test_app() as app_a, second.test_app() as app_b:
+        clients = [app_a.test_client(), app_b.test_client()]
+        responses = await asyncio.gather(
+            *(login(clients[i % 2], "hana", "wrong password") for i in range(30))
+        )
+    statuses = sorted(response.status_code for response in responses)
+    if settings.redis_url is not None:  # shared across instances through Redis
+        assert statuses == [401] * 5 + [429] * 25
+    else:  # the in-process cache: each instance has its own limit
+        assert statuses == [401] * 10 + [429] * 20
 
 
 async def test_unhandled_exception_is_500_without_internals(settings: Settings) -> None:

@@ -41,7 +41,12 @@ def _finished(events: list[dict[str, Any]]) -> list[dict[str, Any]]:
 def production_run(tmp_path_factory: pytest.TempPathFactory) -> tuple[Server, dict[str, Any]]:
     """One production server, driven through every path the assertions below read."""
     tmp_path = tmp_path_factory.mktemp("logging")
-    env = {**PRODUCTION_ENV, "SESSION_COOKIE_SECURE": "false", "SENTINEL": SENTINEL_ENV}
+    env = {
+        **PRODUCTION_ENV,
+        "SESSION_COOKIE_SECURE": "false",
+        "SENTINEL": SENTINEL_ENV,
+        "LOGIN_LIMIT_PER_IP": "1000",
+    }
     seen: dict[str, Any] = {}
     with running_server(tmp_path, env, app="tests.apps:app") as server:
         with httpx.Client(base_url=server.base_url, timeout=10) as client:

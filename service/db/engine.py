@@ -21,6 +21,7 @@ from sqlalchemy.ext.asyncio import (
     async_sessionmaker,
     create_async_engine,
 )
+from sqlalchemy.pool import NullPool
 
 from service.errors import ServiceUnavailable
 from service.settings import Settings
@@ -81,6 +82,27 @@ def create_engine(settings: Settings) -> AsyncEngine:
                 "application_name": "scene-packer",
                 "statement_timeout": str(int(settings.db_statement_timeout * 1000)),
             },
+        },
+    )
+
+
+def create_probe_engine(settings: Settings) -> AsyncEngine:
+    """A separate, tiny engine for health probes: never queued behind an exhausted request pool,
+    and bounded by the health check timeout."""
+    url = settings.effective_database_url
+    timeout = settings.health_check_timeout
+    if settings.uses_embedded_database:
+        return create_async_engine(url, poolclass=NullPool, connect_args={"timeout": timeout})
+    return create_async_engine(
+        url,
+        pool_size=1,
+        max_overflow=0,
+        pool_timeout=timeout,
+        pool_pre_ping=False,
+        connect_args={
+            "timeout": timeout,
+            "command_timeout": timeout,
+            "server_settings": {"application_name": "scene-packer-health"},
         },
     )
 

@@ -1,0 +1,41 @@
+"""Health endpoints for load balancers and orchestrators. No session, no rate limit, no store."""
+
+from __future__ import annotations
+
+from quart import Blueprint, Response, jsonify
+
+from service.observability.health import get_health
+
+blueprint = Blueprint("health", __name__, url_prefix="/api/health")
+
+_NO_STORE = {"Cache-Control": "no-store"}
+
+
+@blueprint.get("")
+async def health() -> Response:
+    """The full report: 200 when every critical check is healthy, 503 (degraded) otherwise."""
+    report = await get_health().report()
+    return _json(report.as_json(), 200 if report.ready else 503)
+
+
+@blueprint.get("/live")
+async def live() -> Response:
+    """Liveness: touches no dependency; answers while the process serves."""
+    return _json({"status": "alive"}, 200)
+
+
+@blueprint.get("/ready")
+async def ready() -> Response:
+    """Readiness: 200 only when every critical check passes."""
+    report = await get_health().report()
+    status = "ready" if report.ready else "not_ready"
+    return _json(
+        {"status": status, "timestamp": report.as_json()["timestamp"]}, 200 if report.ready else 503
+    )
+
+
+def _json(body: dict[str, object], status: int) -> Response:
+    response = jsonify(body)
+    response.status_code = status
+    response.headers.update(_NO_STORE)
+    return response

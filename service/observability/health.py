@@ -1,0 +1,294 @@
+"""Health checks: database, cache, disk and memory, run concurrently, each under its own timeout.
+
+A load balancer polls often and from many nodes, so results are shared: concurrent callers await
+one in-flight run (single flight) and a result is reused for `HEALTH_CACHE_TTL` seconds. A
+background task refreshes them every `HEALTH_REFRESH_SECONDS` so the health metrics stay current
+when nobody polls. Failures are logged with the exception server-side, once per change of state;
+responses carry only a status, numbers and a short reason code.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import errno
+import shutil
+import time
+import uuid
+from collections.abc import Awaitable, Callable, Iterator
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any, Literal
+
+import psutil
+import structlog
+from quart import Quart, current_app
+from sqlalchemy import text
+from sqlalchemy.ext.asyncio import AsyncEngine
+
+from service.cache import InstrumentedCache
+from service.db.engine import create_probe_engine
+from service.observability.metrics import Metrics
+from service.settings import Settings
+
+logger = structlog.get_logger(__name__)
+
+Status = Literal["healthy", "unhealthy", "warning"]
+_EXTENSION = "health"
+_AUTH_ERRORS = {
+    "InvalidPasswordError",
+    "InvalidAuthorizationSpecificationError",
+    "AuthenticationError",
+    "AuthenticationWrongNumberOfArgsError",
+}
+
+
+@dataclass(slots=True)
+class CheckResult:
+    status: Status
+    duration_ms: float
+    values: dict[str, float] = field(default_factory=dict)
+    reason: str | None = None
+
+    def as_json(self) -> dict[str, Any]:
+        body: dict[str, Any] = {"status": self.status, "duration_ms": self.duration_ms}
+        body.update(self.values)
+        if self.reason is not None:
+            body["reason"] = self.reason
+        return body
+
+
+@dataclass(slots=True)
+class HealthReport:
+    checks: dict[str, CheckResult]
+    critical: tuple[str, ...]
+    checked_at: datetime
+
+    @property
+    def ready(self) -> bool:
+        return all(self.checks[name].status == "healthy" for name in self.critical)
+
+    def as_json(self) -> dict[str, Any]:
+        disk, memory = self.checks["disk"], self.checks["memory"]
+        return {
+            "status": "healthy" if self.ready else "degraded",
+            "timestamp": self.checked_at.isoformat().replace("+00:00", "Z"),
+            "services": {
+                "database": _binary(self.checks["database"]),
+                "cache": _binary(self.checks["cache"]),
+                "disk": {"free_percent": disk.values.get("free_percent"), "status": disk.status},
+                "memory": {
+                    "percent_used": memory.values.get("percent_used"),
+                    "status": memory.status,
+                },
+            },
+            "checks": {name: result.as_json() for name, result in self.checks.items()},
+        }
+
+
+class HealthMonitor:
+    def __init__(self, app: Quart, settings: Settings, metrics: Metrics) -> None:
+        self.app = app
+        self.settings = settings
+        self.metrics = metrics
+        self.probe_engine: AsyncEngine | None = None
+        self._report: HealthReport | None = None
+        self._report_at = 0.0
+        self._inflight: asyncio.Future[HealthReport] | None = None
+        self._last_state: dict[str, tuple[Status, str | None]] = {}
+        self._refresher: asyncio.Task[None] | None = None
+        self._disposals: set[asyncio.Future[None]] = set()
+        self._checks: dict[str, Callable[[], Awaitable[CheckResult]]] = {
+            "database": self._check_database,
+            "cache": self._check_cache,
+            "disk": self._check_disk,
+            "memory": self._check_memory,
+        }
+
+    async def start(self) -> None:
+        self.probe_engine = create_probe_engine(self.settings)
+        if self.settings.health_refresh_seconds > 0:
+            self._refresher = asyncio.create_task(self._refresh_forever())
+
+    async def stop(self) -> None:
+        pending: list[asyncio.Future[Any]] = [*self._disposals]
+        if self._refresher is not None:
+            self._refresher.cancel()
+            pending.append(self._refresher)
+        if self._inflight is not None:
+            # The run is shielded from its callers; at shutdown it is ours to end.
+            self._inflight.cancel()
+            pending.append(self._inflight)
+        await asyncio.gather(*pending, return_exceptions=True)
+        if self.probe_engine is not None:
+            await self.probe_engine.dispose()
+
+    async def report(self) -> HealthReport:
+        """The latest report: cached for the TTL, else the one in flight, else a new run."""
+        if self._report is not None and time.monotonic() - self._report_at < self._ttl():
+            return self._report
+        if self._inflight is None:
+            self._inflight = asyncio.ensure_future(self._run())
+        # Shielded: a poller that hangs up must not cancel the run the others are waiting for.
+        return await asyncio.shield(self._inflight)
+
+    def _ttl(self) -> float:
+        return self.settings.health_cache_ttl
+
+    async def _run(self) -> HealthReport:
+        try:
+            names = list(self._checks)
+            results = await asyncio.gather(*(self._timed(name) for name in names))
+            report = HealthReport(
+                dict(zip(names, results, strict=True)),
+                tuple(self.settings.health_critical_checks),
+                datetime.now(UTC),
+            )
+            self._report, self._report_at = report, time.monotonic()
+            return report
+        finally:
+            self._inflight = None
+
+    async def _timed(self, name: str) -> CheckResult:
+        started = time.perf_counter()
+        error: BaseException | None = None
+        try:
+            async with asyncio.timeout(self.settings.health_check_timeout):
+                result = await self._checks[name]()
+        except TimeoutError as exc:
+            result, error = CheckResult("unhealthy", 0.0, reason="timeout"), exc
+        except Exception as exc:
+            result, error = CheckResult("unhealthy", 0.0, reason=classify(exc)), exc
+        elapsed = time.perf_counter() - started
+        result.duration_ms = round(elapsed * 1000, 3)
+        self.metrics.health_status.set({"check": name}, 1 if result.status == "healthy" else 0)
+        self.metrics.health_duration.observe({"check": name}, elapsed)
+        self._log_change(name, result, error)
+        if name == "database" and error is not None:
+            self._reset_probe_engine()
+        return result
+
+    def _log_change(self, name: str, result: CheckResult, error: BaseException | None) -> None:
+        state = (result.status, result.reason)
+        previous = self._last_state.get(name)
+        self._last_state[name] = state
+        if state == previous:
+            return
+        if result.status == "unhealthy":
+            logger.error(
+                "health_check_failed",
+                check=name,
+                reason=result.reason,
+                exc_info=(type(error), error, error.__traceback__) if error else None,
+            )
+        elif result.status == "warning":
+            logger.warning("health_check_warning", check=name, **result.values)
+        elif previous is not None:
+            logger.info("health_check_recovered", check=name)
+
+    def _reset_probe_engine(self) -> None:
+        # A timed-out or broken probe connection is dropped, so the next run starts afresh.
+        engine = self.probe_engine
+        if engine is not None:
+            self.probe_engine = create_probe_engine(self.settings)
+            task = asyncio.ensure_future(_dispose_quietly(engine))
+            self._disposals.add(task)
+            task.add_done_callback(self._disposals.discard)
+
+    async def _check_database(self) -> CheckResult:
+        assert self.probe_engine is not None
+        async with self.probe_engine.connect() as connection:
+            await connection.execute(text("SELECT 1"))
+        return CheckResult("healthy", 0.0)
+
+    async def _check_cache(self) -> CheckResult:
+        cache: InstrumentedCache = self.app.extensions["cache"]
+        key = f"health:{uuid.uuid4().hex}"
+        token = uuid.uuid4().hex
+        await cache.write(key, token, 10, operation="health_set")
+        if await cache.read(key, operation="health_get") != token:
+            return CheckResult("unhealthy", 0.0, reason="error")
+        return CheckResult("healthy", 0.0)
+
+    async def _check_disk(self) -> CheckResult:
+        usage = await asyncio.to_thread(shutil.disk_usage, _existing(self._disk_path()))
+        free_percent = round(usage.free / usage.total * 100, 1)
+        threshold = self.settings.disk_warning_free_percent
+        status: Status = "warning" if free_percent < threshold else "healthy"
+        return CheckResult(status, 0.0, {"free_percent": free_percent})
+
+    async def _check_memory(self) -> CheckResult:
+        memory = await asyncio.to_thread(psutil.virtual_memory)
+        percent_used = round(float(memory.percent), 1)
+        threshold = self.settings.memory_warning_percent
+        status: Status = "warning" if percent_used >= threshold else "healthy"
+        return CheckResult(status, 0.0, {"percent_used": percent_used})
+
+    def _disk_path(self) -> Path:
+        return self.settings.health_disk_path or self.settings.data_dir
+
+    async def _refresh_forever(self) -> None:
+        while True:
+            try:
+                await self.report()
+            except Exception:
+                logger.exception("health_refresh_failed")
+            await asyncio.sleep(self.settings.health_refresh_seconds)
+
+
+def classify(exc: BaseException) -> str:
+    """A short, safe reason code for a failed check; the exception itself stays in the log."""
+    for cause in _causes(exc):
+        if isinstance(cause, TimeoutError):
+            return "timeout"
+        if isinstance(cause, ConnectionRefusedError) or (
+            isinstance(cause, OSError) and cause.errno == errno.ECONNREFUSED
+        ):
+            return "connection_refused"
+        if type(cause).__name__ in _AUTH_ERRORS:
+            return "auth_failed"
+    return "error"
+
+
+def init_health(app: Quart, settings: Settings, metrics: Metrics) -> HealthMonitor:
+    monitor = HealthMonitor(app, settings, metrics)
+    app.extensions[_EXTENSION] = monitor
+    app.before_serving(monitor.start)
+    app.after_serving(monitor.stop)
+    return monitor
+
+
+def get_health() -> HealthMonitor:
+    monitor: HealthMonitor = current_app.extensions[_EXTENSION]
+    return monitor
+
+
+async def _dispose_quietly(engine: AsyncEngine) -> None:
+    try:
+        async with asyncio.timeout(5):
+            await engine.dispose()
+    except Exception:
+        logger.debug("probe_engine_dispose_failed", exc_info=True)
+
+
+def _causes(exc: BaseException) -> Iterator[BaseException]:
+    seen: set[int] = set()
+    pending: list[BaseException | None] = [exc]
+    while pending:
+        current = pending.pop()
+        if current is None or id(current) in seen:
+            continue
+        seen.add(id(current))
+        yield current
+        pending.extend([current.__cause__, current.__context__, getattr(current, "orig", None)])
+
+
+def _existing(path: Path) -> Path:
+    path = path.resolve()
+    while not path.exists() and path != path.parent:
+        path = path.parent
+    return path
+
+
+def _binary(result: CheckResult) -> str:
+    return "healthy" if result.status == "healthy" else "unhealthy"
