@@ -8,6 +8,7 @@ import importlib
 BENCHMARKS = {
     "logging": "bench.logging_cost",
     "metrics": "bench.metrics_cost",
+    "health": "bench.health_polling",
 }
 
 

@@ -1,0 +1,121 @@
+"""Start hypercorn and drive it with wrk, each pinned to its own core."""
+
+from __future__ import annotations
+
+import os
+import re
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+import tomllib
+from collections.abc import Iterator, Mapping
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Any
+
+import httpx
+
+ROOT = Path(__file__).resolve().parents[1]
+SERVER_CPU, LOAD_CPU = "0", "1"
+
+
+@contextmanager
+def hypercorn(
+    app: str, env: Mapping[str, str], *, workers: int = 1, config: Mapping[str, Any] | None = None
+) -> Iterator[str]:
+    """Serve `app` on a free loopback port, pinned to SERVER_CPU; yields the base URL."""
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port = sock.getsockname()[1]
+    settings = tomllib.loads((ROOT / "hypercorn.toml").read_text())
+    settings.update({"bind": [f"127.0.0.1:{port}"], "workers": workers, **(config or {})})
+    with tempfile.TemporaryDirectory() as tmp:
+        config_path = Path(tmp) / "hypercorn.toml"
+        config_path.write_text(_toml(settings))
+        command = [sys.executable, "-m", "hypercorn", "--config", str(config_path), app]
+        if shutil.which("taskset"):
+            command = ["taskset", "-c", SERVER_CPU, *command]
+        full_env = {"PATH": os.environ["PATH"], "DATA_DIR": str(Path(tmp) / "data"), **env}
+        log = open(Path(tmp) / "server.log", "wb")  # noqa: SIM115 - closed below
+        process = subprocess.Popen(
+            command, cwd=ROOT, env=full_env, stdout=log, stderr=subprocess.STDOUT,
+            start_new_session=True,
+        )  # fmt: skip
+        base_url = f"http://127.0.0.1:{port}"
+        try:
+            _wait(base_url, process)
+            yield base_url
+        finally:
+            os.killpg(process.pid, signal.SIGTERM)
+            try:
+                process.wait(timeout=20)
+            except subprocess.TimeoutExpired:
+                os.killpg(process.pid, signal.SIGKILL)
+                process.wait()
+            log.close()
+
+
+def wrk(
+    url: str, *, connections: int, seconds: int, script: Path | None = None
+) -> dict[str, float]:
+    """Requests per second and latency percentiles (ms) from one wrk run pinned to LOAD_CPU."""
+    binary = shutil.which("wrk")
+    if binary is None:
+        raise SystemExit("wrk is missing: apt-get install wrk")
+    threads = min(2, connections)
+    command = [binary, f"-t{threads}", f"-c{connections}", f"-d{seconds}s", "--latency", url]
+    if script is not None:
+        command[1:1] = ["-s", str(script)]
+    if shutil.which("taskset"):
+        command = ["taskset", "-c", LOAD_CPU, *command]
+    output = subprocess.run(
+        command, capture_output=True, text=True, check=True, timeout=seconds + 60
+    ).stdout
+    result = {"rps": float(re.search(r"Requests/sec:\s+([\d.]+)", output).group(1))}  # type: ignore[union-attr]
+    for percentile in ("50", "99"):
+        match = re.search(rf"^\s+{percentile}%\s+([\d.]+)(us|ms|s)", output, re.MULTILINE)
+        if match:
+            result[f"p{percentile}_ms"] = float(match.group(1)) * _UNIT[match.group(2)]
+    errors = re.search(r"Non-2xx or 3xx responses: (\d+)", output)
+    result["non_2xx"] = float(errors.group(1)) if errors else 0.0
+    return result
+
+
+_UNIT = {"us": 0.001, "ms": 1.0, "s": 1000.0}
+
+
+def _wait(base_url: str, process: subprocess.Popen[bytes]) -> None:
+    deadline = time.monotonic() + 60
+    while time.monotonic() < deadline:
+        if process.poll() is not None:
+            raise RuntimeError("server exited during start-up")
+        try:
+            httpx.get(base_url + "/api/health/live", timeout=1)
+            return
+        except httpx.TransportError:
+            time.sleep(0.1)
+    raise RuntimeError("server did not start")
+
+
+def _toml(data: Mapping[str, Any], prefix: str = "") -> str:
+    lines, tables = [], []
+    for key, value in data.items():
+        name = key if key.replace("_", "").isalnum() else f'"{key}"'
+        if isinstance(value, Mapping):
+            tables.append((f"{prefix}{name}", value))
+        elif isinstance(value, bool):
+            lines.append(f"{name} = {'true' if value else 'false'}")
+        elif isinstance(value, str):
+            lines.append(f'{name} = "{value}"')
+        elif isinstance(value, list):
+            lines.append(f"{name} = [" + ", ".join(f'"{item}"' for item in value) + "]")
+        else:
+            lines.append(f"{name} = {value!r}")
+    text = "\n".join(lines) + "\n"
+    for table_name, table in tables:
+        text += f"\n[{table_name}]\n" + _toml(table, prefix=f"{table_name}.")
+    return text
