@@ -9,6 +9,7 @@ BENCHMARKS = {
     "logging": "bench.logging_cost",
     "metrics": "bench.metrics_cost",
     "health": "bench.health_polling",
+    "workers": "bench.workers",
 }
 
 

@@ -20,6 +20,7 @@ from service.observability.health import init_health
 from service.observability.logging import configure_logging
 from service.observability.metrics import get_metrics, init_metrics, instrument_engine
 from service.observability.middleware import RequestObserver
+from service.observability.multiprocess import init_worker_snapshots
 from service.rate_limits import init_rate_limits
 from service.settings import Settings, load_settings
 from service.version import VERSION
@@ -55,6 +56,7 @@ def create_app(settings: Settings | None = None) -> Quart:
     init_db(app, settings, instrument=lambda engine: instrument_engine(engine, metrics))
     init_cache(app, settings, metrics.cache_requests, metrics.cache_errors)
     init_health(app, settings, metrics)
+    init_worker_snapshots(app, metrics, settings)
     app.before_request(_bind_request_context)
     init_rate_limits(app, settings)
     QuartAuth(app)

@@ -58,6 +58,8 @@ class Settings(BaseSettings):
 
     metrics_token: SecretStr | None = None
     metrics_track_probes: bool = False
+    metrics_dir: Path | None = None
+    metrics_sync_interval: float = Field(default=1.0, ge=0.05, le=60)
     active_user_window_seconds: int = Field(default=300, ge=10, le=86400)
 
     health_check_timeout: float = Field(default=0.5, gt=0, le=30)

@@ -49,7 +49,7 @@ def running_server(
     *,
     app: str = "service.asgi:app",
     config: Mapping[str, Any] | None = None,
-    ready_path: str = "/",
+    ready_path: str = "/api/health/live",
 ) -> Iterator[Server]:
     """Serve `app` with the repository's hypercorn.toml (bind and `config` overridden).
 

@@ -10,6 +10,7 @@ from quart import Blueprint, Response, current_app, request
 from service.errors import APIError
 from service.observability import exposition
 from service.observability.metrics import get_metrics
+from service.observability.multiprocess import get_worker_snapshots
 from service.settings import Settings
 
 blueprint = Blueprint("metrics", __name__)
@@ -23,6 +24,9 @@ async def metrics() -> Response:
     collected = get_metrics()
     await collected.refresh_scrape_time_values(current_app)
     families = collected.snapshot()
+    sharing = get_worker_snapshots(current_app)
+    if sharing is not None:  # several hypercorn workers: report all of them
+        families = await sharing.collect(families)
     # Formatting is CPU work proportional to the series count: keep it off the event loop.
     body = await asyncio.to_thread(exposition.render, families)
     return Response(

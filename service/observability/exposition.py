@@ -61,6 +61,65 @@ def snapshot(registry: Registry, merge: dict[str, Merge] | None = None) -> Snaps
     return families
 
 
+def merge(parts: list[Snapshot], *, gauges: bool = True) -> Snapshot:
+    """Combine several processes' snapshots: counters and histograms are summed, each gauge by
+    its family's `merge` mode. `gauges=False` keeps only what outlives a process (the archive)."""
+    merged: Snapshot = {}
+    for part in parts:
+        for name, family in part.items():
+            if family.kind == "gauge" and not gauges:
+                continue
+            target = merged.get(name)
+            if target is None:
+                target = merged[name] = Family(name, family.kind, family.help, family.merge)
+            for labels, value in family.samples.items():
+                current = target.samples.get(labels)
+                target.samples[labels] = (
+                    _copy(value) if current is None else _combine(current, value, family)
+                )
+    return merged
+
+
+def to_json(families: Snapshot) -> bytes:
+    return orjson.dumps(
+        {
+            name: {
+                "kind": family.kind,
+                "help": family.help,
+                "merge": family.merge,
+                "samples": [
+                    [list(labels), _value_to_json(value)]
+                    for labels, value in family.samples.items()
+                ],
+            }
+            for name, family in families.items()
+        }
+    )
+
+
+def from_json(data: bytes) -> Snapshot:
+    """Parse a snapshot written by `to_json`; raises ValueError on anything malformed."""
+    try:
+        raw = orjson.loads(data)
+        families: Snapshot = {}
+        for name, body in raw.items():
+            kind, merge_mode = body["kind"], body["merge"]
+            if kind not in ("counter", "gauge", "histogram") or merge_mode not in (
+                "sum",
+                "max",
+                "min",
+            ):
+                raise ValueError(f"bad family {name}")
+            family = Family(name, kind, str(body["help"]), merge_mode)
+            for labels, value in body["samples"]:
+                key = tuple((str(k), str(v)) for k, v in labels)
+                family.samples[key] = _value_from_json(value, kind)
+            families[name] = family
+        return families
+    except (KeyError, TypeError, IndexError, orjson.JSONDecodeError) as exc:
+        raise ValueError(f"malformed snapshot: {exc}") from None
+
+
 def render(families: Snapshot) -> bytes:
     lines: list[str] = []
     for name in sorted(families):
@@ -79,6 +138,54 @@ def render(families: Snapshot) -> bytes:
                 lines.append(f"{name}{_labels(labels)} {_number(value)}")
     lines.append("")
     return "\n".join(lines).encode()
+
+
+def _copy(value: float | HistogramValue) -> float | HistogramValue:
+    if isinstance(value, HistogramValue):
+        return HistogramValue(value.bounds, list(value.cumulative), value.count, value.total)
+    return value
+
+
+def _combine(
+    current: float | HistogramValue, value: float | HistogramValue, family: Family
+) -> float | HistogramValue:
+    if isinstance(current, HistogramValue) and isinstance(value, HistogramValue):
+        if current.bounds != value.bounds:
+            raise ValueError(f"{family.name}: bucket bounds differ between processes")
+        return HistogramValue(
+            current.bounds,
+            [a + b for a, b in zip(current.cumulative, value.cumulative, strict=True)],
+            current.count + value.count,
+            current.total + value.total,
+        )
+    assert not isinstance(current, HistogramValue) and not isinstance(value, HistogramValue)
+    if family.kind == "gauge" and family.merge == "max":
+        return max(current, value)
+    if family.kind == "gauge" and family.merge == "min":
+        return min(current, value)
+    return current + value
+
+
+def _value_to_json(value: float | HistogramValue) -> object:
+    if isinstance(value, HistogramValue):
+        bounds = ["+Inf" if b == math.inf else b for b in value.bounds]
+        return {"bounds": bounds, "cumulative": value.cumulative, "count": value.count,
+                "sum": value.total}  # fmt: skip
+    return value
+
+
+def _value_from_json(value: object, kind: Kind) -> float | HistogramValue:
+    if kind == "histogram":
+        if not isinstance(value, dict):
+            raise TypeError("histogram sample is not an object")
+        bounds = tuple(math.inf if b == "+Inf" else float(b) for b in value["bounds"])
+        cumulative = [float(c) for c in value["cumulative"]]
+        if len(bounds) != len(cumulative):
+            raise TypeError("histogram buckets and counts differ in length")
+        return HistogramValue(bounds, cumulative, float(value["count"]), float(value["sum"]))
+    if isinstance(value, bool) or not isinstance(value, int | float):
+        raise TypeError("sample value is not a number")
+    return value
 
 
 def escape_label_value(value: str) -> str:

@@ -73,6 +73,8 @@ def configure_logging(settings: Settings, stream: TextIO | None = None) -> None:
     )
 
     handler = logging.StreamHandler(stream)
+    # Loggers that set their own level (hypercorn's) still obey LOG_LEVEL here.
+    handler.setLevel(level)
     handler.addFilter(_allow_listed_access_fields)
     handler.setFormatter(
         structlog.stdlib.ProcessorFormatter(
@@ -89,6 +91,9 @@ def configure_logging(settings: Settings, stream: TextIO | None = None) -> None:
         server_logger.propagate = True
     # SQL statements carry user data; only problems are worth a line.
     logging.getLogger("sqlalchemy").setLevel(max(level, logging.WARNING))
+    # One line per SQLite call is noise even in development.
+    logging.getLogger("aiosqlite").setLevel(max(level, logging.INFO))
+    logging.getLogger("alembic.runtime.plugins").setLevel(max(level, logging.WARNING))
     # A record that fails to format must vanish, not be dumped with its arguments to stderr.
     logging.raiseExceptions = False
     logging.captureWarnings(True)

@@ -1,0 +1,216 @@
+"""Exact metrics under several hypercorn workers: each scrape reports the sum of all of them.
+
+Every worker records in memory, as with one worker. Sharing happens through files in a directory
+per server run (`METRICS_DIR/run-<master pid>-<master start time>`, so a previous run never
+leaks into this one):
+
+- `worker-<pid>.json`: a worker's snapshot, written (write then rename) every
+  `METRICS_SYNC_INTERVAL` seconds while other workers exist, and whenever it serves a scrape.
+- `archive.json`: the counters and histograms of workers that have exited, folded in by the
+  exiting worker itself or, if it died, by a survivor; its gauges are dropped.
+
+A scrape writes the serving worker's own snapshot first and then reads everything else, so any
+value ever reported for a worker is already on disk: later scrapes read files that can only have
+grown, and counters never go backwards, even when the worker that reported them dies. Other
+workers' numbers lag by at most the sync interval. With a single worker nothing is written
+between scrapes and a scrape reports live numbers. A file that cannot be parsed is skipped with a
+warning. Folding and reading are serialised by `flock` on `archive.lock`.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import fcntl
+import multiprocessing
+import os
+import shutil
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+
+import psutil
+import structlog
+from quart import Quart
+
+from service.observability import exposition
+from service.observability.exposition import Snapshot
+from service.observability.metrics import Metrics
+from service.settings import Settings
+
+logger = structlog.get_logger(__name__)
+
+_EXTENSION = "worker_snapshots"
+_ARCHIVE = "archive.json"
+_LOCK = "archive.lock"
+_PREFIX = "worker-"
+
+
+class WorkerSnapshots:
+    def __init__(self, app: Quart, metrics: Metrics, settings: Settings, master_pid: int) -> None:
+        self.app = app
+        self.metrics = metrics
+        self.interval = settings.metrics_sync_interval
+        self.master_pid = master_pid
+        self.pid = os.getpid()
+        self.base = settings.metrics_dir or settings.data_dir / "metrics"
+        self.run_dir = self.base / f"run-{master_pid}-{_start_time(master_pid)}"
+        self.own_file = self.run_dir / f"{_PREFIX}{self.pid}.json"
+        self._task: asyncio.Task[None] | None = None
+
+    async def start(self) -> None:
+        try:
+            await asyncio.to_thread(self._prepare)
+        except OSError as exc:
+            raise RuntimeError(f"METRICS_DIR: cannot use {self.base}: {exc.strerror}") from None
+        await self._publish()  # announces this worker to the others
+        self._task = asyncio.create_task(self._sync_forever())
+
+    async def stop(self) -> None:
+        if self._task is not None:
+            self._task.cancel()
+            await asyncio.gather(self._task, return_exceptions=True)
+        # Graceful exit (including hypercorn's max_requests recycling): keep every count.
+        await self._publish()
+        await asyncio.to_thread(self._fold, self.own_file)
+
+    async def collect(self, own: Snapshot) -> Snapshot:
+        """The whole server's metrics: this worker's `own` snapshot plus every other's."""
+        return await asyncio.to_thread(self._collect, own)
+
+    async def _publish(self) -> None:
+        await self.metrics.refresh_scrape_time_values(self.app)
+        data = exposition.to_json(self.metrics.snapshot())
+        await asyncio.to_thread(_write_atomically, self.own_file, data)
+
+    async def _sync_forever(self) -> None:
+        while True:
+            await asyncio.sleep(self.interval)
+            try:
+                others = await asyncio.to_thread(self._other_files)
+                if others:
+                    await self._publish()
+                for path in others:
+                    if not self._alive(_pid_of(path)):
+                        await asyncio.to_thread(self._fold, path)
+            except Exception:
+                logger.exception("metrics_sync_failed")
+
+    def _prepare(self) -> None:
+        self.run_dir.mkdir(parents=True, exist_ok=True)
+        for run in self.base.glob("run-*"):
+            if run != self.run_dir and not _is_live_run(run.name):
+                shutil.rmtree(run, ignore_errors=True)
+
+    def _collect(self, own: Snapshot) -> Snapshot:
+        _write_atomically(self.own_file, exposition.to_json(own))
+        parts = [own]
+        with self._locked(fcntl.LOCK_SH):
+            archive = self._read(self.run_dir / _ARCHIVE)
+            if archive is not None:
+                parts.append(archive)
+            for path in self._other_files():
+                snapshot = self._read(path)
+                if snapshot is None:
+                    continue
+                if self._alive(_pid_of(path)):
+                    parts.append(snapshot)
+                else:  # exited but not yet folded: its counts still count, its gauges do not
+                    parts.append(exposition.merge([snapshot], gauges=False))
+        return exposition.merge(parts)
+
+    def _fold(self, path: Path) -> None:
+        """Move a finished worker's counters and histograms into the archive, once."""
+        with self._locked(fcntl.LOCK_EX):
+            if not path.exists():
+                return
+            finished = self._read(path)
+            archive_path = self.run_dir / _ARCHIVE
+            archive = self._read(archive_path) or {}
+            if finished is not None:
+                merged = exposition.merge([archive, finished], gauges=False)
+                _write_atomically(archive_path, exposition.to_json(merged))
+            path.unlink(missing_ok=True)
+
+    def _other_files(self) -> list[Path]:
+        return [
+            path
+            for path in self.run_dir.glob(f"{_PREFIX}*.json")
+            if path != self.own_file and _pid_of(path) > 0
+        ]
+
+    def _alive(self, pid: int) -> bool:
+        try:
+            process = psutil.Process(pid)
+            return process.ppid() == self.master_pid and process.status() != psutil.STATUS_ZOMBIE
+        except psutil.Error:
+            return False
+
+    def _read(self, path: Path) -> Snapshot | None:
+        try:
+            return exposition.from_json(path.read_bytes())
+        except FileNotFoundError:
+            return None
+        except (OSError, ValueError) as exc:
+            logger.warning("metrics_snapshot_skipped", file=path.name, reason=str(exc)[:200])
+            return None
+
+    @contextmanager
+    def _locked(self, mode: int) -> Iterator[None]:
+        with (self.run_dir / _LOCK).open("a") as lock:
+            fcntl.flock(lock, mode)
+            try:
+                yield
+            finally:
+                fcntl.flock(lock, fcntl.LOCK_UN)
+
+
+def init_worker_snapshots(app: Quart, metrics: Metrics, settings: Settings) -> None:
+    """Share metrics between processes when this one is a worker of a multi-process server."""
+
+    @app.before_serving
+    async def _start() -> None:
+        parent = multiprocessing.parent_process()
+        if parent is None or parent.pid is None:
+            return  # a single process (tests, hypercorn with workers = 0): nothing to share
+        sharing = WorkerSnapshots(app, metrics, settings, parent.pid)
+        await sharing.start()
+        app.extensions[_EXTENSION] = sharing
+
+    @app.after_serving
+    async def _stop() -> None:
+        sharing: WorkerSnapshots | None = app.extensions.pop(_EXTENSION, None)
+        if sharing is not None:
+            await sharing.stop()
+
+
+def get_worker_snapshots(app: Quart) -> WorkerSnapshots | None:
+    sharing: WorkerSnapshots | None = app.extensions.get(_EXTENSION)
+    return sharing
+
+
+def _write_atomically(path: Path, data: bytes) -> None:
+    temporary = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    temporary.write_bytes(data)
+    os.replace(temporary, path)
+
+
+def _pid_of(path: Path) -> int:
+    try:
+        return int(path.stem.removeprefix(_PREFIX))
+    except ValueError:
+        return -1
+
+
+def _start_time(pid: int) -> int:
+    try:
+        return int(psutil.Process(pid).create_time())
+    except psutil.Error:
+        return 0
+
+
+def _is_live_run(name: str) -> bool:
+    try:
+        _, pid, started = name.split("-")
+        return _start_time(int(pid)) == int(started)
+    except ValueError:
+        return False
