@@ -18,6 +18,12 @@ async def boom() -> str:
     raise RuntimeError("internal detail: postgresql://app:hunter2@db.internal/x")
 
 
+@app.get("/test/slow/<int:milliseconds>")
+async def slow(milliseconds: int) -> str:
+    await asyncio.sleep(milliseconds / 1000)
+    return "slow"
+
+
 @app.get("/test/background")
 async def background() -> str:
     async def later() -> None:

@@ -212,6 +212,7 @@ class HealthMonitor:
 
     async def _check_disk(self) -> CheckResult:
         usage = await asyncio.to_thread(shutil.disk_usage, _existing(self._disk_path()))
+        self.metrics.disk_free.set({}, usage.free / usage.total)
         free_percent = round(usage.free / usage.total * 100, 1)
         threshold = self.settings.disk_warning_free_percent
         status: Status = "warning" if free_percent < threshold else "healthy"
@@ -219,6 +220,7 @@ class HealthMonitor:
 
     async def _check_memory(self) -> CheckResult:
         memory = await asyncio.to_thread(psutil.virtual_memory)
+        self.metrics.memory_used.set({}, float(memory.percent) / 100)
         percent_used = round(float(memory.percent), 1)
         threshold = self.settings.memory_warning_percent
         status: Status = "warning" if percent_used >= threshold else "healthy"

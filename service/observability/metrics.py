@@ -141,6 +141,16 @@ class Metrics:
             registry=r,
             buckets=HEALTH_DURATION_BUCKETS,
         )
+        self.disk_free = Gauge(
+            "system_disk_free_ratio",
+            "Free fraction of the data filesystem, read by the health check.",
+            registry=r,
+        )
+        self.memory_used = Gauge(
+            "system_memory_used_ratio",
+            "Used fraction of the machine's memory, read by the health check.",
+            registry=r,
+        )
         self.process_cpu = Counter(
             "process_cpu_seconds_total", "User and system CPU time of the process.", registry=r
         )
@@ -159,6 +169,8 @@ class Metrics:
             "db_pool_connections": "sum",
             "active_users": "max",
             "health_check_status": "min",
+            "system_disk_free_ratio": "min",
+            "system_memory_used_ratio": "max",
             "process_resident_memory_bytes": "sum",
             "process_open_fds": "sum",
             "process_start_time_seconds": "min",

@@ -1,0 +1,218 @@
+"""Real Prometheus, Alertmanager and a webhook receiver, for tests of monitoring/."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import os
+import re
+import shutil
+import signal
+import subprocess
+import threading
+import time
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from pathlib import Path
+from typing import Any
+
+import httpx
+import yaml
+
+from tests.conftest import ROOT
+from tests.faults import TcpProxy
+from tests.server import free_port
+
+MONITORING = ROOT / "monitoring"
+
+
+def binary(*names: str) -> str:
+    """The path of a required tool; a missing one fails the test (CI installs them)."""
+    for name in names:
+        path = shutil.which(name)
+        if path:
+            return path
+    raise AssertionError(
+        f"{names[0]} is missing: apt-get install prometheus prometheus-alertmanager"
+    )
+
+
+@contextmanager
+def process(command: list[str], ready_url: str, log: Path) -> Iterator[subprocess.Popen[bytes]]:
+    with log.open("wb") as sink:
+        proc = subprocess.Popen(
+            command, stdout=sink, stderr=subprocess.STDOUT, start_new_session=True
+        )
+    try:
+        wait_until(lambda: _ok(ready_url), 60, f"{command[0]} did not become ready:\n{log}")
+        yield proc
+    finally:
+        if proc.poll() is None:
+            os.killpg(proc.pid, signal.SIGTERM)
+            try:
+                proc.wait(timeout=20)
+            except subprocess.TimeoutExpired:
+                os.killpg(proc.pid, signal.SIGKILL)
+                proc.wait(timeout=10)
+
+
+def prometheus_config(
+    tmp_path: Path, target: str, alertmanager: str | None, *, shorten: bool
+) -> Path:
+    """monitoring/prometheus as shipped, scraping `target` every second. `shorten` rewrites the
+    rules' `for:` and range windows to seconds, so alerts fire and resolve within a test."""
+    rules_dir = tmp_path / "rules"
+    rules_dir.mkdir(exist_ok=True)
+    for rule_file in (MONITORING / "prometheus" / "rules").glob("*.yml"):
+        text = rule_file.read_text()
+        if shorten:
+            text = re.sub(r"for: \d+[smhd]", "for: 1s", text)
+            text = re.sub(r"\[\d+[smhd]\]", "[10s]", text)
+        (rules_dir / rule_file.name).write_text(text)
+    config = yaml.safe_load((MONITORING / "prometheus" / "prometheus.yml").read_text())
+    config["global"].update({"scrape_interval": "1s", "evaluation_interval": "1s"})
+    config["rule_files"] = [str(path) for path in sorted(rules_dir.glob("*.yml"))]
+    job = config["scrape_configs"][0]
+    job.update({"scrape_interval": "1s", "scrape_timeout": "1s"})
+    job["static_configs"] = [{"targets": [target]}]
+    if alertmanager is None:
+        config.pop("alerting", None)
+    else:
+        config["alerting"]["alertmanagers"][0]["static_configs"] = [{"targets": [alertmanager]}]
+    path = tmp_path / "prometheus.yml"
+    path.write_text(yaml.safe_dump(config))
+    return path
+
+
+@contextmanager
+def prometheus(tmp_path: Path, config: Path) -> Iterator[str]:
+    port = free_port()
+    command = [
+        binary("prometheus"),
+        f"--config.file={config}",
+        f"--storage.tsdb.path={tmp_path / 'tsdb'}",
+        f"--web.listen-address=127.0.0.1:{port}",
+        # Alerts that fire before Alertmanager is discovered (up to 5 s) are otherwise only
+        # re-sent after the default minute.
+        "--rules.alert.resend-delay=2s",
+    ]
+    url = f"http://127.0.0.1:{port}"
+    with process(command, url + "/-/ready", tmp_path / "prometheus.log"):
+        yield url
+
+
+@contextmanager
+def alertmanager(tmp_path: Path, webhook: str) -> Iterator[str]:
+    """monitoring/alertmanager as shipped, with every receiver sent to `webhook` and
+    group timings of a second."""
+    config = yaml.safe_load((MONITORING / "alertmanager" / "alertmanager.yml").read_text())
+    config["route"].update({"group_wait": "1s", "group_interval": "1s", "repeat_interval": "1m"})
+    for route in config["route"]["routes"]:
+        for key in ("group_wait", "group_interval"):
+            if key in route:
+                route[key] = "1s"
+    for receiver in config["receivers"]:
+        for hook in receiver["webhook_configs"]:
+            hook["url"] = f"{webhook}/{receiver['name']}"
+    path = tmp_path / "alertmanager.yml"
+    path.write_text(yaml.safe_dump(config))
+    port = free_port()
+    command = [
+        binary("prometheus-alertmanager", "alertmanager"),
+        f"--config.file={path}",
+        f"--storage.path={tmp_path / 'alertmanager'}",
+        f"--web.listen-address=127.0.0.1:{port}",
+        "--cluster.listen-address=",
+    ]
+    url = f"http://127.0.0.1:{port}"
+    with process(command, url + "/-/ready", tmp_path / "alertmanager.log"):
+        yield url
+
+
+class Webhook:
+    """Collects Alertmanager's notifications: (receiver, status, alertname, severity) tuples."""
+
+    def __init__(self) -> None:
+        self.notifications: list[dict[str, Any]] = []
+        received = self.notifications
+
+        class Handler(BaseHTTPRequestHandler):
+            def do_POST(self) -> None:
+                body = self.rfile.read(int(self.headers["Content-Length"]))
+                payload = json.loads(body)
+                if isinstance(payload, dict):
+                    payload["receiver_path"] = self.path.strip("/")
+                    received.append(payload)
+                self.send_response(200)
+                self.end_headers()
+
+            def log_message(self, *args: Any) -> None:
+                return None
+
+        self.server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self.url = f"http://127.0.0.1:{self.server.server_address[1]}"
+        self.thread = threading.Thread(target=self.server.serve_forever, daemon=True)
+
+    def __enter__(self) -> Webhook:
+        self.thread.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.server.shutdown()
+        self.server.server_close()
+
+    def alerts(self) -> list[tuple[str, str, str, str]]:
+        return [
+            (n["receiver_path"], alert["status"], alert["labels"]["alertname"],
+             alert["labels"].get("severity", ""))
+            for n in list(self.notifications)
+            for alert in n["alerts"]
+        ]  # fmt: skip
+
+
+class ThreadedProxy:
+    """A TcpProxy on its own event loop thread, for servers in other processes."""
+
+    def __init__(self, target_port: int) -> None:
+        self.loop = asyncio.new_event_loop()
+        self.thread = threading.Thread(target=self.loop.run_forever, daemon=True)
+        self.thread.start()
+        self.proxy = TcpProxy(target_port)
+        self.port = self.proxy.port
+
+    def start(self) -> None:
+        asyncio.run_coroutine_threadsafe(self.proxy.start(), self.loop).result(10)
+
+    def cut(self) -> None:
+        asyncio.run_coroutine_threadsafe(self.proxy.cut(), self.loop).result(10)
+
+    def close(self) -> None:
+        self.cut()
+        self.loop.call_soon_threadsafe(self.loop.stop)
+        self.thread.join(10)
+        self.loop.close()
+
+
+def query(prometheus_url: str, expr: str) -> list[dict[str, Any]]:
+    response = httpx.get(prometheus_url + "/api/v1/query", params={"query": expr}, timeout=10)
+    body = response.json()
+    assert body["status"] == "success", (expr, body)
+    result: list[dict[str, Any]] = body["data"]["result"]
+    return result
+
+
+def wait_until(condition: Callable[[], bool], seconds: float, message: str) -> None:
+    deadline = time.monotonic() + seconds
+    while time.monotonic() < deadline:
+        if condition():
+            return
+        time.sleep(0.25)
+    raise AssertionError(message)
+
+
+def _ok(url: str) -> bool:
+    try:
+        return httpx.get(url, timeout=1).status_code == 200
+    except httpx.TransportError:
+        return False

@@ -1,0 +1,254 @@
+"""monitoring/ against real Prometheus, Alertmanager and the running service."""
+
+from __future__ import annotations
+
+import json
+import re
+import subprocess
+import threading
+import uuid
+from collections.abc import Iterator
+from contextlib import contextmanager, suppress
+from pathlib import Path
+from typing import Any
+
+import httpx
+import yaml
+
+from tests.conftest import REDIS_URL
+from tests.server import Server, running_server
+from tests.stack import (
+    MONITORING,
+    ThreadedProxy,
+    Webhook,
+    alertmanager,
+    binary,
+    prometheus,
+    prometheus_config,
+    query,
+    wait_until,
+)
+
+PROMETHEUS_DIR = MONITORING / "prometheus"
+ALERTMANAGER_CONFIG = MONITORING / "alertmanager" / "alertmanager.yml"
+DASHBOARD = MONITORING / "grafana" / "dashboards" / "scene-packer.json"
+
+
+def _run(*command: str) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(command, capture_output=True, text=True, timeout=120)
+
+
+def _alert_rules() -> list[dict[str, Any]]:
+    groups = yaml.safe_load((PROMETHEUS_DIR / "rules" / "alerts.yml").read_text())["groups"]
+    return [rule for group in groups for rule in group["rules"] if "alert" in rule]
+
+
+# ------------------------------------------------------------------ static checks
+
+
+def test_promtool_accepts_config_and_rules() -> None:
+    promtool = binary("promtool")
+    config = _run(promtool, "check", "config", str(PROMETHEUS_DIR / "prometheus.yml"))
+    assert config.returncode == 0, config.stdout + config.stderr
+    rules = _run(promtool, "check", "rules", *map(str, (PROMETHEUS_DIR / "rules").glob("*.yml")))
+    assert rules.returncode == 0, rules.stdout + rules.stderr
+
+
+def test_promtool_rule_unit_tests_pass() -> None:
+    result = _run(
+        binary("promtool"), "test", "rules", str(PROMETHEUS_DIR / "tests" / "alerts_test.yml")
+    )
+    assert result.returncode == 0, result.stdout + result.stderr
+    assert "SUCCESS" in result.stdout
+
+
+def test_every_alert_is_documented_and_unit_tested() -> None:
+    readme = (MONITORING / "README.md").read_text()
+    anchors = {heading.lower() for heading in re.findall(r"^### (\w+)$", readme, re.MULTILINE)}
+    unit_tests = (PROMETHEUS_DIR / "tests" / "alerts_test.yml").read_text()
+    for rule in _alert_rules():
+        name = rule["alert"]
+        assert rule["labels"]["severity"] in {"critical", "warning", "none"}, name
+        assert {"summary", "description", "runbook_url"} <= set(rule["annotations"]), name
+        assert rule["annotations"]["runbook_url"] == f"monitoring/README.md#{name.lower()}"
+        assert name.lower() in anchors, f"{name} has no section in monitoring/README.md"
+        assert f"alertname: {name}" in unit_tests, f"{name} has no promtool unit test"
+    p95 = [
+        rule["labels"]["severity"] for rule in _alert_rules() if rule["alert"] == "HighLatencyP95"
+    ]
+    assert sorted(p95) == ["critical", "warning"]
+    assert "histogram_quantile(0.95" in (PROMETHEUS_DIR / "rules" / "recording.yml").read_text()
+
+
+def test_amtool_accepts_the_config_and_routes_each_severity() -> None:
+    amtool = binary("amtool")
+    check = _run(amtool, "check-config", str(ALERTMANAGER_CONFIG))
+    assert check.returncode == 0, check.stdout + check.stderr
+    for labels, receiver in (
+        (["alertname=HighErrorRate", "severity=critical", "job=scene-packer"], "pager"),
+        (["alertname=HighLatencyP95", "severity=warning", "job=scene-packer"], "tickets"),
+        (["alertname=Watchdog", "severity=none"], "watchdog"),
+    ):
+        routed = _run(
+            amtool, "config", "routes", "test", f"--config.file={ALERTMANAGER_CONFIG}",
+            f"--verify.receivers={receiver}", *labels,
+        )  # fmt: skip
+        assert routed.returncode == 0, (labels, routed.stdout + routed.stderr)
+
+
+def test_dashboard_is_plain_provisionable_json() -> None:
+    text = DASHBOARD.read_text()
+    dashboard = json.loads(text)
+    assert dashboard["uid"] == "scene-packer-service"
+    assert "__inputs" not in dashboard and "${DS_" not in text
+    variables = {v["name"]: v for v in dashboard["templating"]["list"]}
+    assert {"datasource", "job", "instance"} <= set(variables)
+    assert variables["datasource"]["current"]["value"] == "scene-packer-prometheus"
+    provisioned = yaml.safe_load(
+        (MONITORING / "grafana" / "provisioning" / "datasources" / "prometheus.yaml").read_text()
+    )
+    assert provisioned["datasources"][0]["uid"] == "scene-packer-prometheus"
+    for panel in _panels(dashboard):
+        assert panel["fieldConfig"]["defaults"].get("unit"), panel["title"]
+        for target in panel["targets"]:
+            assert target["datasource"]["uid"] == "${datasource}"
+            windows = re.findall(r"\[([^\]]+)\]", target["expr"])
+            assert all(window == "$__rate_interval" for window in windows), target["expr"]
+
+
+# ------------------------------------------------------------------ live service
+
+
+def _panels(dashboard: dict[str, Any]) -> list[dict[str, Any]]:
+    return [panel for panel in dashboard["panels"] if panel["type"] != "row"]
+
+
+def _service_env(postgres_url: str, **extra: str) -> dict[str, str]:
+    return {
+        "DATABASE_URL": postgres_url,
+        "REDIS_URL": REDIS_URL,
+        "CACHE_KEY_PREFIX": f"test-{uuid.uuid4().hex[:8]}:",
+        "HEALTH_REFRESH_SECONDS": "1",
+        "LOG_LEVEL": "WARNING",
+        **extra,
+    }
+
+
+@contextmanager
+def _background_traffic(server: Server, paths: list[str], pause: float) -> Iterator[None]:
+    stop = threading.Event()
+
+    def loop() -> None:
+        with httpx.Client(base_url=server.base_url, timeout=30) as client:
+            while not stop.is_set():
+                for path in paths:
+                    with suppress(httpx.TransportError):
+                        client.get(path)
+                stop.wait(pause)
+
+    thread = threading.Thread(target=loop, daemon=True)
+    thread.start()
+    try:
+        yield
+    finally:
+        stop.set()
+        thread.join(60)
+
+
+def test_every_dashboard_panel_returns_data(tmp_path: Path, postgres_url: str) -> None:
+    env = _service_env(postgres_url, LOGIN_LIMIT_PER_USERNAME="3")
+    with running_server(tmp_path, env, app="tests.apps:app") as server:
+        target = server.base_url.removeprefix("http://")
+        config = prometheus_config(tmp_path, target, None, shorten=False)
+        with prometheus(tmp_path, config) as prom, httpx.Client(base_url=server.base_url) as client:
+            credentials = {"username": "dashboard", "password": "long enough password"}
+            client.post("/api/auth/register", json=credentials)
+            assert client.post("/api/auth/login", json=credentials).status_code == 200
+            for _ in range(3):
+                client.get("/api/auth/me")
+            wrong = {"username": "dashboard", "password": "not the password"}
+            statuses = [client.post("/api/auth/login", json=wrong).status_code for _ in range(4)]
+            assert 429 in statuses
+            assert client.get("/test/boom").status_code == 500
+            dashboard = json.loads(DASHBOARD.read_text())
+            with _background_traffic(server, ["/api/auth/me", "/", "/nope"], 0.2):
+                for panel in _panels(dashboard):
+                    for panel_target in panel["targets"]:
+                        expr = (
+                            panel_target["expr"]
+                            .replace("$__rate_interval", "30s")
+                            .replace("$instance", ".*")
+                            .replace("$job", "scene-packer")
+                        )
+                        wait_until(
+                            lambda e=expr: bool(query(prom, e)),
+                            90,
+                            f"panel {panel['title']!r} returned no data for {expr}",
+                        )
+
+
+def test_alerts_fire_route_inhibit_and_resolve(tmp_path: Path, postgres_url: str) -> None:
+    from sqlalchemy.engine import make_url
+
+    database = ThreadedProxy(make_url(postgres_url).port or 5432)
+    database.start()
+    via_proxy = make_url(postgres_url).set(host="127.0.0.1", port=database.port)
+    env = _service_env(
+        via_proxy.render_as_string(hide_password=False),
+        HEALTH_CHECK_TIMEOUT="0.5",
+        HEALTH_CACHE_TTL="0",
+    )
+    try:
+        with (
+            running_server(tmp_path, env, app="tests.apps:app") as server,
+            Webhook() as webhook,
+            alertmanager(tmp_path, webhook.url) as am,
+        ):
+            target = server.base_url.removeprefix("http://")
+            config = prometheus_config(tmp_path, target, am.removeprefix("http://"), shorten=True)
+            with prometheus(tmp_path, config):
+
+                def received(status: str, alertname: str, severity: str) -> bool:
+                    return any(a[1:] == (status, alertname, severity) for a in webhook.alerts())
+
+                wait_until(lambda: received("firing", "Watchdog", "none"), 60, "no Watchdog")
+                assert any(a[0] == "watchdog" for a in webhook.alerts())
+
+                database.cut()
+                slow = ["/test/slow/2300"] * 3
+                with _background_traffic(server, ["/test/boom", *slow], 0.0):
+                    for alertname in ("DatabaseDown", "HighErrorRate", "HighLatencyP95"):
+                        wait_until(
+                            lambda n=alertname: received("firing", n, "critical"),
+                            90,
+                            f"{alertname} did not reach the pager: {webhook.alerts()}",
+                        )
+                    assert any(a[0] == "pager" for a in webhook.alerts())
+                    _wait_inhibited(am, "HighLatencyP95", "warning")
+                    assert not received("firing", "HighLatencyP95", "warning")
+
+                database.start()
+                with _background_traffic(server, ["/"], 0.05):
+                    for alertname in ("DatabaseDown", "HighErrorRate", "HighLatencyP95"):
+                        wait_until(
+                            lambda n=alertname: received("resolved", n, "critical"),
+                            90,
+                            f"{alertname} did not resolve: {webhook.alerts()}",
+                        )
+    finally:
+        database.close()
+
+
+def _wait_inhibited(am: str, alertname: str, severity: str) -> None:
+    def inhibited() -> bool:
+        alerts = httpx.get(
+            am + "/api/v2/alerts", params={"filter": f'alertname="{alertname}"'}, timeout=10
+        ).json()
+        return any(
+            alert["labels"].get("severity") == severity
+            and alert["status"]["state"] == "suppressed"
+            and alert["status"]["inhibitedBy"]
+            for alert in alerts
+        )
+
+    wait_until(inhibited, 90, f"{alertname} {severity} was not inhibited")
