@@ -10,7 +10,7 @@ from quart import Quart, request
 from quart_auth import QuartAuth, current_user
 from quart_schema import QuartSchema
 
-from service.blueprints import auth, health, meta
+from service.blueprints import auth, health, meta, rum
 from service.blueprints import metrics as metrics_blueprint
 from service.cache import CacheError, init_cache
 from service.db import init_db
@@ -57,6 +57,7 @@ def create_app(settings: Settings | None = None) -> Quart:
     init_cache(app, settings, metrics.cache_requests, metrics.cache_errors)
     init_health(app, settings, metrics)
     init_worker_snapshots(app, metrics, settings)
+    rum.init_rum(app, settings)
     app.before_request(_bind_request_context)
     init_rate_limits(app, settings)
     QuartAuth(app)
@@ -71,6 +72,7 @@ def create_app(settings: Settings | None = None) -> Quart:
     app.register_blueprint(meta.blueprint)
     app.register_blueprint(metrics_blueprint.blueprint)
     app.register_blueprint(health.blueprint)
+    app.register_blueprint(rum.blueprint)
     app.register_blueprint(auth.create_blueprint(settings))
     app.asgi_app = RequestObserver(app.asgi_app, settings, metrics)  # type: ignore[method-assign]
     return app

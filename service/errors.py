@@ -17,11 +17,14 @@ from service.observability.context import current_request_id
 
 
 class APIError(Exception):
-    def __init__(self, status: int, code: str, message: str) -> None:
+    def __init__(
+        self, status: int, code: str, message: str, headers: dict[str, str] | None = None
+    ) -> None:
         super().__init__(code)
         self.status = status
         self.code = code
         self.message = message
+        self.headers = headers
 
 
 class ServiceUnavailable(APIError):
@@ -65,7 +68,7 @@ def register_error_handlers(app: Quart) -> None:
 
 
 async def _handle_api_error(error: APIError) -> Response:
-    return error_response(error.status, error.code, error.message, headers=None)
+    return error_response(error.status, error.code, error.message, headers=error.headers)
 
 
 async def _handle_validation_error(error: RequestSchemaValidationError) -> Response:

@@ -13,6 +13,7 @@ from typing import Annotated, Any
 
 from pydantic import Field, SecretStr, ValidationError, field_validator, model_validator
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
+from werkzeug.routing import Map, Rule
 
 DEVELOPMENT_SECRET_KEY = "development-only-secret-key-do-not-use-in-production"
 MIN_PRODUCTION_SECRET_KEY_LENGTH = 32
@@ -71,6 +72,12 @@ class Settings(BaseSettings):
     health_disk_path: Path | None = None
     disk_warning_free_percent: float = Field(default=20.0, ge=0, le=100)
     memory_warning_percent: float = Field(default=90.0, ge=0, le=100)
+
+    rum_pages: Annotated[list[str], NoDecode] = Field(default_factory=list)
+    rum_allowed_origins: Annotated[list[str], NoDecode] = Field(default_factory=list)
+    rum_rate_per_second: float = Field(default=10.0, gt=0, le=10_000)
+    rum_burst: int = Field(default=50, ge=1, le=100_000)
+    rum_demo_enabled: bool | None = None
 
     rate_limit_window_seconds: int = Field(default=60, ge=1, le=86400)
     login_limit_per_ip: int = Field(default=20, ge=1)
@@ -135,6 +142,30 @@ class Settings(BaseSettings):
             raise ValueError(f"unknown checks {unknown}; choose from {', '.join(HEALTH_CHECKS)}")
         return value
 
+    @field_validator("rum_pages", mode="before")
+    @classmethod
+    def _page_templates(cls, value: Any) -> Any:
+        if isinstance(value, str):
+            value = [part.strip() for part in value.split(",") if part.strip()]
+        for page in value:
+            if not page.startswith("/"):
+                raise ValueError(f"{page!r} is not a path template such as /books/<int:book_id>")
+            try:
+                Map([Rule(page)])
+            except ValueError as exc:
+                raise ValueError(f"{page!r} is not a valid path template: {exc}") from None
+        return value
+
+    @field_validator("rum_allowed_origins", mode="before")
+    @classmethod
+    def _origins(cls, value: Any) -> Any:
+        if isinstance(value, str):
+            value = [part.strip().rstrip("/") for part in value.split(",") if part.strip()]
+        for origin in value:
+            if not origin.startswith(("http://", "https://")):
+                raise ValueError(f"{origin!r} is not an origin such as https://books.example")
+        return value
+
     @model_validator(mode="after")
     def _production_needs_secret(self) -> Settings:
         if self.environment is Environment.PRODUCTION:
@@ -167,6 +198,10 @@ class Settings(BaseSettings):
     @property
     def uses_embedded_database(self) -> bool:
         return self.effective_database_url.startswith("sqlite")
+
+    @property
+    def rum_demo(self) -> bool:
+        return not self.is_production if self.rum_demo_enabled is None else self.rum_demo_enabled
 
     @property
     def cookie_secure(self) -> bool:

@@ -135,7 +135,9 @@ def _service_env(postgres_url: str, **extra: str) -> dict[str, str]:
 
 
 @contextmanager
-def _background_traffic(server: Server, paths: list[str], pause: float) -> Iterator[None]:
+def _background_traffic(
+    server: Server, paths: list[str], pause: float, beacon: dict[str, Any] | None = None
+) -> Iterator[None]:
     stop = threading.Event()
 
     def loop() -> None:
@@ -144,6 +146,10 @@ def _background_traffic(server: Server, paths: list[str], pause: float) -> Itera
                 for path in paths:
                     with suppress(httpx.TransportError):
                         client.get(path)
+                if beacon is not None:
+                    with suppress(httpx.TransportError):
+                        client.post("/api/rum", json=beacon)
+                        client.post("/api/rum", content=b"{broken")
                 stop.wait(pause)
 
     thread = threading.Thread(target=loop, daemon=True)
@@ -170,8 +176,18 @@ def test_every_dashboard_panel_returns_data(tmp_path: Path, postgres_url: str) -
             statuses = [client.post("/api/auth/login", json=wrong).status_code for _ in range(4)]
             assert 429 in statuses
             assert client.get("/test/boom").status_code == 500
+            beacon = {
+                "page": "/rum/demo",
+                "metrics": [{"name": "FCP", "value": 900}, {"name": "CLS", "value": 0.02}],
+                "errors": [{"kind": "TypeError", "message": "x is undefined"}],
+                "api": [
+                    {"endpoint": "/api/auth/me", "method": "GET", "status": 503, "duration": 80}
+                ],
+            }
+            assert client.post("/api/rum", json=beacon).status_code == 204
+            assert client.post("/api/rum", content=b"{broken").status_code == 400
             dashboard = json.loads(DASHBOARD.read_text())
-            with _background_traffic(server, ["/api/auth/me", "/", "/nope"], 0.2):
+            with _background_traffic(server, ["/api/auth/me", "/", "/nope"], 0.2, beacon):
                 for panel in _panels(dashboard):
                     for panel_target in panel["targets"]:
                         expr = (

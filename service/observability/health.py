@@ -14,7 +14,7 @@ import errno
 import shutil
 import time
 import uuid
-from collections.abc import Awaitable, Callable, Iterator
+from collections.abc import AsyncGenerator, Awaitable, Callable, Iterator
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
@@ -255,8 +255,14 @@ def classify(exc: BaseException) -> str:
 def init_health(app: Quart, settings: Settings, metrics: Metrics) -> HealthMonitor:
     monitor = HealthMonitor(app, settings, metrics)
     app.extensions[_EXTENSION] = monitor
-    app.before_serving(monitor.start)
-    app.after_serving(monitor.stop)
+
+    # while_serving: starts once every resource is open, stops before any is closed.
+    @app.while_serving
+    async def _running() -> AsyncGenerator[None, None]:
+        await monitor.start()
+        yield
+        await monitor.stop()
+
     return monitor
 
 

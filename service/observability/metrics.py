@@ -31,6 +31,11 @@ HTTP_DURATION_BUCKETS = (
 )  # fmt: skip
 DB_DURATION_BUCKETS = (0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5)
 HEALTH_DURATION_BUCKETS = (0.001, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5)
+# Frontend buckets hold each vital's good / poor thresholds exactly (web.dev): FCP 1.8/3 s,
+# LCP 2.5/4 s, INP 0.2/0.5 s, TTFB 0.8/1.8 s; CLS 0.1/0.25.
+VITAL_BUCKETS = (0.05, 0.1, 0.2, 0.3, 0.5, 0.8, 1.0, 1.8, 2.5, 3.0, 4.0, 6.0, 10.0, 20.0, 60.0)
+CLS_BUCKETS = (0.01, 0.05, 0.1, 0.15, 0.25, 0.5, 1.0)
+FRONTEND_API_BUCKETS = (0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.0, 5.0, 10.0, 30.0, 60.0)
 STANDARD_METHODS = frozenset({"GET", "HEAD", "POST", "PUT", "PATCH", "DELETE", "OPTIONS"})
 UNMATCHED = "<unmatched>"
 OTHER = "other"
@@ -149,6 +154,39 @@ class Metrics:
         self.memory_used = Gauge(
             "system_memory_used_ratio",
             "Used fraction of the machine's memory, read by the health check.",
+            registry=r,
+        )
+        self.frontend_vitals = Histogram(
+            "frontend_web_vital_seconds",
+            "Web vitals (FCP, LCP, INP, TTFB) reported by browsers, by page template.",
+            registry=r,
+            buckets=VITAL_BUCKETS,
+        )
+        self.frontend_cls = Histogram(
+            "frontend_cls",
+            "Cumulative Layout Shift (unitless) reported by browsers, by page template.",
+            registry=r,
+            buckets=CLS_BUCKETS,
+        )
+        self.frontend_js_errors = Counter(
+            "frontend_js_errors_total",
+            "JavaScript errors in browsers, by page and kind.",
+            registry=r,
+        )
+        self.frontend_api_duration = Histogram(
+            "frontend_api_request_duration_seconds",
+            "API request time as browsers measured it, by route template.",
+            registry=r,
+            buckets=FRONTEND_API_BUCKETS,
+        )
+        self.frontend_api_errors = Counter(
+            "frontend_api_errors_total",
+            "API requests that failed in browsers (network error or 5xx), by route template.",
+            registry=r,
+        )
+        self.frontend_rejected = Counter(
+            "frontend_beacons_rejected_total",
+            "Beacons or beacon entries refused by POST /api/rum, by reason.",
             registry=r,
         )
         self.process_cpu = Counter(

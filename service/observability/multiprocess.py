@@ -24,7 +24,7 @@ import fcntl
 import multiprocessing
 import os
 import shutil
-from collections.abc import Iterator
+from collections.abc import AsyncGenerator, Iterator
 from contextlib import contextmanager
 from pathlib import Path
 
@@ -167,20 +167,19 @@ class WorkerSnapshots:
 def init_worker_snapshots(app: Quart, metrics: Metrics, settings: Settings) -> None:
     """Share metrics between processes when this one is a worker of a multi-process server."""
 
-    @app.before_serving
-    async def _start() -> None:
+    # while_serving: starts once the cache and database are open, stops before they close.
+    @app.while_serving
+    async def _sharing() -> AsyncGenerator[None, None]:
         parent = multiprocessing.parent_process()
         if parent is None or parent.pid is None:
-            return  # a single process (tests, hypercorn with workers = 0): nothing to share
+            yield  # a single process (tests, hypercorn with workers = 0): nothing to share
+            return
         sharing = WorkerSnapshots(app, metrics, settings, parent.pid)
         await sharing.start()
         app.extensions[_EXTENSION] = sharing
-
-    @app.after_serving
-    async def _stop() -> None:
-        sharing: WorkerSnapshots | None = app.extensions.pop(_EXTENSION, None)
-        if sharing is not None:
-            await sharing.stop()
+        yield
+        app.extensions.pop(_EXTENSION, None)
+        await sharing.stop()
 
 
 def get_worker_snapshots(app: Quart) -> WorkerSnapshots | None:

@@ -1,0 +1,224 @@
+"""Real-user monitoring: browser beacons (page timings, JS errors, API timings) into metrics.
+
+The beacon endpoint is public, so everything here assumes hostile input: the body is size-capped,
+every entry validated, and label values come only from bounded sets (the service's own route
+templates, the `RUM_PAGES` allow-list, fixed metric names and error kinds), so no payload can
+create a series that is not already possible. A rejection is counted by reason and never a 5xx.
+"""
+
+from __future__ import annotations
+
+import math
+import re
+import time
+from collections import OrderedDict
+from dataclasses import dataclass
+from typing import Any
+
+import orjson
+import structlog
+from werkzeug.exceptions import MethodNotAllowed, NotFound
+from werkzeug.routing import Map, MapAdapter, Rule
+
+from service.observability.metrics import OTHER, Metrics, method_label
+from service.settings import Settings
+
+logger = structlog.get_logger("service.rum")
+
+MAX_BODY_BYTES = 16 * 1024
+MAX_ENTRIES = 50
+MAX_SECONDS = 60.0
+MAX_CLS = 10.0
+MAX_MESSAGE = 120
+VITALS = frozenset({"FCP", "LCP", "INP", "TTFB"})
+ERROR_KINDS = frozenset(
+    {
+        "Error", "TypeError", "ReferenceError", "SyntaxError", "RangeError", "URIError",
+        "EvalError", "AggregateError", "SecurityError", "NetworkError", "AbortError",
+        "unhandledrejection",
+    }
+)  # fmt: skip
+REJECTION_REASONS = (
+    "body_too_large", "malformed", "too_many_entries", "unknown_metric", "invalid_value",
+    "foreign_origin", "rate_limited",
+)  # fmt: skip
+_EMAIL = re.compile(r"[\w.+-]+@[\w-]+\.[\w.-]+")
+_LONG_NUMBER = re.compile(r"\d{4,}")
+_URL = re.compile(r"\b[a-z][a-z0-9+.-]*://\S+", re.IGNORECASE)
+
+
+class Rejected(Exception):
+    def __init__(self, reason: str, status: int) -> None:
+        super().__init__(reason)
+        self.reason = reason
+        self.status = status
+
+
+@dataclass(slots=True)
+class Accepted:
+    recorded: int
+    dropped: int
+
+
+class BeaconReceiver:
+    """Validates one beacon and records it. Knows which page and API templates may be labels."""
+
+    def __init__(self, metrics: Metrics, settings: Settings, app_rules: MapAdapter) -> None:
+        self.metrics = metrics
+        self.settings = settings
+        self._api = app_rules
+        self._pages = Map([Rule(page, endpoint=page) for page in settings.rum_pages]).bind("rum")
+        self._buckets = _TokenBuckets(settings.rum_rate_per_second, settings.rum_burst)
+
+    def reject(self, reason: str, status: int) -> Rejected:
+        self.metrics.frontend_rejected.inc({"reason": reason})
+        return Rejected(reason, status)
+
+    def admit(self, client: str, origin: str | None, length: int | None) -> None:
+        """Checks that need no body: origin, rate and declared size."""
+        allowed = self.settings.rum_allowed_origins
+        if allowed and origin not in allowed:
+            raise self.reject("foreign_origin", 403)
+        if not self._buckets.take(client):
+            raise self.reject("rate_limited", 429)
+        if length is not None and length > MAX_BODY_BYTES:
+            raise self.reject("body_too_large", 413)
+
+    def receive(self, body: bytes) -> Accepted:
+        if len(body) > MAX_BODY_BYTES:
+            raise self.reject("body_too_large", 413)
+        try:
+            beacon = orjson.loads(body)
+        except orjson.JSONDecodeError:
+            raise self.reject("malformed", 400) from None
+        if not isinstance(beacon, dict):
+            raise self.reject("malformed", 400)
+        lists = [beacon.get(key, []) for key in ("metrics", "errors", "api")]
+        if not all(isinstance(items, list) for items in lists):
+            raise self.reject("malformed", 400)
+        if sum(len(items) for items in lists) > MAX_ENTRIES:
+            raise self.reject("too_many_entries", 413)
+        page = self._page(beacon.get("page"))
+        metrics, errors, api = lists
+        recorded = dropped = 0
+        for items, record in (
+            (metrics, self._metric),
+            (errors, self._error),
+            (api, self._api_call),
+        ):
+            for item in items:
+                reason = record(page, item) if isinstance(item, dict) else "malformed"
+                if reason is None:
+                    recorded += 1
+                else:
+                    dropped += 1
+                    self.metrics.frontend_rejected.inc({"reason": reason})
+        return Accepted(recorded, dropped)
+
+    def _metric(self, page: str, item: dict[str, Any]) -> str | None:
+        name, value = item.get("name"), item.get("value")
+        if name not in VITALS and name != "CLS":
+            return "unknown_metric"
+        if not isinstance(value, int | float) or not _valid_number(value):
+            return "invalid_value"
+        if name == "CLS":
+            if value > MAX_CLS:
+                return "invalid_value"
+            self.metrics.frontend_cls.observe({"page": page}, float(value))
+            return None
+        seconds = float(value) / 1000
+        if seconds > MAX_SECONDS:
+            return "invalid_value"
+        self.metrics.frontend_vitals.observe({"metric": name, "page": page}, seconds)
+        return None
+
+    def _error(self, page: str, item: dict[str, Any]) -> str | None:
+        kind = item.get("kind")
+        message = item.get("message", "")
+        if not isinstance(kind, str) or not isinstance(message, str):
+            return "malformed"
+        label = kind if kind in ERROR_KINDS else OTHER
+        self.metrics.frontend_js_errors.inc({"page": page, "kind": label})
+        logger.warning("frontend_error", page=page, kind=label, message=scrub_message(message))
+        return None
+
+    def _api_call(self, page: str, item: dict[str, Any]) -> str | None:
+        path, method = item.get("endpoint"), item.get("method", "GET")
+        status, duration = item.get("status"), item.get("duration")
+        if not isinstance(path, str) or not isinstance(method, str):
+            return "malformed"
+        if isinstance(status, bool) or not isinstance(status, int) or not 0 <= status <= 599:
+            return "invalid_value"
+        if not isinstance(duration, int | float) or not _valid_number(duration):
+            return "invalid_value"
+        if duration / 1000 > MAX_SECONDS:
+            return "invalid_value"
+        method = method_label(method.upper())
+        endpoint = self._api_template(path, method)
+        self.metrics.frontend_api_duration.observe(
+            {"endpoint": endpoint, "method": method}, float(duration) / 1000
+        )
+        if status == 0 or status >= 500:
+            self.metrics.frontend_api_errors.inc({"endpoint": endpoint})
+        return None
+
+    def _page(self, path: object) -> str:
+        if not isinstance(path, str) or not path.startswith("/") or len(path) > 2048:
+            return OTHER
+        path = path.split("?", 1)[0]
+        for adapter in (self._pages, self._api):
+            try:
+                rule, _ = adapter.match(path, method="GET", return_rule=True)
+            except (NotFound, MethodNotAllowed):
+                continue
+            except Exception:  # a redirect or an odd path: not a known page
+                continue
+            return str(rule.rule)
+        return OTHER
+
+    def _api_template(self, path: str, method: str) -> str:
+        if not path.startswith("/api/") or len(path) > 2048:
+            return OTHER
+        try:
+            rule, _ = self._api.match(path.split("?", 1)[0], method=method, return_rule=True)
+        except Exception:
+            return OTHER
+        return str(rule.rule)
+
+
+def scrub_message(message: str) -> str:
+    """A JS error message for the log: short, and without URLs, e-mail addresses or long numbers
+    (identifiers, card or phone numbers) a page might have put in it."""
+    text = _URL.sub("<url>", message[: MAX_MESSAGE * 2])
+    text = _EMAIL.sub("<email>", text)
+    text = _LONG_NUMBER.sub("<number>", text)
+    return text[:MAX_MESSAGE]
+
+
+def _valid_number(value: object) -> bool:
+    return (
+        isinstance(value, int | float)
+        and not isinstance(value, bool)
+        and math.isfinite(value)
+        and value >= 0
+    )
+
+
+class _TokenBuckets:
+    """One token bucket per client address, in memory, with at most `capacity` clients kept."""
+
+    def __init__(self, rate: float, burst: int, capacity: int = 10_000) -> None:
+        self.rate = rate
+        self.burst = burst
+        self.capacity = capacity
+        self._buckets: OrderedDict[str, tuple[float, float]] = OrderedDict()
+
+    def take(self, client: str) -> bool:
+        now = time.monotonic()
+        tokens, last = self._buckets.pop(client, (float(self.burst), now))
+        tokens = min(float(self.burst), tokens + (now - last) * self.rate)
+        allowed = tokens >= 1
+        self._buckets[client] = (tokens - 1 if allowed else tokens, now)
+        if len(self._buckets) > self.capacity:
+            self._buckets.popitem(last=False)
+        return allowed

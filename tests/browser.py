@@ -1,0 +1,130 @@
+"""Headless Chromium (Debian's package) driven over the DevTools protocol, for browser tests."""
+
+from __future__ import annotations
+
+import itertools
+import json
+import os
+import re
+import shutil
+import signal
+import subprocess
+import time
+from collections.abc import Iterator
+from contextlib import contextmanager, suppress
+from pathlib import Path
+from typing import Any
+
+from websockets.sync.client import ClientConnection, connect
+
+CHROMIUM_FLAGS = [
+    "--headless",
+    "--no-sandbox",
+    "--disable-gpu",
+    "--disable-background-networking",
+    "--disable-component-update",
+    "--disable-sync",
+    "--disable-quic",
+    "--no-first-run",
+    "--remote-debugging-port=0",
+]
+
+
+class Page:
+    """One tab, attached with a flat session; `send` waits for the command's answer."""
+
+    def __init__(self, socket: ClientConnection, session_id: str) -> None:
+        self.socket = socket
+        self.session_id = session_id
+        self._ids = itertools.count(1000)
+        self.events: list[dict[str, Any]] = []
+
+    def send(self, method: str, **params: Any) -> dict[str, Any]:
+        return _call(self.socket, next(self._ids), method, params, self.session_id, self.events)
+
+    def wait_for(self, method: str, seconds: float) -> dict[str, Any]:
+        deadline = time.monotonic() + seconds
+        while time.monotonic() < deadline:
+            for event in self.events:
+                if event.get("method") == method:
+                    self.events.remove(event)
+                    return event
+            try:
+                self.events.append(json.loads(self.socket.recv(timeout=0.5)))
+            except TimeoutError:
+                continue
+        raise AssertionError(f"no {method} within {seconds} s")
+
+
+@contextmanager
+def chromium(tmp_path: Path) -> Iterator[ClientConnection]:
+    binary = shutil.which("chromium") or shutil.which("chromium-browser")
+    assert binary, "chromium is missing: apt-get install chromium (see .ci/run)"
+    command = [binary, *CHROMIUM_FLAGS, f"--user-data-dir={tmp_path / 'chromium'}", "about:blank"]
+    log = tmp_path / "chromium.log"
+    with log.open("wb") as sink:
+        process = subprocess.Popen(command, stderr=sink, stdout=sink, start_new_session=True)
+    try:
+        url = _devtools_url(log, process)
+        with connect(url, max_size=None, open_timeout=30) as socket:
+            yield socket
+            # The browser may close the socket before it answers.
+            with suppress(Exception):
+                _call(socket, 1, "Browser.close", {}, None, [])
+    finally:
+        if process.poll() is None:
+            os.killpg(process.pid, signal.SIGTERM)
+        try:
+            process.wait(timeout=20)
+        except subprocess.TimeoutExpired:
+            os.killpg(process.pid, signal.SIGKILL)
+            process.wait(timeout=10)
+
+
+def open_page(socket: ClientConnection, url: str) -> Page:
+    events: list[dict[str, Any]] = []
+    target = _call(socket, 2, "Target.createTarget", {"url": "about:blank"}, None, events)
+    attached = _call(
+        socket, 3, "Target.attachToTarget", {"targetId": target["targetId"], "flatten": True},
+        None, events,
+    )  # fmt: skip
+    page = Page(socket, attached["sessionId"])
+    page.send("Page.enable")
+    page.send("Page.navigate", url=url)
+    return page
+
+
+def _call(
+    socket: ClientConnection,
+    call_id: int,
+    method: str,
+    params: dict[str, Any],
+    session_id: str | None,
+    events: list[dict[str, Any]],
+) -> dict[str, Any]:
+    message: dict[str, Any] = {"id": call_id, "method": method, "params": params}
+    if session_id is not None:
+        message["sessionId"] = session_id
+    socket.send(json.dumps(message))
+    deadline = time.monotonic() + 30
+    while time.monotonic() < deadline:
+        reply = json.loads(socket.recv(timeout=30))
+        if reply.get("id") == call_id:
+            if "error" in reply:
+                raise AssertionError(f"{method}: {reply['error']}")
+            result: dict[str, Any] = reply.get("result", {})
+            return result
+        events.append(reply)
+    raise AssertionError(f"{method}: no answer")
+
+
+def _devtools_url(log: Path, process: subprocess.Popen[bytes]) -> str:
+    deadline = time.monotonic() + 30
+    while time.monotonic() < deadline:
+        match = re.search(r"DevTools listening on (ws://\S+)", log.read_text(errors="replace"))
+        if match:
+            return match.group(1)
+        if process.poll() is not None:
+            break
+        time.sleep(0.1)
+    raise AssertionError(f"chromium did not start:\n{log.read_text(errors='replace')}")

@@ -1,0 +1,355 @@
+"""POST /api/rum: what browsers report becomes bounded metrics; hostile input never hurts."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+from pathlib import Path
+from typing import Any
+
+import httpx
+import pytest
+import structlog
+from hypothesis import HealthCheck, given
+from hypothesis import settings as hypothesis_settings
+from hypothesis import strategies as st
+from quart import Quart
+
+from service.app import create_app
+from service.observability.rum import ERROR_KINDS, REJECTION_REASONS, VITALS
+from service.settings import Settings
+from tests.browser import chromium, open_page
+from tests.conftest import Client
+from tests.metrics_helpers import Samples, parse, value
+from tests.server import Server, running_server
+from tests.stack import wait_until
+
+BOOKS = "/books/<int:book_id>"
+
+
+def _beacon(**parts: Any) -> dict[str, Any]:
+    return {"page": "/books/42", **parts}
+
+
+async def _post(client: Client, body: object, **headers: str) -> Any:
+    data = body if isinstance(body, bytes) else json.dumps(body).encode()
+    return await client.post(
+        "/api/rum", data=data, headers={"Content-Type": "text/plain;charset=UTF-8", **headers}
+    )
+
+
+async def _samples(client: Client) -> Samples:
+    return parse(await (await client.get("/metrics")).get_data(as_text=True))
+
+
+def _rejected(samples: Samples, reason: str) -> float:
+    return value(samples, "frontend_beacons_rejected_total", reason=reason)
+
+
+@pytest.fixture
+async def rum_app(settings: Settings) -> Any:
+    app = create_app(settings.model_copy(update={"rum_pages": [BOOKS]}))
+    async with app.test_app() as test_app:
+        yield test_app.app
+
+
+@pytest.fixture
+def rum(rum_app: Quart) -> Client:
+    return rum_app.test_client()
+
+
+async def test_a_full_beacon_is_recorded(rum: Client) -> None:
+    body = _beacon(
+        metrics=[
+            {"name": "FCP", "value": 1234.5},
+            {"name": "LCP", "value": 2600},
+            {"name": "INP", "value": 180},
+            {"name": "TTFB", "value": 90},
+            {"name": "CLS", "value": 0.04},
+        ],
+        errors=[{"kind": "TypeError", "message": "x is undefined"}],
+        api=[
+            {"endpoint": "/api/auth/me", "method": "GET", "status": 200, "duration": 85.2},
+            {"endpoint": "/api/auth/login", "method": "POST", "status": 503, "duration": 40},
+        ],
+    )
+    response = await _post(rum, body)
+    assert response.status_code == 204
+    samples = await _samples(rum)
+    fcp = {"metric": "FCP", "page": BOOKS}
+    assert value(samples, "frontend_web_vital_seconds_count", **fcp) == 1
+    assert value(samples, "frontend_web_vital_seconds_sum", **fcp) == pytest.approx(1.2345)
+    assert value(samples, "frontend_web_vital_seconds_bucket", **fcp, le="1.8") == 1
+    assert value(samples, "frontend_web_vital_seconds_bucket", **fcp, le="1.0") == 0
+    for metric in ("LCP", "INP", "TTFB"):
+        assert value(samples, "frontend_web_vital_seconds_count", metric=metric, page=BOOKS) == 1
+    assert value(samples, "frontend_cls_count", page=BOOKS) == 1
+    assert value(samples, "frontend_cls_bucket", page=BOOKS, le="0.05") == 1
+    assert value(samples, "frontend_js_errors_total", page=BOOKS, kind="TypeError") == 1
+    me = {"endpoint": "/api/auth/me", "method": "GET"}
+    assert value(samples, "frontend_api_request_duration_seconds_count", **me) == 1
+    assert value(samples, "frontend_api_errors_total", endpoint="/api/auth/login") == 1
+    assert value(samples, "frontend_api_errors_total", endpoint="/api/auth/me") == 0
+
+
+async def test_json_content_type_and_empty_lists_are_accepted(rum: Client) -> None:
+    response = await rum.post("/api/rum", json={"page": "/"})
+    assert response.status_code == 204
+
+
+async def test_buckets_hold_each_vitals_thresholds(rum: Client) -> None:
+    await _post(rum, _beacon(metrics=[{"name": "FCP", "value": 1}, {"name": "CLS", "value": 0}]))
+    samples = await _samples(rum)
+    bounds = {
+        float(dict(labels)["le"])
+        for name, labels in samples
+        if name == "frontend_web_vital_seconds_bucket"
+    }
+    assert {0.2, 0.5, 0.8, 1.8, 2.5, 3.0, 4.0} <= bounds
+    cls_bounds = {float(dict(lbl)["le"]) for n, lbl in samples if n == "frontend_cls_bucket"}
+    assert {0.1, 0.25} <= cls_bounds
+
+
+async def test_pages_and_endpoints_are_templates_or_other(rum: Client) -> None:
+    await _post(
+        rum,
+        {
+            "page": "/users/alice@example.com?token=secret",
+            "errors": [{"kind": "MyOwnError", "message": "boom"}],
+            "api": [
+                {"endpoint": "/api/users/12345", "method": "PURGE", "status": 0, "duration": 5}
+            ],
+        },
+    )
+    await _post(rum, {"page": "/rum/demo", "metrics": [{"name": "FCP", "value": 100}]})
+    samples = await _samples(rum)
+    assert value(samples, "frontend_js_errors_total", page="other", kind="other") == 1
+    assert value(samples, "frontend_api_errors_total", endpoint="other") == 1
+    other_api = {"endpoint": "other", "method": "OTHER"}
+    assert value(samples, "frontend_api_request_duration_seconds_count", **other_api) == 1
+    assert value(samples, "frontend_web_vital_seconds_count", metric="FCP", page="/rum/demo") == 1
+    text = json.dumps([list(labels) for _, labels in samples])
+    assert "alice" not in text and "secret" not in text and "12345" not in text
+
+
+_TOO_MANY = {"page": "/", "metrics": [{"name": "FCP", "value": 1}] * 51}
+_TOO_LARGE = {"page": "/", "errors": [{"kind": "Error", "message": "x" * 17000}]}
+
+
+@pytest.mark.parametrize(
+    ("body", "status", "reason"),
+    [
+        (b"{not json", 400, "malformed"),
+        (b"[1, 2, 3]", 400, "malformed"),
+        (json.dumps({"page": "/", "metrics": "FCP"}).encode(), 400, "malformed"),
+        (json.dumps(_TOO_MANY).encode(), 413, "too_many_entries"),
+        (json.dumps(_TOO_LARGE).encode(), 413, "body_too_large"),
+    ],
+)
+async def test_whole_beacon_rejections(rum: Client, body: bytes, status: int, reason: str) -> None:
+    before = await _samples(rum)
+    response = await _post(rum, body)
+    assert response.status_code == status
+    error = (await response.get_json())["error"]
+    assert error["code"] == reason and error["request_id"]
+    after = await _samples(rum)
+    assert _rejected(after, reason) == _rejected(before, reason) + 1
+    assert not [k for k in after if k[0].startswith("frontend_") and "rejected" not in k[0]]
+
+
+@pytest.mark.parametrize(
+    ("entry", "reason"),
+    [
+        ({"name": "FID", "value": 10}, "unknown_metric"),
+        ({"name": "FCP", "value": -1}, "invalid_value"),
+        ({"name": "LCP", "value": 61_000}, "invalid_value"),
+        ({"name": "INP", "value": "fast"}, "invalid_value"),
+        ({"name": "TTFB", "value": True}, "invalid_value"),
+        ({"name": "CLS", "value": 50}, "invalid_value"),
+        ("FCP", "malformed"),
+    ],
+)
+async def test_bad_entries_are_dropped_and_counted(rum: Client, entry: object, reason: str) -> None:
+    response = await _post(rum, _beacon(metrics=[entry, {"name": "FCP", "value": 500}]))
+    assert response.status_code == 204
+    samples = await _samples(rum)
+    assert _rejected(samples, reason) == 1
+    # the good entry beside it still counts; the bad one created no series
+    assert value(samples, "frontend_web_vital_seconds_count", metric="FCP", page=BOOKS) == 1
+    metrics = {dict(lb).get("metric") for n, lb in samples if n.startswith("frontend_web_vital")}
+    assert metrics == {"FCP"}
+
+
+async def test_nan_and_infinity_are_refused(rum: Client) -> None:
+    for literal in (b"NaN", b"Infinity", b"1e999"):
+        body = b'{"page": "/", "metrics": [{"name": "FCP", "value": ' + literal + b"}]}"
+        assert (await _post(rum, body)).status_code == 400
+    samples = await _samples(rum)
+    assert _rejected(samples, "malformed") == 3
+    assert not [k for k in samples if k[0].startswith("frontend_web_vital")]
+
+
+async def test_foreign_origin_is_refused_when_an_allow_list_is_set(settings: Settings) -> None:
+    allowed = settings.model_copy(update={"rum_allowed_origins": ["https://books.example"]})
+    app = create_app(allowed)
+    async with app.test_app() as test_app:
+        client = test_app.test_client()
+        ok = await _post(client, {"page": "/"}, Origin="https://books.example")
+        foreign = await _post(client, {"page": "/"}, Origin="https://evil.example")
+        missing = await _post(client, {"page": "/"})
+        samples = await _samples(client)
+    assert ok.status_code == 204
+    assert foreign.status_code == missing.status_code == 403
+    assert _rejected(samples, "foreign_origin") == 2
+
+
+async def test_floods_get_429(settings: Settings) -> None:
+    app = create_app(settings.model_copy(update={"rum_burst": 3, "rum_rate_per_second": 0.01}))
+    async with app.test_app() as test_app:
+        client = test_app.test_client()
+        statuses = [(await _post(client, {"page": "/"})).status_code for _ in range(5)]
+        samples = await _samples(client)
+    assert statuses == [204, 204, 204, 429, 429]
+    assert _rejected(samples, "rate_limited") == 2
+
+
+async def test_js_errors_are_logged_without_user_data(rum: Client) -> None:
+    message = (
+        "Cannot load https://x.example/u?id=1 for bob@example.com order 123456789 " + "y" * 300
+    )
+    with structlog.testing.capture_logs() as events:
+        await _post(rum, _beacon(errors=[{"kind": "TypeError", "message": message}]))
+    logged = [e for e in events if e["event"] == "frontend_error"]
+    assert len(logged) == 1
+    line = logged[0]
+    assert line["page"] == BOOKS and line["kind"] == "TypeError"
+    assert len(line["message"]) <= 120
+    for secret in ("x.example", "bob@example.com", "123456789"):
+        assert secret not in line["message"]
+
+
+async def test_rum_script_and_demo_page(rum: Client, settings: Settings) -> None:
+    script = await rum.get("/static/rum.js")
+    assert script.status_code == 200
+    assert "javascript" in script.headers["Content-Type"]
+    assert "sendBeacon" in await script.get_data(as_text=True)
+    page = await rum.get("/rum/demo")
+    assert page.status_code == 200
+    assert '<script src="/static/rum.js"></script>' in await page.get_data(as_text=True)
+    hidden = create_app(settings.model_copy(update={"rum_demo_enabled": False}))
+    async with hidden.test_app() as test_app:
+        assert (await test_app.test_client().get("/rum/demo")).status_code == 404
+
+
+# ------------------------------------------------------------------ property-based
+
+_scalars = (
+    st.none() | st.booleans() | st.integers() | st.floats(allow_nan=False) | st.text(max_size=30)
+)
+_json = st.recursive(
+    _scalars,
+    lambda inner: (
+        st.lists(inner, max_size=5) | st.dictionaries(st.text(max_size=10), inner, max_size=5)
+    ),
+    max_leaves=20,
+)
+_paths = st.sampled_from(["/api/auth/me", "/api/x/1", "/", "//", "/api/auth/login?x=1"])
+_entry = st.fixed_dictionaries(
+    {},
+    optional={
+        "name": st.sampled_from(["FCP", "LCP", "INP", "TTFB", "CLS", "FID"]) | st.text(max_size=8),
+        "value": st.floats(allow_nan=False) | st.integers() | st.text(max_size=5) | st.booleans(),
+        "kind": st.sampled_from(sorted(ERROR_KINDS)) | st.text(max_size=12),
+        "message": st.text(max_size=50),
+        "endpoint": _paths | st.text(max_size=20),
+        "method": st.sampled_from(["GET", "POST", "get", "BREW"]) | st.text(max_size=6),
+        "status": st.integers(min_value=-5, max_value=700) | st.text(max_size=3),
+        "duration": st.floats(allow_nan=False) | st.integers(min_value=-10, max_value=10**9),
+    },
+)
+_lists = st.lists(_entry, max_size=8) | _json
+_payloads = (
+    st.fixed_dictionaries(
+        {},
+        optional={
+            "page": st.sampled_from(["/books/42", "/", "/rum/demo"]) | st.text(max_size=40),
+            "metrics": _lists,
+            "errors": _lists,
+            "api": _lists,
+        },
+    )
+    | _json
+)
+
+
+@pytest.mark.parametrize("backend", ["embedded"], indirect=True)
+async def test_random_payloads_never_5xx_nor_unbounded_series(settings: Settings) -> None:
+    unlimited = {"rum_pages": [BOOKS], "rum_burst": 100_000}
+    app = create_app(settings.model_copy(update=unlimited))
+    async with app.test_app() as test_app:
+        await _post_random_payloads(test_app.app)
+
+
+async def _post_random_payloads(rum_app: Quart) -> None:
+    client = rum_app.test_client()
+    loop = asyncio.get_running_loop()
+    statuses: list[int] = []
+
+    # hypothesis drives synchronously, from a thread; each example is posted on the app's loop.
+    @hypothesis_settings(max_examples=300, deadline=None, suppress_health_check=list(HealthCheck))
+    @given(payload=_payloads)
+    def post_examples(payload: object) -> None:
+        response = asyncio.run_coroutine_threadsafe(_post(client, payload), loop).result(30)
+        statuses.append(response.status_code)
+
+    await asyncio.to_thread(post_examples)
+    assert statuses and set(statuses) <= {204, 400, 413}
+    templates = {rule.rule for rule in rum_app.url_map.iter_rules()} | {BOOKS, "other"}
+    for name, labels in await _samples(client):
+        if not name.startswith("frontend_"):
+            continue
+        label = dict(labels)
+        assert label.get("page", "other") in templates
+        assert label.get("endpoint", "other") in templates
+        assert label.get("metric", "FCP") in VITALS
+        assert label.get("kind", "other") in ERROR_KINDS | {"other"}
+        assert label.get("reason", "malformed") in REJECTION_REASONS
+
+
+# ------------------------------------------------------------------ a real browser
+
+
+def test_a_real_browser_reports_timings_errors_and_api_calls(tmp_path: Path) -> None:
+    with running_server(tmp_path, {"LOG_LEVEL": "INFO"}) as server, chromium(tmp_path) as socket:
+        page = open_page(socket, server.base_url + "/rum/demo")
+        page.wait_for("Page.loadEventFired", 30)
+        # The demo page throws and calls GET /api/auth/me; once the API answered, leave it.
+        wait_until(lambda: _api_called(server), 30, "the page never called the API")
+        page.send("Page.navigate", url=server.base_url + "/")
+
+        def reported() -> bool:
+            samples = _scrape(server)
+            demo = "/rum/demo"
+            fcp = value(samples, "frontend_web_vital_seconds_count", metric="FCP", page=demo)
+            error = value(samples, "frontend_js_errors_total", page=demo, kind="TypeError")
+            api = value(
+                samples,
+                "frontend_api_request_duration_seconds_count",
+                endpoint="/api/auth/me",
+                method="GET",
+            )
+            return fcp >= 1 and error >= 1 and api >= 1
+
+        wait_until(reported, 30, "the beacon never arrived:\n" + server.output.read_text()[-3000:])
+
+
+def _scrape(server: Server) -> Samples:
+    return parse(httpx.get(server.base_url + "/metrics", timeout=10).text)
+
+
+def _api_called(server: Server) -> bool:
+    samples = _scrape(server)
+    return (
+        value(samples, "http_requests_total", method="GET", endpoint="/api/auth/me", status="401")
+        >= 1
+    )
