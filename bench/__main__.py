@@ -10,6 +10,8 @@ BENCHMARKS = {
     "metrics": "bench.metrics_cost",
     "health": "bench.health_polling",
     "workers": "bench.workers",
+    "compare": "bench.compare",
+    "scrape": "bench.scrape_cost",
 }
 
 

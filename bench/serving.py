@@ -25,7 +25,12 @@ SERVER_CPU, LOAD_CPU = "0", "1"
 
 @contextmanager
 def hypercorn(
-    app: str, env: Mapping[str, str], *, workers: int = 1, config: Mapping[str, Any] | None = None
+    app: str,
+    env: Mapping[str, str],
+    *,
+    workers: int = 1,
+    config: Mapping[str, Any] | None = None,
+    ready_path: str = "/api/health/live",
 ) -> Iterator[str]:
     """Serve `app` on a free loopback port, pinned to SERVER_CPU; yields the base URL."""
     with socket.socket() as sock:
@@ -47,16 +52,39 @@ def hypercorn(
         )  # fmt: skip
         base_url = f"http://127.0.0.1:{port}"
         try:
-            _wait(base_url, process)
+            _wait(base_url, process, path=ready_path)
             yield base_url
         finally:
-            os.killpg(process.pid, signal.SIGTERM)
-            try:
-                process.wait(timeout=20)
-            except subprocess.TimeoutExpired:
-                os.killpg(process.pid, signal.SIGKILL)
-                process.wait()
+            _stop(process)
             log.close()
+
+
+@contextmanager
+def gunicorn(app: str, env: Mapping[str, str], *, workers: int = 1) -> Iterator[str]:
+    """The reference Flask design under gunicorn sync workers, pinned to SERVER_CPU."""
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port = sock.getsockname()[1]
+    config = str(ROOT / "bench/reference_flask/gunicorn.conf.py")
+    command = [sys.executable, "-m", "gunicorn", "-c", config, app]
+    if shutil.which("taskset"):
+        command = ["taskset", "-c", SERVER_CPU, *command]
+    full_env = {
+        "PATH": os.environ["PATH"],
+        "BIND": f"127.0.0.1:{port}",
+        "WORKERS": str(workers),
+        **env,
+    }
+    process = subprocess.Popen(
+        command, cwd=ROOT, env=full_env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+        start_new_session=True,
+    )  # fmt: skip
+    base_url = f"http://127.0.0.1:{port}"
+    try:
+        _wait(base_url, process, path="/")
+        yield base_url
+    finally:
+        _stop(process)
 
 
 def wrk(
@@ -88,13 +116,22 @@ def wrk(
 _UNIT = {"us": 0.001, "ms": 1.0, "s": 1000.0}
 
 
-def _wait(base_url: str, process: subprocess.Popen[bytes]) -> None:
+def _stop(process: subprocess.Popen[bytes]) -> None:
+    os.killpg(process.pid, signal.SIGTERM)
+    try:
+        process.wait(timeout=20)
+    except subprocess.TimeoutExpired:
+        os.killpg(process.pid, signal.SIGKILL)
+        process.wait()
+
+
+def _wait(base_url: str, process: subprocess.Popen[bytes], path: str) -> None:
     deadline = time.monotonic() + 60
     while time.monotonic() < deadline:
         if process.poll() is not None:
             raise RuntimeError("server exited during start-up")
         try:
-            httpx.get(base_url + "/api/health/live", timeout=1)
+            httpx.get(base_url + path, timeout=1)
             return
         except httpx.TransportError:
             time.sleep(0.1)

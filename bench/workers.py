@@ -73,7 +73,7 @@ def _scrape_cost() -> dict[str, Any]:
             families = own.snapshot()
             snapshot_ms.append((time.perf_counter() - started) * 1000)
             started = time.perf_counter()
-            merged = sharing._collect(families)
+            merged = sharing._collect(1, families)
             collect_ms.append((time.perf_counter() - started) * 1000)
             started = time.perf_counter()
             body = exposition.render(merged)

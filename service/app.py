@@ -58,7 +58,8 @@ def create_app(settings: Settings | None = None) -> Quart:
     init_health(app, settings, metrics)
     init_worker_snapshots(app, metrics, settings)
     rum.init_rum(app, settings)
-    app.before_request(_bind_request_context)
+    if settings.request_observability:
+        app.before_request(_bind_request_context)
     init_rate_limits(app, settings)
     QuartAuth(app)
     QuartSchema(
@@ -74,7 +75,8 @@ def create_app(settings: Settings | None = None) -> Quart:
     app.register_blueprint(health.blueprint)
     app.register_blueprint(rum.blueprint)
     app.register_blueprint(auth.create_blueprint(settings))
-    app.asgi_app = RequestObserver(app.asgi_app, settings, metrics)  # type: ignore[method-assign]
+    if settings.request_observability:
+        app.asgi_app = RequestObserver(app.asgi_app, settings, metrics)  # type: ignore[method-assign]
     return app
 
 

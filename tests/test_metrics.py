@@ -215,3 +215,15 @@ def _secret(text: str) -> object:
     from pydantic import SecretStr
 
     return SecretStr(text)
+
+
+async def test_request_observability_can_be_turned_off(settings: Settings) -> None:
+    app = create_app(settings.model_copy(update={"request_observability": False}))
+    async with app.test_app() as test_app:
+        client = test_app.test_client()
+        response = await client.get("/")
+        assert response.status_code == 200
+        assert "X-Request-ID" not in response.headers
+        samples = parse(await _scrape(client))
+    assert not [key for key in samples if key[0] == "http_requests_total"]
+    assert value(samples, "app_info", version=_version(samples), environment="development") == 1

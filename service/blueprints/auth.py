@@ -8,7 +8,7 @@ from datetime import UTC, datetime
 
 import structlog
 from pydantic import BaseModel, Field
-from quart import Blueprint, Response, current_app, request
+from quart import Blueprint, Response, current_app, jsonify, request
 from quart_auth import AuthUser, current_user, login_required, login_user, logout_user
 from quart_rate_limiter import rate_limit
 from quart_schema import validate_request
@@ -53,7 +53,7 @@ def create_blueprint(settings: Settings) -> Blueprint:
     @blueprint.post("/register")
     @rate_limit(limits=register_limits(settings))
     @validate_request(Credentials)
-    async def register(data: Credentials) -> tuple[dict[str, object], int]:
+    async def register(data: Credentials) -> tuple[Response, int]:
         username = data.username.lower()
         password_hash = await hash_password(data.password)
         try:
@@ -62,12 +62,12 @@ def create_blueprint(settings: Settings) -> Blueprint:
         except UsernameTaken:
             raise APIError(409, "username_taken", "This username is already taken.") from None
         logger.info("user_registered", user_id=user.id)
-        return _profile(user).model_dump(mode="json"), 201
+        return jsonify(_profile(user).model_dump(mode="json")), 201
 
     @blueprint.post("/login")
     @rate_limit(limits=login_limits(settings))
     @validate_request(Credentials)
-    async def login(data: Credentials) -> dict[str, object]:
+    async def login(data: Credentials) -> Response:
         username = data.username.lower()
         logger.info("login_attempt", username=username)
         async with get_database().transaction() as session:
@@ -83,7 +83,7 @@ def create_blueprint(settings: Settings) -> Blueprint:
         login_user(AuthUser(str(user.id)))
         bind_user(user.id)
         logger.info("login_success", user_id=user.id)
-        return {"id": user.id, "username": user.username}
+        return jsonify({"id": user.id, "username": user.username})
 
     @blueprint.after_request
     async def log_rejected_login(response: Response) -> Response:
@@ -102,13 +102,13 @@ def create_blueprint(settings: Settings) -> Blueprint:
 
     @blueprint.get("/me")
     @login_required
-    async def me() -> dict[str, object]:
+    async def me() -> Response:
         user_id = _current_user_id()
         profile = await _cached_profile(user_id)
         if profile is None:
             logout_user()
             raise APIError(401, "unauthorized", "Authentication is required.")
-        return profile
+        return jsonify(profile)
 
     return blueprint
 

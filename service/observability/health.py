@@ -15,6 +15,7 @@ import shutil
 import time
 import uuid
 from collections.abc import AsyncGenerator, Awaitable, Callable, Iterator
+from contextlib import suppress
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
@@ -111,15 +112,21 @@ class HealthMonitor:
             self._refresher = asyncio.create_task(self._refresh_forever())
 
     async def stop(self) -> None:
-        pending: list[asyncio.Future[Any]] = [*self._disposals]
         if self._refresher is not None:
-            self._refresher.cancel()
-            pending.append(self._refresher)
+            self._refresher.cancel()  # it only ever waits on the shielded run or sleeps
+            await asyncio.gather(self._refresher, return_exceptions=True)
         if self._inflight is not None:
-            # The run is shielded from its callers; at shutdown it is ours to end.
-            self._inflight.cancel()
-            pending.append(self._inflight)
-        await asyncio.gather(*pending, return_exceptions=True)
+            # Let a running check finish (it is bounded by its timeout) rather than cancel it
+            # mid-command, which would leave its connection for the garbage collector.
+            inflight = self._inflight
+            with suppress(Exception):
+                await asyncio.wait_for(
+                    asyncio.shield(inflight), self.settings.health_check_timeout + 1
+                )
+            if not inflight.done():
+                inflight.cancel()
+                await asyncio.gather(inflight, return_exceptions=True)
+        await asyncio.gather(*self._disposals, return_exceptions=True)
         if self.probe_engine is not None:
             await self.probe_engine.dispose()
 

@@ -21,11 +21,14 @@ from __future__ import annotations
 
 import asyncio
 import fcntl
+import itertools
 import multiprocessing
 import os
 import shutil
+import threading
+import uuid
 from collections.abc import AsyncGenerator, Iterator
-from contextlib import contextmanager
+from contextlib import contextmanager, suppress
 from pathlib import Path
 
 import psutil
@@ -53,9 +56,15 @@ class WorkerSnapshots:
         self.master_pid = master_pid
         self.pid = os.getpid()
         self.base = settings.metrics_dir or settings.data_dir / "metrics"
-        self.run_dir = self.base / f"run-{master_pid}-{_start_time(master_pid)}"
+        self.run_dir = self.base / f"run-{master_pid}-{_start_ticks(master_pid)}"
         self.own_file = self.run_dir / f"{_PREFIX}{self.pid}.json"
         self._task: asyncio.Task[None] | None = None
+        self._stopping = asyncio.Event()
+        # Own-snapshot writes come from several threads (scrapes, the sync loop); they are
+        # numbered on the event loop and never let an older snapshot replace a newer one.
+        self._sequence = itertools.count(1)
+        self._written = 0
+        self._write_lock = threading.Lock()
 
     async def start(self) -> None:
         try:
@@ -66,8 +75,8 @@ class WorkerSnapshots:
         self._task = asyncio.create_task(self._sync_forever())
 
     async def stop(self) -> None:
+        self._stopping.set()  # ends the loop between rounds, never in the middle of one
         if self._task is not None:
-            self._task.cancel()
             await asyncio.gather(self._task, return_exceptions=True)
         # Graceful exit (including hypercorn's max_requests recycling): keep every count.
         await self._publish()
@@ -75,16 +84,28 @@ class WorkerSnapshots:
 
     async def collect(self, own: Snapshot) -> Snapshot:
         """The whole server's metrics: this worker's `own` snapshot plus every other's."""
-        return await asyncio.to_thread(self._collect, own)
+        return await asyncio.to_thread(self._collect, next(self._sequence), own)
 
     async def _publish(self) -> None:
         await self.metrics.refresh_scrape_time_values(self.app)
-        data = exposition.to_json(self.metrics.snapshot())
-        await asyncio.to_thread(_write_atomically, self.own_file, data)
+        sequence, own = next(self._sequence), self.metrics.snapshot()
+        await asyncio.to_thread(self._write_own, sequence, own)
+
+    def _write_own(self, sequence: int, own: Snapshot) -> bool:
+        """Write this worker's snapshot unless a newer one is already on disk."""
+        with self._write_lock:
+            if sequence < self._written:
+                return False
+            _write_atomically(self.own_file, exposition.to_json(own))
+            self._written = sequence
+            return True
 
     async def _sync_forever(self) -> None:
-        while True:
-            await asyncio.sleep(self.interval)
+        while not self._stopping.is_set():
+            with suppress(TimeoutError):
+                await asyncio.wait_for(self._stopping.wait(), self.interval)
+            if self._stopping.is_set():
+                return
             try:
                 others = await asyncio.to_thread(self._other_files)
                 if others:
@@ -101,8 +122,11 @@ class WorkerSnapshots:
             if run != self.run_dir and not _is_live_run(run.name):
                 shutil.rmtree(run, ignore_errors=True)
 
-    def _collect(self, own: Snapshot) -> Snapshot:
-        _write_atomically(self.own_file, exposition.to_json(own))
+    def _collect(self, sequence: int, own: Snapshot) -> Snapshot:
+        # What is reported for this worker must already be on disk (see the module docstring);
+        # if a newer snapshot got there first, report that one.
+        if not self._write_own(sequence, own):
+            own = self._read(self.own_file) or own
         parts = [own]
         with self._locked(fcntl.LOCK_SH):
             archive = self._read(self.run_dir / _ARCHIVE)
@@ -188,7 +212,7 @@ def get_worker_snapshots(app: Quart) -> WorkerSnapshots | None:
 
 
 def _write_atomically(path: Path, data: bytes) -> None:
-    temporary = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    temporary = path.with_name(f".{path.name}.{uuid.uuid4().hex}.tmp")
     temporary.write_bytes(data)
     os.replace(temporary, path)
 
@@ -200,16 +224,23 @@ def _pid_of(path: Path) -> int:
         return -1
 
 
-def _start_time(pid: int) -> int:
+def _start_ticks(pid: int) -> int:
+    """When the process started, in clock ticks since boot: an exact integer that names a run.
+    (psutil's create_time() is a float derived from the boot time, which can drift by fractions
+    of a second between readings; rounding it could give two workers two different names.)"""
     try:
-        return int(psutil.Process(pid).create_time())
-    except psutil.Error:
-        return 0
+        stat = Path(f"/proc/{pid}/stat").read_text()
+        return int(stat.rpartition(")")[2].split()[19])
+    except (OSError, IndexError, ValueError):
+        try:
+            return round(psutil.Process(pid).create_time())
+        except psutil.Error:
+            return 0
 
 
 def _is_live_run(name: str) -> bool:
     try:
         _, pid, started = name.split("-")
-        return _start_time(int(pid)) == int(started)
+        return psutil.pid_exists(int(pid)) and _start_ticks(int(pid)) == int(started)
     except ValueError:
         return False

@@ -1,0 +1,201 @@
+"""Observability overhead and the async rewrite against the original design, in one run.
+
+Four servers, each one worker pinned to core 0, wrk on core 1, all on loopback:
+- `ceiling`: a bare Quart app (bench/ceiling_app.py) with the service's trivial `GET /`;
+- `service`: the service, production settings, request observability on;
+- `service-off`: the same with `REQUEST_OBSERVABILITY=false`;
+- `flask`: the original design (bench/reference_flask), gunicorn with one sync worker.
+Part 1 (`GET /`, 64 connections) and part 2 (`/api/health` and a login, at 1, 16 and 64
+connections, service against flask) repeat every measurement 5 times, interleaved A/B/A/B, after a
+warm-up, on real PostgreSQL (a `scene_packer_bench` database, migrated) and Redis.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import subprocess
+import sys
+import tempfile
+from contextlib import ExitStack
+from pathlib import Path
+from typing import Any
+
+import asyncpg
+from argon2 import PasswordHasher
+
+from bench.machine import summary, write
+from bench.serving import ROOT, gunicorn, hypercorn, wrk
+
+ROUNDS = 5
+SECONDS = 10
+COMPARE_SECONDS = 5
+CONCURRENCY = (1, 16, 64)
+ADMIN_DSN = os.environ.get("BENCH_POSTGRES_ADMIN", "postgresql://postgres@127.0.0.1:5432/postgres")
+DATABASE = "scene_packer_bench"
+PASSWORD = "bench-password-123"
+
+
+def run() -> None:
+    database_url = _prepare_database()
+    common = {
+        "DATABASE_URL": database_url,
+        "REDIS_URL": os.environ.get("BENCH_REDIS_URL", "redis://127.0.0.1:6379/0"),
+        "ENVIRONMENT": "production",
+        "SECRET_KEY": "bench-secret-key-bench-secret-key-0123456789",
+        "LOG_LEVEL": "INFO",
+        "LOGIN_LIMIT_PER_IP": "1000000000",
+        "LOGIN_LIMIT_PER_USERNAME": "1000000000",
+    }
+    with tempfile.NamedTemporaryFile("w", suffix=".lua", delete=False) as script:
+        script.write(
+            'wrk.method = "POST"\n'
+            f'wrk.body = \'{{"username": "bench", "password": "{PASSWORD}"}}\'\n'
+            'wrk.headers["Content-Type"] = "application/json"\n'
+        )
+    login_script = Path(script.name)
+    results: dict[str, Any] = {}
+    try:
+        with ExitStack() as stack:
+            urls = {
+                "ceiling": stack.enter_context(
+                    hypercorn("bench.ceiling_app:app", {}, ready_path="/")
+                ),
+                "service": stack.enter_context(hypercorn("service.asgi:app", common)),
+                "service-off": stack.enter_context(
+                    hypercorn("service.asgi:app", {**common, "REQUEST_OBSERVABILITY": "false"})
+                ),
+                "flask": stack.enter_context(gunicorn("bench.reference_flask.app:app", common)),
+            }
+            results["trivial"] = _trivial(urls)
+            results["versus_flask"] = _versus_flask(urls, login_script)
+    finally:
+        login_script.unlink()
+    write("compare", results, _table(results))
+
+
+def _trivial(urls: dict[str, str]) -> dict[str, Any]:
+    names = ("ceiling", "service", "service-off")
+    for name in names:
+        wrk(urls[name] + "/", connections=64, seconds=3)
+    runs: dict[str, list[dict[str, float]]] = {name: [] for name in names}
+    for _ in range(ROUNDS):
+        for name in names:
+            runs[name].append(wrk(urls[name] + "/", connections=64, seconds=SECONDS))
+    out: dict[str, Any] = {name: _summarise(runs[name]) for name in names}
+    on, off = runs["service"], runs["service-off"]
+    out["rps_loss_percent"] = summary(
+        [(1 - a["rps"] / b["rps"]) * 100 for a, b in zip(on, off, strict=True)]
+    )
+    out["p99_increase_percent"] = summary(
+        [(a["p99_ms"] / b["p99_ms"] - 1) * 100 for a, b in zip(on, off, strict=True)]
+    )
+    out["of_ceiling_percent"] = summary(
+        [a["rps"] / c["rps"] * 100 for a, c in zip(on, runs["ceiling"], strict=True)]
+    )
+    return out
+
+
+def _versus_flask(urls: dict[str, str], login_script: Path) -> dict[str, Any]:
+    out: dict[str, Any] = {}
+    for endpoint, path, script in (
+        ("health", "/api/health", None),
+        ("login", "/api/auth/login", login_script),
+    ):
+        for connections in CONCURRENCY:
+            for name in ("service", "flask"):
+                wrk(urls[name] + path, connections=connections, seconds=2, script=script)
+            runs: dict[str, list[dict[str, float]]] = {"service": [], "flask": []}
+            for _ in range(ROUNDS):
+                for name in ("service", "flask"):
+                    runs[name].append(
+                        wrk(urls[name] + path, connections=connections,
+                            seconds=COMPARE_SECONDS, script=script)
+                    )  # fmt: skip
+            ratios = [
+                s["rps"] / f["rps"] for s, f in zip(runs["service"], runs["flask"], strict=True)
+            ]
+            out[f"{endpoint}_{connections}"] = {
+                "service": _summarise(runs["service"]),
+                "flask": _summarise(runs["flask"]),
+                "throughput_ratio": summary(ratios),
+            }
+    return out
+
+
+def _summarise(runs: list[dict[str, float]]) -> dict[str, Any]:
+    return {
+        "rps": summary([run["rps"] for run in runs]),
+        "p99_ms": summary([run.get("p99_ms", float("nan")) for run in runs]),
+        "non_2xx": sum(run["non_2xx"] for run in runs),
+    }
+
+
+def _table(results: dict[str, Any]) -> str:
+    trivial = results["trivial"]
+    lines = [
+        "Trivial endpoint `GET /`, 64 connections, 5 × 10 s interleaved:",
+        "",
+        "| server | requests/s median (min–max) | p99 ms median (min–max) |",
+        "| --- | --- | --- |",
+    ]
+    for name in ("ceiling", "service", "service-off"):
+        row = trivial[name]
+        lines.append(f"| {name} | {_range(row['rps'], 0)} | {_range(row['p99_ms'], 1)} |")
+    lines += [
+        "",
+        f"Observability on vs off: {_range(trivial['rps_loss_percent'], 1)} % fewer requests/s, "
+        f"{_range(trivial['p99_increase_percent'], 1)} % higher p99; the service reaches "
+        f"{_range(trivial['of_ceiling_percent'], 1)} % of the bare-Quart ceiling.",
+        "",
+        "Against the original design (Flask, gunicorn sync), one worker each, 5 × 5 s interleaved:",
+        "",
+        "| endpoint | connections | service req/s | flask req/s | ratio median (min–max) "
+        "| service p99 ms | flask p99 ms |",
+        "| --- | --- | --- | --- | --- | --- | --- |",
+    ]
+    for key, row in results["versus_flask"].items():
+        endpoint, connections = key.rsplit("_", 1)
+        lines.append(
+            f"| {endpoint} | {connections} | {row['service']['rps']['median']:.0f} "
+            f"| {row['flask']['rps']['median']:.0f} | {_range(row['throughput_ratio'], 2)} "
+            f"| {row['service']['p99_ms']['median']:.1f} | {row['flask']['p99_ms']['median']:.1f} |"
+        )
+    return "\n".join(lines) + "\n"
+
+
+def _range(row: dict[str, float], digits: int) -> str:
+    return f"{row['median']:.{digits}f} ({row['min']:.{digits}f}–{row['max']:.{digits}f})"
+
+
+def _prepare_database() -> str:
+    async def prepare() -> None:
+        admin = await asyncpg.connect(ADMIN_DSN)
+        try:
+            exists = await admin.fetchval("SELECT 1 FROM pg_database WHERE datname = $1", DATABASE)
+            if not exists:
+                await admin.execute(f'CREATE DATABASE "{DATABASE}"')
+        finally:
+            await admin.close()
+
+    asyncio.run(prepare())
+    base = ADMIN_DSN.rsplit("/", 1)[0]
+    url = f"{base}/{DATABASE}".replace("postgresql://", "postgresql+asyncpg://", 1)
+    subprocess.run(
+        [sys.executable, "-m", "alembic", "upgrade", "head"],
+        cwd=ROOT, env={**os.environ, "DATABASE_URL": url}, check=True, capture_output=True,
+    )  # fmt: skip
+
+    async def add_user() -> None:
+        connection = await asyncpg.connect(f"{base}/{DATABASE}")
+        try:
+            await connection.execute(
+                "INSERT INTO users (username, password_hash) VALUES ('bench', $1) "
+                "ON CONFLICT (username) DO UPDATE SET password_hash = EXCLUDED.password_hash",
+                PasswordHasher().hash(PASSWORD),
+            )
+        finally:
+            await connection.close()
+
+    asyncio.run(add_user())
+    return url

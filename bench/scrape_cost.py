@@ -1,0 +1,95 @@
+"""`/metrics` render cost and the longest event-loop stall it causes, at 1k, 10k and 100k series.
+
+The scrape path as `/metrics` runs it (snapshot on the loop, text rendering in a thread) while a
+probe task measures how late the event loop wakes it (the stall another request would see), next
+to `prometheus_client.generate_latest` rendering the same series. Target: no stall over 50 ms at
+10k series.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from pathlib import Path
+from tempfile import TemporaryDirectory
+from typing import Any
+
+import prometheus_client
+
+from bench.machine import summary, write
+from service.observability import exposition
+from service.observability.metrics import Metrics
+from service.settings import load_settings
+
+SERIES = (1_000, 10_000, 100_000)
+RUNS = 5
+
+
+def _populate(count: int, tmp: Path) -> tuple[Metrics, prometheus_client.CollectorRegistry]:
+    metrics = Metrics(load_settings(data_dir=tmp))
+    registry = prometheus_client.CollectorRegistry()
+    reference = prometheus_client.Counter(
+        "http_requests", "x", ["method", "endpoint", "status"], registry=registry
+    )
+    for i in range(count):
+        labels = {"method": "GET", "endpoint": f"/api/items/{i}", "status": "200"}
+        metrics.http_requests.inc(labels)
+        reference.labels(**labels).inc()
+    return metrics, registry
+
+
+async def _scrape_with_probe(metrics: Metrics) -> tuple[float, float]:
+    """(scrape ms, longest loop stall ms) for one scrape the way /metrics performs it."""
+    stalls: list[float] = []
+    done = asyncio.Event()
+
+    async def probe() -> None:
+        while not done.is_set():
+            started = time.perf_counter()
+            await asyncio.sleep(0)
+            stalls.append(time.perf_counter() - started)
+
+    task = asyncio.create_task(probe())
+    await asyncio.sleep(0)
+    started = time.perf_counter()
+    families = metrics.snapshot()
+    await asyncio.to_thread(exposition.render, families)
+    elapsed = time.perf_counter() - started
+    done.set()
+    await task
+    return elapsed * 1000, max(stalls, default=0.0) * 1000
+
+
+def run() -> None:
+    results: dict[str, Any] = {}
+    with TemporaryDirectory() as tmp:
+        for count in SERIES:
+            metrics, reference = _populate(count, Path(tmp))
+            scrape_ms, stall_ms, reference_ms = [], [], []
+            for _ in range(RUNS):
+                scrape, stall = asyncio.run(_scrape_with_probe(metrics))
+                scrape_ms.append(scrape)
+                stall_ms.append(stall)
+                started = time.perf_counter()
+                prometheus_client.generate_latest(reference)
+                reference_ms.append((time.perf_counter() - started) * 1000)
+            results[str(count)] = {
+                "scrape_ms": summary(scrape_ms),
+                "max_loop_stall_ms": summary(stall_ms),
+                "prometheus_client_ms": summary(reference_ms),
+            }
+    table = (
+        "| series | scrape ms | longest event-loop stall ms | prometheus_client render ms |\n"
+        "| --- | --- | --- | --- |\n"
+    )
+    for count in SERIES:
+        row = results[str(count)]
+        table += (
+            f"| {count:,} | {_cell(row['scrape_ms'])} | {_cell(row['max_loop_stall_ms'])} "
+            f"| {_cell(row['prometheus_client_ms'])} |\n"
+        )
+    write("scrape", results, table)
+
+
+def _cell(row: dict[str, float]) -> str:
+    return f"{row['median']:.1f} ({row['min']:.1f}–{row['max']:.1f})"
