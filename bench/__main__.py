@@ -11,7 +11,9 @@ BENCHMARKS = {
     "health": "bench.health_polling",
     "workers": "bench.workers",
     "compare": "bench.compare",
+    "overhead": "bench.compare:run_overhead",
     "scrape": "bench.scrape_cost",
+    "memory": "bench.memory",
 }
 
 
@@ -19,7 +21,8 @@ def main() -> None:
     parser = argparse.ArgumentParser(prog="python -m bench")
     parser.add_argument("name", choices=sorted(BENCHMARKS))
     args = parser.parse_args()
-    importlib.import_module(BENCHMARKS[args.name]).run()
+    module, _, function = BENCHMARKS[args.name].partition(":")
+    getattr(importlib.import_module(module), function or "run")()
 
 
 if __name__ == "__main__":

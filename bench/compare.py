@@ -17,11 +17,13 @@ import os
 import subprocess
 import sys
 import tempfile
+import time
 from contextlib import ExitStack
 from pathlib import Path
 from typing import Any
 
 import asyncpg
+import httpx
 from argon2 import PasswordHasher
 
 from bench.machine import summary, write
@@ -30,6 +32,7 @@ from bench.serving import ROOT, gunicorn, hypercorn, wrk
 ROUNDS = 5
 SECONDS = 10
 COMPARE_SECONDS = 5
+LOGIN_SECONDS = 10  # a login costs an argon2 hash (tens of ms): longer runs for enough samples
 CONCURRENCY = (1, 16, 64)
 ADMIN_DSN = os.environ.get("BENCH_POSTGRES_ADMIN", "postgresql://postgres@127.0.0.1:5432/postgres")
 DATABASE = "scene_packer_bench"
@@ -38,15 +41,7 @@ PASSWORD = "bench-password-123"
 
 def run() -> None:
     database_url = _prepare_database()
-    common = {
-        "DATABASE_URL": database_url,
-        "REDIS_URL": os.environ.get("BENCH_REDIS_URL", "redis://127.0.0.1:6379/0"),
-        "ENVIRONMENT": "production",
-        "SECRET_KEY": "bench-secret-key-bench-secret-key-0123456789",
-        "LOG_LEVEL": "INFO",
-        "LOGIN_LIMIT_PER_IP": "1000000000",
-        "LOGIN_LIMIT_PER_USERNAME": "1000000000",
-    }
+    common = _service_env(database_url)
     with tempfile.NamedTemporaryFile("w", suffix=".lua", delete=False) as script:
         script.write(
             'wrk.method = "POST"\n'
@@ -68,10 +63,39 @@ def run() -> None:
                 "flask": stack.enter_context(gunicorn("bench.reference_flask.app:app", common)),
             }
             results["trivial"] = _trivial(urls)
+            print(_table({"trivial": results["trivial"], "versus_flask": {}}), flush=True)
             results["versus_flask"] = _versus_flask(urls, login_script)
     finally:
         login_script.unlink()
     write("compare", results, _table(results))
+
+
+def run_overhead() -> None:
+    """Part 1 alone (ceiling, observability on and off), written to results/overhead.*."""
+    database_url = _prepare_database()
+    common = _service_env(database_url)
+    with ExitStack() as stack:
+        urls = {
+            "ceiling": stack.enter_context(hypercorn("bench.ceiling_app:app", {}, ready_path="/")),
+            "service": stack.enter_context(hypercorn("service.asgi:app", common)),
+            "service-off": stack.enter_context(
+                hypercorn("service.asgi:app", {**common, "REQUEST_OBSERVABILITY": "false"})
+            ),
+        }
+        results = {"trivial": _trivial(urls), "versus_flask": {}}
+    write("overhead", results, _table(results).split("\n\nAgainst")[0] + "\n")
+
+
+def _service_env(database_url: str) -> dict[str, str]:
+    return {
+        "DATABASE_URL": database_url,
+        "REDIS_URL": os.environ.get("BENCH_REDIS_URL", "redis://127.0.0.1:6379/0"),
+        "ENVIRONMENT": "production",
+        "SECRET_KEY": "bench-secret-key-bench-secret-key-0123456789",
+        "LOG_LEVEL": "INFO",
+        "LOGIN_LIMIT_PER_IP": "1000000000",
+        "LOGIN_LIMIT_PER_USERNAME": "1000000000",
+    }
 
 
 def _trivial(urls: dict[str, str]) -> dict[str, Any]:
@@ -108,12 +132,16 @@ def _versus_flask(urls: dict[str, str], login_script: Path) -> dict[str, Any]:
             runs: dict[str, list[dict[str, float]]] = {"service": [], "flask": []}
             for _ in range(ROUNDS):
                 for name in ("service", "flask"):
+                    seconds = LOGIN_SECONDS if script is not None else COMPARE_SECONDS
                     runs[name].append(
-                        wrk(urls[name] + path, connections=connections,
-                            seconds=COMPARE_SECONDS, script=script)
+                        wrk(urls[name] + path, connections=connections, seconds=seconds,
+                            script=script)
                     )  # fmt: skip
+                    _drain(urls[name])
+                    print(endpoint, connections, name, runs[name][-1], flush=True)
             ratios = [
-                s["rps"] / f["rps"] for s, f in zip(runs["service"], runs["flask"], strict=True)
+                s["rps"] / f["rps"] if f["rps"] else float("nan")
+                for s, f in zip(runs["service"], runs["flask"], strict=True)
             ]
             out[f"{endpoint}_{connections}"] = {
                 "service": _summarise(runs["service"]),
@@ -121,6 +149,17 @@ def _versus_flask(urls: dict[str, str], login_script: Path) -> dict[str, Any]:
                 "throughput_ratio": summary(ratios),
             }
     return out
+
+
+def _drain(base_url: str) -> None:
+    """Wait until requests queued by the last run (wrk stops, the server's queue does not) are
+    served, so they do not eat into the next measurement: until `GET /` answers promptly."""
+    deadline = time.monotonic() + 120
+    while time.monotonic() < deadline:
+        started = time.monotonic()
+        httpx.get(base_url + "/", timeout=120)
+        if time.monotonic() - started < 0.05:
+            return
 
 
 def _summarise(runs: list[dict[str, float]]) -> dict[str, Any]:
@@ -148,7 +187,8 @@ def _table(results: dict[str, Any]) -> str:
         f"{_range(trivial['p99_increase_percent'], 1)} % higher p99; the service reaches "
         f"{_range(trivial['of_ceiling_percent'], 1)} % of the bare-Quart ceiling.",
         "",
-        "Against the original design (Flask, gunicorn sync), one worker each, 5 × 5 s interleaved:",
+        "Against the original design (Flask, gunicorn sync), one worker each, interleaved "
+        "5 × 5 s (health) and 5 × 10 s (login):",
         "",
         "| endpoint | connections | service req/s | flask req/s | ratio median (min–max) "
         "| service p99 ms | flask p99 ms |",

@@ -95,7 +95,10 @@ def wrk(
     if binary is None:
         raise SystemExit("wrk is missing: apt-get install wrk")
     threads = min(2, connections)
-    command = [binary, f"-t{threads}", f"-c{connections}", f"-d{seconds}s", "--latency", url]
+    command = [
+        binary, f"-t{threads}", f"-c{connections}", f"-d{seconds}s", "--timeout", "60s",
+        "--latency", url,
+    ]  # fmt: skip
     if script is not None:
         command[1:1] = ["-s", str(script)]
     if shutil.which("taskset"):

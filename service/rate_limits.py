@@ -58,15 +58,25 @@ class CacheStore(RateLimiterStoreABC):
 class _RateLimiter(RateLimiter):
     store: CacheStore
 
+    def _limits(self, endpoint: str | None) -> list[RateLimit]:
+        """The limits of an endpoint; computed once (most routes have none, and this runs twice
+        on every request)."""
+        cache: dict[str | None, list[RateLimit]] = self.__dict__.setdefault("_by_endpoint", {})
+        limits = cache.get(endpoint)
+        if limits is None:
+            view_func = current_app.view_functions.get(endpoint) if endpoint else None
+            blueprint = current_app.blueprints.get(request.blueprint or "")
+            limits = self._get_limits_for_view_function(view_func, blueprint) if view_func else []
+            cache[endpoint] = limits
+        return limits
+
     async def _before_request(self) -> None:
-        if not current_app.config["QUART_RATE_LIMITER_ENABLED"]:
-            return
         endpoint = request.endpoint
-        if endpoint is None or endpoint not in current_app.view_functions:
+        limits = self._limits(endpoint)
+        if not limits or not current_app.config["QUART_RATE_LIMITER_ENABLED"]:
             return
-        view_func = current_app.view_functions[endpoint]
-        blueprint = current_app.blueprints.get(request.blueprint or "")
-        for limit in self._get_limits_for_view_function(view_func, blueprint):
+        assert endpoint is not None
+        for limit in limits:
             if await self._should_skip(limit):
                 continue
             key = await self._create_key(endpoint, limit)
@@ -75,6 +85,8 @@ class _RateLimiter(RateLimiter):
                 raise RateLimitExceeded(max(1, math.ceil(wait)))
 
     async def _after_request(self, response: Response) -> Response:
+        if not self._limits(request.endpoint):
+            return response
         # The RateLimit-* headers are advisory: a cache outage must not turn an answer into a 500.
         try:
             result: Response = await super()._after_request(response)

@@ -111,7 +111,16 @@ def shared_processors() -> list[Processor]:
 
 def redact(_logger: WrappedLogger, _method: str, event_dict: EventDict) -> EventDict:
     """Replace values of sensitive keys at any depth; strip passwords out of URLs and DSNs."""
-    return {key: _redact_value(key, value) for key, value in event_dict.items()}
+    # Runs on every line: plain values are checked in place, only containers are walked.
+    for key, value in event_dict.items():
+        if isinstance(key, str) and _is_sensitive(key):
+            event_dict[key] = REDACTED
+        elif isinstance(value, str):
+            if "://" in value:
+                event_dict[key] = redact_url(value)
+        elif isinstance(value, Mapping | list | tuple):
+            event_dict[key] = _redact_value(None, value)
+    return event_dict
 
 
 def redact_url(text: str) -> str:
