@@ -67,7 +67,7 @@ def _metrics_only_us(metrics: Metrics) -> float:
     return (time.perf_counter() - started) / REQUESTS * 1e6
 
 
-def _populate(count: int, tmp: Path) -> tuple[Metrics, prometheus_client.CollectorRegistry]:
+def populate(count: int, tmp: Path) -> tuple[Metrics, prometheus_client.CollectorRegistry]:
     metrics = Metrics(load_settings(data_dir=tmp))
     registry = prometheus_client.CollectorRegistry()
     reference = prometheus_client.Counter(
@@ -116,7 +116,7 @@ def run() -> None:
         )
         results["metrics_recording_us"] = summary([_metrics_only_us(metrics) for _ in range(RUNS)])
         for count in SERIES:
-            ours, reference = _populate(count, Path(tmp))
+            ours, reference = populate(count, Path(tmp))
             families = ours.snapshot()
             results[f"render_{count}"] = {
                 "snapshot_on_loop_ms": summary(_time_ms(ours.snapshot)),

@@ -17,25 +17,12 @@ from typing import Any
 import prometheus_client
 
 from bench.machine import summary, write
+from bench.metrics_cost import populate
 from service.observability import exposition
 from service.observability.metrics import Metrics
-from service.settings import load_settings
 
 SERIES = (1_000, 10_000, 100_000)
 RUNS = 5
-
-
-def _populate(count: int, tmp: Path) -> tuple[Metrics, prometheus_client.CollectorRegistry]:
-    metrics = Metrics(load_settings(data_dir=tmp))
-    registry = prometheus_client.CollectorRegistry()
-    reference = prometheus_client.Counter(
-        "http_requests", "x", ["method", "endpoint", "status"], registry=registry
-    )
-    for i in range(count):
-        labels = {"method": "GET", "endpoint": f"/api/items/{i}", "status": "200"}
-        metrics.http_requests.inc(labels)
-        reference.labels(**labels).inc()
-    return metrics, registry
 
 
 async def _scrape_with_probe(metrics: Metrics) -> tuple[float, float]:
@@ -64,7 +51,7 @@ def run() -> None:
     results: dict[str, Any] = {}
     with TemporaryDirectory() as tmp:
         for count in SERIES:
-            metrics, reference = _populate(count, Path(tmp))
+            metrics, reference = populate(count, Path(tmp))
             scrape_ms, stall_ms, reference_ms = [], [], []
             for _ in range(RUNS):
                 scrape, stall = asyncio.run(_scrape_with_probe(metrics))

@@ -4,10 +4,8 @@ from __future__ import annotations
 
 import itertools
 import json
-import os
 import re
 import shutil
-import signal
 import subprocess
 import time
 from collections.abc import Iterator
@@ -16,6 +14,8 @@ from pathlib import Path
 from typing import Any
 
 from websockets.sync.client import ClientConnection, connect
+
+from tests.server import stop
 
 CHROMIUM_FLAGS = [
     "--headless",
@@ -72,13 +72,7 @@ def chromium(tmp_path: Path) -> Iterator[ClientConnection]:
             with suppress(Exception):
                 _call(socket, 1, "Browser.close", {}, None, [])
     finally:
-        if process.poll() is None:
-            os.killpg(process.pid, signal.SIGTERM)
-        try:
-            process.wait(timeout=20)
-        except subprocess.TimeoutExpired:
-            os.killpg(process.pid, signal.SIGKILL)
-            process.wait(timeout=10)
+        stop(process)
 
 
 def open_page(socket: ClientConnection, url: str) -> Page:

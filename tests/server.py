@@ -85,6 +85,7 @@ def running_server(
 
 
 def stop(process: subprocess.Popen[bytes]) -> None:
+    """End a process group this test started: SIGTERM, then SIGKILL if it does not exit."""
     if process.poll() is None:
         os.killpg(process.pid, signal.SIGTERM)
         try:

@@ -4,10 +4,8 @@ from __future__ import annotations
 
 import asyncio
 import json
-import os
 import re
 import shutil
-import signal
 import subprocess
 import threading
 import time
@@ -22,7 +20,7 @@ import yaml
 
 from tests.conftest import ROOT
 from tests.faults import TcpProxy
-from tests.server import free_port
+from tests.server import free_port, stop
 
 MONITORING = ROOT / "monitoring"
 
@@ -48,13 +46,7 @@ def process(command: list[str], ready_url: str, log: Path) -> Iterator[subproces
         wait_until(lambda: _ok(ready_url), 60, f"{command[0]} did not become ready:\n{log}")
         yield proc
     finally:
-        if proc.poll() is None:
-            os.killpg(proc.pid, signal.SIGTERM)
-            try:
-                proc.wait(timeout=20)
-            except subprocess.TimeoutExpired:
-                os.killpg(proc.pid, signal.SIGKILL)
-                proc.wait(timeout=10)
+        stop(proc)
 
 
 def prometheus_config(
