@@ -5,7 +5,6 @@ from __future__ import annotations
 import os
 import re
 import shutil
-import signal
 import socket
 import subprocess
 import sys
@@ -18,6 +17,8 @@ from pathlib import Path
 from typing import Any
 
 import httpx
+
+from tests.server import stop, to_toml
 
 ROOT = Path(__file__).resolve().parents[1]
 SERVER_CPU, LOAD_CPU = "0", "1"
@@ -40,7 +41,7 @@ def hypercorn(
     settings.update({"bind": [f"127.0.0.1:{port}"], "workers": workers, **(config or {})})
     with tempfile.TemporaryDirectory() as tmp:
         config_path = Path(tmp) / "hypercorn.toml"
-        config_path.write_text(_toml(settings))
+        config_path.write_text(to_toml(settings))
         command = [sys.executable, "-m", "hypercorn", "--config", str(config_path), app]
         if shutil.which("taskset"):
             command = ["taskset", "-c", SERVER_CPU, *command]
@@ -55,7 +56,7 @@ def hypercorn(
             _wait(base_url, process, path=ready_path)
             yield base_url
         finally:
-            _stop(process)
+            stop(process)
             log.close()
 
 
@@ -84,7 +85,7 @@ def gunicorn(app: str, env: Mapping[str, str], *, workers: int = 1) -> Iterator[
         _wait(base_url, process, path="/")
         yield base_url
     finally:
-        _stop(process)
+        stop(process)
 
 
 def wrk(
@@ -119,15 +120,6 @@ def wrk(
 _UNIT = {"us": 0.001, "ms": 1.0, "s": 1000.0}
 
 
-def _stop(process: subprocess.Popen[bytes]) -> None:
-    os.killpg(process.pid, signal.SIGTERM)
-    try:
-        process.wait(timeout=20)
-    except subprocess.TimeoutExpired:
-        os.killpg(process.pid, signal.SIGKILL)
-        process.wait()
-
-
 def _wait(base_url: str, process: subprocess.Popen[bytes], path: str) -> None:
     deadline = time.monotonic() + 60
     while time.monotonic() < deadline:
@@ -139,23 +131,3 @@ def _wait(base_url: str, process: subprocess.Popen[bytes], path: str) -> None:
         except httpx.TransportError:
             time.sleep(0.1)
     raise RuntimeError("server did not start")
-
-
-def _toml(data: Mapping[str, Any], prefix: str = "") -> str:
-    lines, tables = [], []
-    for key, value in data.items():
-        name = key if key.replace("_", "").isalnum() else f'"{key}"'
-        if isinstance(value, Mapping):
-            tables.append((f"{prefix}{name}", value))
-        elif isinstance(value, bool):
-            lines.append(f"{name} = {'true' if value else 'false'}")
-        elif isinstance(value, str):
-            lines.append(f'{name} = "{value}"')
-        elif isinstance(value, list):
-            lines.append(f"{name} = [" + ", ".join(f'"{item}"' for item in value) + "]")
-        else:
-            lines.append(f"{name} = {value!r}")
-    text = "\n".join(lines) + "\n"
-    for table_name, table in tables:
-        text += f"\n[{table_name}]\n" + _toml(table, prefix=f"{table_name}.")
-    return text

@@ -13,6 +13,7 @@ import hashlib
 import math
 import time
 from datetime import UTC, datetime, timedelta
+from typing import Any
 
 from quart import Quart, Response, current_app, request
 from quart_rate_limiter import RateLimit, RateLimiter, RateLimitExceeded
@@ -58,16 +59,19 @@ class CacheStore(RateLimiterStoreABC):
 class _RateLimiter(RateLimiter):
     store: CacheStore
 
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self._by_endpoint: dict[str | None, list[RateLimit]] = {}
+
     def _limits(self, endpoint: str | None) -> list[RateLimit]:
         """The limits of an endpoint; computed once (most routes have none, and this runs twice
         on every request)."""
-        cache: dict[str | None, list[RateLimit]] = self.__dict__.setdefault("_by_endpoint", {})
-        limits = cache.get(endpoint)
+        limits = self._by_endpoint.get(endpoint)
         if limits is None:
             view_func = current_app.view_functions.get(endpoint) if endpoint else None
             blueprint = current_app.blueprints.get(request.blueprint or "")
             limits = self._get_limits_for_view_function(view_func, blueprint) if view_func else []
-            cache[endpoint] = limits
+            self._by_endpoint[endpoint] = limits
         return limits
 
     async def _before_request(self) -> None:

@@ -124,8 +124,7 @@ class Settings(BaseSettings):
     @field_validator("trusted_proxies", mode="before")
     @classmethod
     def _split_proxies(cls, value: Any) -> Any:
-        if isinstance(value, str):
-            value = [part.strip() for part in value.split(",") if part.strip()]
+        value = _comma_list(value)
         for network in value:
             try:
                 ipaddress.ip_network(network, strict=False)
@@ -136,8 +135,7 @@ class Settings(BaseSettings):
     @field_validator("health_critical_checks", mode="before")
     @classmethod
     def _known_checks(cls, value: Any) -> Any:
-        if isinstance(value, str):
-            value = [part.strip() for part in value.split(",") if part.strip()]
+        value = _comma_list(value)
         unknown = sorted(set(value) - set(HEALTH_CHECKS))
         if unknown:
             raise ValueError(f"unknown checks {unknown}; choose from {', '.join(HEALTH_CHECKS)}")
@@ -146,8 +144,7 @@ class Settings(BaseSettings):
     @field_validator("rum_pages", mode="before")
     @classmethod
     def _page_templates(cls, value: Any) -> Any:
-        if isinstance(value, str):
-            value = [part.strip() for part in value.split(",") if part.strip()]
+        value = _comma_list(value)
         for page in value:
             if not page.startswith("/"):
                 raise ValueError(f"{page!r} is not a path template such as /books/<int:book_id>")
@@ -160,8 +157,7 @@ class Settings(BaseSettings):
     @field_validator("rum_allowed_origins", mode="before")
     @classmethod
     def _origins(cls, value: Any) -> Any:
-        if isinstance(value, str):
-            value = [part.strip().rstrip("/") for part in value.split(",") if part.strip()]
+        value = [origin.rstrip("/") for origin in _comma_list(value)]
         for origin in value:
             if not origin.startswith(("http://", "https://")):
                 raise ValueError(f"{origin!r} is not an origin such as https://books.example")
@@ -217,6 +213,13 @@ def load_settings(**overrides: Any) -> Settings:
         return Settings(**overrides)
     except ValidationError as exc:
         raise SettingsError(_describe(exc)) from None
+
+
+def _comma_list(value: Any) -> Any:
+    """A list setting may be given as comma-separated text in the environment."""
+    if isinstance(value, str):
+        return [part.strip() for part in value.split(",") if part.strip()]
+    return value
 
 
 def _describe(exc: ValidationError) -> str:

@@ -60,7 +60,7 @@ def running_server(
     settings = tomllib.loads((ROOT / "hypercorn.toml").read_text())
     settings.update({"bind": [f"127.0.0.1:{port}"], **(config or {})})
     config_path = tmp_path / f"hypercorn-{port}.toml"
-    config_path.write_text(_to_toml(settings))
+    config_path.write_text(to_toml(settings))
     output = tmp_path / f"server-{port}.log"
     full_env = {
         "PATH": os.environ.get("PATH", "/usr/bin:/bin"),
@@ -108,7 +108,7 @@ def _wait_until_ready(server: Server, path: str) -> None:
     raise RuntimeError(f"server did not start:\n{server.output.read_text()}")
 
 
-def _to_toml(data: Mapping[str, Any], prefix: str = "") -> str:
+def to_toml(data: Mapping[str, Any], prefix: str = "") -> str:
     scalars, tables = [], []
     for key, value in data.items():
         name = key if key.replace("_", "").isalnum() else f'"{key}"'
@@ -118,7 +118,7 @@ def _to_toml(data: Mapping[str, Any], prefix: str = "") -> str:
             scalars.append(f"{name} = {_toml_value(value)}")
     text = "\n".join(scalars) + "\n"
     for table_name, table in tables:
-        text += f"\n[{table_name}]\n" + _to_toml(table, prefix=f"{table_name}.").lstrip("\n")
+        text += f"\n[{table_name}]\n" + to_toml(table, prefix=f"{table_name}.").lstrip("\n")
     return text
 
 

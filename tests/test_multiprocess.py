@@ -44,34 +44,19 @@ async def _send(base_url: str, total: int, stop_scraping: asyncio.Event, seen: l
     """`total` successful GET / over keep-alive and fresh connections; retries transport errors
     (a recycled worker closes its connections) and returns how many were answered 200."""
     answered = 0
-    lock = asyncio.Lock()
 
-    async def keep_alive(count: int) -> None:
+    async def sender(count: int, headers: dict[str, str]) -> None:
+        # `Connection: close` makes every request of the sender open a new connection.
         nonlocal answered
         async with httpx.AsyncClient(base_url=base_url, timeout=30) as client:
             done = 0
             while done < count:
                 try:
-                    response = await client.get("/")
+                    response = await client.get("/", headers=headers)
                 except httpx.TransportError:
                     continue
                 assert response.status_code == 200
                 done += 1
-                async with lock:
-                    answered += 1
-
-    async def fresh_connections(count: int) -> None:
-        nonlocal answered
-        done = 0
-        while done < count:
-            async with httpx.AsyncClient(base_url=base_url, timeout=30) as client:
-                try:
-                    response = await client.get("/", headers={"Connection": "close"})
-                except httpx.TransportError:
-                    continue
-            assert response.status_code == 200
-            done += 1
-            async with lock:
                 answered += 1
 
     async def scraper() -> None:
@@ -90,9 +75,9 @@ async def _send(base_url: str, total: int, stop_scraping: asyncio.Event, seen: l
 
     scraping = asyncio.create_task(scraper())
     per_task = total // 10
-    await asyncio.gather(
-        *(keep_alive(per_task) for _ in range(5)), *(fresh_connections(per_task) for _ in range(5))
-    )
+    keep_alive: dict[str, str] = {}
+    fresh = {"Connection": "close"}
+    await asyncio.gather(*(sender(per_task, headers) for headers in [keep_alive, fresh] * 5))
     stop_scraping.set()
     await scraping
     return answered

@@ -13,7 +13,7 @@ import re
 import time
 from collections import OrderedDict
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, TypeGuard
 
 import orjson
 import structlog
@@ -119,7 +119,7 @@ class BeaconReceiver:
         name, value = item.get("name"), item.get("value")
         if name not in VITALS and name != "CLS":
             return "unknown_metric"
-        if not isinstance(value, int | float) or not _valid_number(value):
+        if not _valid_number(value):
             return "invalid_value"
         if name == "CLS":
             if value > MAX_CLS:
@@ -149,7 +149,7 @@ class BeaconReceiver:
             return "malformed"
         if isinstance(status, bool) or not isinstance(status, int) or not 0 <= status <= 599:
             return "invalid_value"
-        if not isinstance(duration, int | float) or not _valid_number(duration):
+        if not _valid_number(duration):
             return "invalid_value"
         if duration / 1000 > MAX_SECONDS:
             return "invalid_value"
@@ -195,7 +195,7 @@ def scrub_message(message: str) -> str:
     return text[:MAX_MESSAGE]
 
 
-def _valid_number(value: object) -> bool:
+def _valid_number(value: object) -> TypeGuard[int | float]:
     return (
         isinstance(value, int | float)
         and not isinstance(value, bool)
