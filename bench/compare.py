@@ -27,10 +27,11 @@ import httpx
 from argon2 import PasswordHasher
 
 from bench.machine import summary, write
-from bench.serving import ROOT, gunicorn, hypercorn, wrk
+from bench.serving import ROOT, Server, gunicorn, hypercorn, wrk
 
 ROUNDS = 5
-SECONDS = 10
+TRIVIAL_ROUNDS = 9  # the trivial endpoint's differences are small: more rounds
+SECONDS = 6
 COMPARE_SECONDS = 5
 LOGIN_SECONDS = 10  # a login costs an argon2 hash (tens of ms): longer runs for enough samples
 CONCURRENCY = (1, 16, 64)
@@ -52,7 +53,7 @@ def run() -> None:
     results: dict[str, Any] = {}
     try:
         with ExitStack() as stack:
-            urls = {
+            servers = {
                 "ceiling": stack.enter_context(
                     hypercorn("bench.ceiling_app:app", {}, ready_path="/")
                 ),
@@ -62,9 +63,9 @@ def run() -> None:
                 ),
                 "flask": stack.enter_context(gunicorn("bench.reference_flask.app:app", common)),
             }
-            results["trivial"] = _trivial(urls)
+            results["trivial"] = _trivial(servers)
             print(_table({"trivial": results["trivial"], "versus_flask": {}}), flush=True)
-            results["versus_flask"] = _versus_flask(urls, login_script)
+            results["versus_flask"] = _versus_flask(servers, login_script)
     finally:
         login_script.unlink()
     write("compare", results, _table(results))
@@ -75,14 +76,14 @@ def run_overhead() -> None:
     database_url = _prepare_database()
     common = _service_env(database_url)
     with ExitStack() as stack:
-        urls = {
+        servers = {
             "ceiling": stack.enter_context(hypercorn("bench.ceiling_app:app", {}, ready_path="/")),
             "service": stack.enter_context(hypercorn("service.asgi:app", common)),
             "service-off": stack.enter_context(
                 hypercorn("service.asgi:app", {**common, "REQUEST_OBSERVABILITY": "false"})
             ),
         }
-        results = {"trivial": _trivial(urls), "versus_flask": {}}
+        results = {"trivial": _trivial(servers), "versus_flask": {}}
     write("overhead", results, _table(results).split("\n\nAgainst")[0] + "\n")
 
 
@@ -98,14 +99,15 @@ def _service_env(database_url: str) -> dict[str, str]:
     }
 
 
-def _trivial(urls: dict[str, str]) -> dict[str, Any]:
+def _trivial(servers: dict[str, Server]) -> dict[str, Any]:
     names = ("ceiling", "service", "service-off")
     for name in names:
-        wrk(urls[name] + "/", connections=64, seconds=3)
+        wrk(servers[name].url + "/", connections=64, seconds=3)
     runs: dict[str, list[dict[str, float]]] = {name: [] for name in names}
-    for _ in range(ROUNDS):
+    for _ in range(TRIVIAL_ROUNDS):
         for name in names:
-            runs[name].append(wrk(urls[name] + "/", connections=64, seconds=SECONDS))
+            server = servers[name]
+            runs[name].append(wrk(server.url + "/", connections=64, seconds=SECONDS, server=server))
     out: dict[str, Any] = {name: _summarise(runs[name]) for name in names}
     on, off = runs["service"], runs["service-off"]
     out["rps_loss_percent"] = summary(
@@ -114,13 +116,19 @@ def _trivial(urls: dict[str, str]) -> dict[str, Any]:
     out["p99_increase_percent"] = summary(
         [(a["p99_ms"] / b["p99_ms"] - 1) * 100 for a, b in zip(on, off, strict=True)]
     )
+    out["cpu_increase_percent"] = summary(
+        [
+            (a["cpu_us_per_request"] / b["cpu_us_per_request"] - 1) * 100
+            for a, b in zip(on, off, strict=True)
+        ]
+    )
     out["of_ceiling_percent"] = summary(
         [a["rps"] / c["rps"] * 100 for a, c in zip(on, runs["ceiling"], strict=True)]
     )
     return out
 
 
-def _versus_flask(urls: dict[str, str], login_script: Path) -> dict[str, Any]:
+def _versus_flask(servers: dict[str, Server], login_script: Path) -> dict[str, Any]:
     out: dict[str, Any] = {}
     for endpoint, path, script in (
         ("health", "/api/health", None),
@@ -128,16 +136,16 @@ def _versus_flask(urls: dict[str, str], login_script: Path) -> dict[str, Any]:
     ):
         for connections in CONCURRENCY:
             for name in ("service", "flask"):
-                wrk(urls[name] + path, connections=connections, seconds=2, script=script)
+                wrk(servers[name].url + path, connections=connections, seconds=2, script=script)
             runs: dict[str, list[dict[str, float]]] = {"service": [], "flask": []}
             for _ in range(ROUNDS):
                 for name in ("service", "flask"):
                     seconds = LOGIN_SECONDS if script is not None else COMPARE_SECONDS
                     runs[name].append(
-                        wrk(urls[name] + path, connections=connections, seconds=seconds,
-                            script=script)
+                        wrk(servers[name].url + path, connections=connections,
+                            seconds=seconds, script=script)
                     )  # fmt: skip
-                    _drain(urls[name])
+                    _drain(servers[name].url)
                     print(endpoint, connections, name, runs[name][-1], flush=True)
             ratios = [
                 s["rps"] / f["rps"] if f["rps"] else float("nan")
@@ -166,6 +174,9 @@ def _summarise(runs: list[dict[str, float]]) -> dict[str, Any]:
     return {
         "rps": summary([run["rps"] for run in runs]),
         "p99_ms": summary([run.get("p99_ms", float("nan")) for run in runs]),
+        "cpu_us_per_request": summary(
+            [run.get("cpu_us_per_request", float("nan")) for run in runs]
+        ),
         "non_2xx": sum(run["non_2xx"] for run in runs),
     }
 
@@ -173,18 +184,24 @@ def _summarise(runs: list[dict[str, float]]) -> dict[str, Any]:
 def _table(results: dict[str, Any]) -> str:
     trivial = results["trivial"]
     lines = [
-        "Trivial endpoint `GET /`, 64 connections, 5 × 10 s interleaved:",
+        f"Trivial endpoint `GET /`, 64 connections, {TRIVIAL_ROUNDS} × {SECONDS} s interleaved:",
         "",
-        "| server | requests/s median (min–max) | p99 ms median (min–max) |",
-        "| --- | --- | --- |",
+        "| server | requests/s median (min–max) | p99 ms median (min–max) "
+        "| server CPU µs per request median (min–max) |",
+        "| --- | --- | --- | --- |",
     ]
     for name in ("ceiling", "service", "service-off"):
         row = trivial[name]
-        lines.append(f"| {name} | {_range(row['rps'], 0)} | {_range(row['p99_ms'], 1)} |")
+        lines.append(
+            f"| {name} | {_range(row['rps'], 0)} | {_range(row['p99_ms'], 1)} "
+            f"| {_range(row['cpu_us_per_request'], 0)} |"
+        )
     lines += [
         "",
         f"Observability on vs off: {_range(trivial['rps_loss_percent'], 1)} % fewer requests/s, "
-        f"{_range(trivial['p99_increase_percent'], 1)} % higher p99; the service reaches "
+        f"{_range(trivial['p99_increase_percent'], 1)} % higher p99, "
+        f"{_range(trivial['cpu_increase_percent'], 1)} % more server CPU per request; "
+        "the service reaches "
         f"{_range(trivial['of_ceiling_percent'], 1)} % of the bare-Quart ceiling.",
         "",
         "Against the original design (Flask, gunicorn sync), one worker each, interleaved "

@@ -37,7 +37,8 @@ def _probes(base_url: str) -> float:
 def run() -> None:
     runs: dict[str, list[float]] = {"rps": [], "p50_ms": [], "p99_ms": [], "probes_per_s": []}
     non_2xx = 0.0
-    with hypercorn("service.asgi:app", ENV) as base_url:
+    with hypercorn("service.asgi:app", ENV) as server:
+        base_url = server.url
         wrk(base_url + "/api/health", connections=CONNECTIONS, seconds=3)  # warm-up
         for _ in range(RUNS):
             before, started = _probes(base_url), time.monotonic()

@@ -49,7 +49,7 @@ def _bind() -> None:
 
 
 def _request(logger: structlog.typing.FilteringBoundLogger) -> None:
-    state = start_request("0123456789abcdef0123456789abcdef", "GET", "/api/auth/me", "127.0.0.1")
+    context = start_request("0123456789abcdef0123456789abcdef", "GET", "/api/auth/me", "127.0.0.1")
     bind_route("/api/auth/me")
     bind_user(42)
     logger.info(
@@ -57,8 +57,8 @@ def _request(logger: structlog.typing.FilteringBoundLogger) -> None:
         status=200,
         duration_ms=1.234,
         response_bytes=117,
-        route=state.route,
-        user_id=state.user_id,
+        route=context.route,
+        user_id=context.user_id,
     )
 
 

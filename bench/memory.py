@@ -37,7 +37,8 @@ def run() -> None:
             "LOG_LEVEL": "WARNING",
             "HEALTH_REFRESH_SECONDS": "0",
         }
-        with hypercorn("service.asgi:app", env) as base_url:
+        with hypercorn("service.asgi:app", env) as server:
+            base_url = server.url
             cookies = _create_users(data_dir / "scene_packer.db")
             script = Path(tmp) / "mixed.lua"
             script.write_text(_lua(cookies))

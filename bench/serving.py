@@ -13,15 +13,41 @@ import time
 import tomllib
 from collections.abc import Iterator, Mapping
 from contextlib import contextmanager
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import httpx
+import psutil
 
 from tests.server import stop, to_toml
 
 ROOT = Path(__file__).resolve().parents[1]
 SERVER_CPU, LOAD_CPU = "0", "1"
+
+
+@dataclass(frozen=True)
+class Server:
+    """A started server: its base URL and the process id of its master."""
+
+    url: str
+    pid: int
+
+    def cpu_seconds(self) -> float:
+        """CPU time used so far by the server's processes (master and workers), user + system.
+
+        Unlike requests per second, it does not count the time the machine gave to others, so
+        CPU per request compares servers steadily on a shared machine.
+        """
+        master = psutil.Process(self.pid)
+        total = 0.0
+        for process in [master, *master.children(recursive=True)]:
+            try:
+                times = process.cpu_times()
+            except psutil.NoSuchProcess:
+                continue
+            total += times.user + times.system
+        return total
 
 
 @contextmanager
@@ -32,13 +58,14 @@ def hypercorn(
     workers: int = 1,
     config: Mapping[str, Any] | None = None,
     ready_path: str = "/api/health/live",
-) -> Iterator[str]:
-    """Serve `app` on a free loopback port, pinned to SERVER_CPU; yields the base URL."""
+) -> Iterator[Server]:
+    """Serve `app` on a free loopback port, pinned to SERVER_CPU."""
     with socket.socket() as sock:
         sock.bind(("127.0.0.1", 0))
         port = sock.getsockname()[1]
     settings = tomllib.loads((ROOT / "hypercorn.toml").read_text())
     settings.update({"bind": [f"127.0.0.1:{port}"], "workers": workers, **(config or {})})
+    settings = {key: value for key, value in settings.items() if value is not None}  # None: unset
     with tempfile.TemporaryDirectory() as tmp:
         config_path = Path(tmp) / "hypercorn.toml"
         config_path.write_text(to_toml(settings))
@@ -54,14 +81,14 @@ def hypercorn(
         base_url = f"http://127.0.0.1:{port}"
         try:
             _wait(base_url, process, path=ready_path)
-            yield base_url
+            yield Server(base_url, process.pid)
         finally:
             stop(process)
             log.close()
 
 
 @contextmanager
-def gunicorn(app: str, env: Mapping[str, str], *, workers: int = 1) -> Iterator[str]:
+def gunicorn(app: str, env: Mapping[str, str], *, workers: int = 1) -> Iterator[Server]:
     """The reference Flask design under gunicorn sync workers, pinned to SERVER_CPU."""
     with socket.socket() as sock:
         sock.bind(("127.0.0.1", 0))
@@ -83,15 +110,21 @@ def gunicorn(app: str, env: Mapping[str, str], *, workers: int = 1) -> Iterator[
     base_url = f"http://127.0.0.1:{port}"
     try:
         _wait(base_url, process, path="/")
-        yield base_url
+        yield Server(base_url, process.pid)
     finally:
         stop(process)
 
 
 def wrk(
-    url: str, *, connections: int, seconds: int, script: Path | None = None
+    url: str,
+    *,
+    connections: int,
+    seconds: int,
+    script: Path | None = None,
+    server: Server | None = None,
 ) -> dict[str, float]:
-    """Requests per second and latency percentiles (ms) from one wrk run pinned to LOAD_CPU."""
+    """Requests per second and latency percentiles (ms) from one wrk run pinned to LOAD_CPU;
+    with `server`, also the server's CPU time per request answered (µs)."""
     binary = shutil.which("wrk")
     if binary is None:
         raise SystemExit("wrk is missing: apt-get install wrk")
@@ -104,10 +137,14 @@ def wrk(
         command[1:1] = ["-s", str(script)]
     if shutil.which("taskset"):
         command = ["taskset", "-c", LOAD_CPU, *command]
+    cpu_before = server.cpu_seconds() if server is not None else 0.0
     output = subprocess.run(
         command, capture_output=True, text=True, check=True, timeout=seconds + 60
     ).stdout
     result = {"rps": float(re.search(r"Requests/sec:\s+([\d.]+)", output).group(1))}  # type: ignore[union-attr]
+    requests = int(re.search(r"(\d+) requests in", output).group(1))  # type: ignore[union-attr]
+    if server is not None and requests:
+        result["cpu_us_per_request"] = (server.cpu_seconds() - cpu_before) / requests * 1e6
     for percentile in ("50", "99"):
         match = re.search(rf"^\s+{percentile}%\s+([\d.]+)(us|ms|s)", output, re.MULTILINE)
         if match:

@@ -33,10 +33,10 @@ def _throughput() -> dict[str, Any]:
     samples: dict[int, list[dict[str, float]]] = {1: [], 2: []}
     for _ in range(RUNS):
         for workers in (1, 2):
-            with hypercorn("service.asgi:app", env, workers=workers) as base_url:
-                wrk(base_url + "/", connections=CONNECTIONS, seconds=2)  # warm-up
+            with hypercorn("service.asgi:app", env, workers=workers) as server:
+                wrk(server.url + "/", connections=CONNECTIONS, seconds=2)  # warm-up
                 samples[workers].append(
-                    wrk(base_url + "/", connections=CONNECTIONS, seconds=SECONDS)
+                    wrk(server.url + "/", connections=CONNECTIONS, seconds=SECONDS)
                 )
     return {
         f"{workers}_workers": {

@@ -15,7 +15,7 @@ from service.blueprints import metrics as metrics_blueprint
 from service.cache import CacheError, init_cache
 from service.db import init_db
 from service.errors import register_error_handlers
-from service.observability.context import bind_route, bind_user
+from service.observability.context import bind_route, bind_user, current_context
 from service.observability.health import init_health
 from service.observability.logging import configure_logging
 from service.observability.metrics import get_metrics, init_metrics, instrument_engine
@@ -81,9 +81,13 @@ def create_app(settings: Settings | None = None) -> Quart:
 
 
 async def _bind_request_context() -> None:
-    if request.url_rule is not None:
-        bind_route(request.url_rule.rule)
-    if SESSION_COOKIE_NAME in request.cookies:
+    context = current_context()
+    if context is None:
+        return
+    rule = request.url_rule
+    if rule is not None:
+        bind_route(rule.rule)
+    if context.has_cookies and SESSION_COOKIE_NAME in request.cookies:
         auth_id = current_user.auth_id
         if auth_id is not None and auth_id.isdigit():
             bind_user(int(auth_id))

@@ -6,6 +6,8 @@ import asyncio
 import io
 import json
 import logging
+import re
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
@@ -48,7 +50,9 @@ def production_run(tmp_path_factory: pytest.TempPathFactory) -> tuple[Server, di
         "LOGIN_LIMIT_PER_IP": "1000",
     }
     seen: dict[str, Any] = {}
-    with running_server(tmp_path, env, app="tests.apps:app") as server:
+    # hypercorn's access log is off in hypercorn.toml; enabled here to check what it may write.
+    access_log = {"accesslog": "-"}
+    with running_server(tmp_path, env, app="tests.apps:app", config=access_log) as server:
         with httpx.Client(base_url=server.base_url, timeout=10) as client:
             headers = {"User-Agent": SENTINEL_HEADER, "Referer": SENTINEL_HEADER}
             credentials = {"username": "alice", "password": PASSWORD}
@@ -210,6 +214,36 @@ def test_concurrent_requests_never_see_each_others_context(production_run: Any) 
     for event in attempts:
         assert event["request_id"] == "concurrent-" + event["username"].removeprefix("user")
         assert "user_id" not in event
+
+
+def test_one_line_per_request_with_the_repository_hypercorn_toml(tmp_path: Path) -> None:
+    ids = [f"one-line-{n:04d}" for n in range(3)]
+    with (
+        running_server(tmp_path, PRODUCTION_ENV) as server,
+        httpx.Client(base_url=server.base_url, timeout=10) as client,
+    ):
+        for request_id in ids:
+            client.get("/", headers={"X-Request-ID": request_id})
+    events = _events(server)
+    assert not [e for e in events if e["logger"] == "hypercorn.access"]
+    per_request = [e for e in events if e.get("request_id") in ids]
+    assert [(e["event"], e["request_id"]) for e in per_request] == [
+        ("request_finished", request_id) for request_id in ids
+    ]
+
+
+def test_timestamps_are_iso_utc_with_microseconds() -> None:
+    stream = io.StringIO()
+    configure_logging(load_settings(environment="production", secret_key="x" * 40), stream)
+    before = datetime.now(UTC).replace(microsecond=0)
+    structlog.get_logger("t").info("first")
+    structlog.get_logger("t").info("second")
+    after = datetime.now(UTC)
+    stamps = [json.loads(line)["timestamp"] for line in stream.getvalue().splitlines()]
+    for stamp in stamps:
+        assert re.fullmatch(r"\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d\.\d{6}Z", stamp), stamp
+        assert before <= datetime.fromisoformat(stamp) <= after
+    assert stamps == sorted(stamps)
 
 
 def test_redaction_at_any_depth_and_in_urls() -> None:

@@ -8,11 +8,12 @@ from pathlib import Path
 
 import httpx
 import pytest
+from aioprometheus.collectors import Histogram
 from quart import Quart
 
 from service.app import create_app
 from service.observability import exposition
-from service.observability.metrics import Metrics
+from service.observability.metrics import HTTP_DURATION_BUCKETS, Metrics
 from service.settings import Settings, load_settings
 from tests.conftest import Client, login, register
 from tests.metrics_helpers import parse, promtool_check, value
@@ -50,6 +51,22 @@ async def test_request_counts_and_histogram_are_exact(client: Client) -> None:
     counts = [count for _, count in buckets]
     assert counts == sorted(counts) and counts[-1] == 25
     assert value(samples, "http_requests_in_progress", method="GET") == 0
+
+
+def test_fast_histogram_path_counts_like_aioprometheus() -> None:
+    """The request path's histogram (Series + BucketCounts) against aioprometheus's own
+    `observe` on the same values, bounds themselves included (buckets are "less or equal")."""
+    values = [*HTTP_DURATION_BUCKETS, 0.0, 0.0049, 0.0051, 0.3, 7.5, 11.0, 1e9]
+    values += [random.Random(3).uniform(0, 12) for _ in range(500)]
+    fast = Metrics(load_settings())
+    reference = Histogram("reference", "", buckets=HTTP_DURATION_BUCKETS)
+    for observed in values:
+        fast.request_finished("GET", "/", 200, observed)
+        reference.observe({"method": "GET", "endpoint": "/"}, observed)
+    ours = fast.http_duration.get({"method": "GET", "endpoint": "/"})
+    theirs = reference.get({"method": "GET", "endpoint": "/"})
+    assert ours == theirs
+    assert ours["count"] == len(values) and ours[float("inf")] == len(values)
 
 
 async def test_metrics_and_probes_are_not_counted_by_default(client: Client) -> None:

@@ -1,8 +1,11 @@
-"""The request context: request id, route, user and client address, bound through contextvars.
+"""The request context: request id, method, path, client, route and user, in one ContextVar.
 
-The ASGI middleware binds the request's fields at its start. Quart runs the handler in a child
-task, which sees those bindings but whose own bindings (route, user) the middleware would not;
-`RequestState` is the one mutable object both share, so the request's last log line knows them.
+The ASGI middleware starts a `RequestContext` for each request. Quart runs the handler in a child
+task, which inherits the context: `bind_route` and `bind_user` there change the one shared object,
+so every later log line of the request, the middleware's last one included, carries them.
+`add_request_context` is the processor that puts the fields on each log line. One ContextVar
+holding one object keeps that O(1): structlog's `merge_contextvars` walks every variable of the
+context on every line, and binding a key there costs a ContextVar per key.
 """
 
 from __future__ import annotations
@@ -15,50 +18,72 @@ from contextvars import ContextVar
 from dataclasses import dataclass
 from functools import lru_cache
 
-import structlog
+from structlog.types import EventDict, WrappedLogger
 
 REQUEST_ID_HEADER = "X-Request-ID"
 _SAFE_REQUEST_ID = re.compile(r"[A-Za-z0-9._-]{8,128}")
 
 
 @dataclass(slots=True)
-class RequestState:
+class RequestContext:
     request_id: str
+    method: str
+    path: str
+    client_ip: str
     route: str | None = None
     user_id: int | None = None
+    # Not logged: lets the route hook skip cookie parsing (and the session lookup) when the
+    # request carries no cookie at all, as most API and probe requests do.
+    has_cookies: bool = False
 
 
-_request_state: ContextVar[RequestState | None] = ContextVar("request_state", default=None)
+_current: ContextVar[RequestContext | None] = ContextVar("request_context", default=None)
 
 
-def start_request(request_id: str, method: str, path: str, client: str) -> RequestState:
-    """Forget whatever the context held and bind this request's fields."""
-    structlog.contextvars.clear_contextvars()
-    structlog.contextvars.bind_contextvars(
-        request_id=request_id, method=method, path=path, client_ip=client
-    )
-    state = RequestState(request_id)
-    _request_state.set(state)
-    return state
+def start_request(
+    request_id: str, method: str, path: str, client: str, *, has_cookies: bool = False
+) -> RequestContext:
+    """Make this request's context the current one (replacing whatever the task inherited)."""
+    context = RequestContext(request_id, method, path, client, has_cookies=has_cookies)
+    _current.set(context)
+    return context
+
+
+def current_context() -> RequestContext | None:
+    return _current.get()
 
 
 def bind_route(route: str) -> None:
-    state = _request_state.get()
-    if state is not None:
-        state.route = route
-    structlog.contextvars.bind_contextvars(route=route)
+    context = _current.get()
+    if context is not None:
+        context.route = route
 
 
 def bind_user(user_id: int) -> None:
-    state = _request_state.get()
-    if state is not None:
-        state.user_id = user_id
-    structlog.contextvars.bind_contextvars(user_id=user_id)
+    context = _current.get()
+    if context is not None:
+        context.user_id = user_id
+
+
+def add_request_context(_logger: WrappedLogger, _method: str, event_dict: EventDict) -> EventDict:
+    """Processor: the current request's fields; a key the event sets itself wins."""
+    context = _current.get()
+    if context is None:
+        return event_dict
+    event_dict.setdefault("request_id", context.request_id)
+    event_dict.setdefault("method", context.method)
+    event_dict.setdefault("path", context.path)
+    event_dict.setdefault("client_ip", context.client_ip)
+    if context.route is not None:
+        event_dict.setdefault("route", context.route)
+    if context.user_id is not None:
+        event_dict.setdefault("user_id", context.user_id)
+    return event_dict
 
 
 def current_request_id() -> str | None:
-    state = _request_state.get()
-    return state.request_id if state is not None else None
+    context = _current.get()
+    return context.request_id if context is not None else None
 
 
 def accept_request_id(incoming: str | None) -> str:

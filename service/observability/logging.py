@@ -10,6 +10,7 @@ from __future__ import annotations
 import logging
 import re
 import sys
+import time
 from collections.abc import Mapping
 from functools import lru_cache
 from typing import Any, TextIO
@@ -18,6 +19,7 @@ import orjson
 import structlog
 from structlog.types import EventDict, Processor, WrappedLogger
 
+from service.observability.context import add_request_context
 from service.settings import Settings
 
 REDACTED = "[REDACTED]"
@@ -101,26 +103,52 @@ def configure_logging(settings: Settings, stream: TextIO | None = None) -> None:
 
 def shared_processors() -> list[Processor]:
     return [
-        structlog.contextvars.merge_contextvars,
+        add_request_context,
         structlog.stdlib.add_logger_name,
         structlog.stdlib.add_log_level,
-        structlog.processors.TimeStamper(fmt="iso", utc=True),
+        add_timestamp,
         structlog.processors.StackInfoRenderer(),
     ]
 
 
+def add_timestamp(_logger: WrappedLogger, _method: str, event_dict: EventDict) -> EventDict:
+    """`timestamp`: ISO-8601 UTC with microseconds, `2026-11-27T15:51:51.123456Z`.
+
+    What structlog's `TimeStamper(fmt="iso", utc=True)` writes (but always with microseconds), at
+    a third of the cost: the date and time are formatted once a second, not on every line.
+    """
+    global _stamped_second
+    second, nanoseconds = divmod(time.time_ns(), 1_000_000_000)
+    cached, prefix = _stamped_second
+    if second != cached:
+        prefix = time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(second))
+        _stamped_second = (second, prefix)
+    event_dict["timestamp"] = f"{prefix}.{nanoseconds // 1000:06d}Z"
+    return event_dict
+
+
+_stamped_second: tuple[int, str] = (-1, "")
+
+
 def redact(_logger: WrappedLogger, _method: str, event_dict: EventDict) -> EventDict:
     """Replace values of sensitive keys at any depth; strip passwords out of URLs and DSNs."""
-    # Runs on every line: plain values are checked in place, only containers are walked.
+    # Runs on every line, so the common case is kept to a set lookup per key and a type check per
+    # value: keys already judged harmless are remembered, numbers and None pass on their exact
+    # type (isinstance against Mapping, an ABC, is slow), and only containers are walked.
     for key, value in event_dict.items():
-        if isinstance(key, str) and _is_sensitive(key):
+        if key not in _HARMLESS_KEYS and _is_sensitive_key(key):
             event_dict[key] = REDACTED
-        elif isinstance(value, str):
+        elif type(value) is str:
             if "://" in value:
                 event_dict[key] = redact_url(value)
-        elif isinstance(value, Mapping | list | tuple):
+        elif type(value) not in _PLAIN_TYPES:
             event_dict[key] = _redact_value(None, value)
     return event_dict
+
+
+_PLAIN_TYPES = frozenset({int, float, bool, type(None)})
+_HARMLESS_KEYS: set[str] = set()
+_MAX_HARMLESS_KEYS = 4096
 
 
 def redact_url(text: str) -> str:
@@ -149,6 +177,16 @@ def _redact_value(key: Any, value: Any) -> Any:
     if isinstance(value, list | tuple):
         return [_redact_value(None, item) for item in value]
     return value
+
+
+def _is_sensitive_key(key: Any) -> bool:
+    if not isinstance(key, str):
+        return False
+    if _is_sensitive(key):
+        return True
+    if len(_HARMLESS_KEYS) < _MAX_HARMLESS_KEYS:
+        _HARMLESS_KEYS.add(key)
+    return False
 
 
 @lru_cache(maxsize=4096)

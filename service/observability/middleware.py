@@ -41,11 +41,14 @@ class RequestObserver:
             await self.app(scope, receive, send)
             return
         incoming_id = forwarded_for = None
+        has_cookies = False
         for name, value in scope["headers"]:
             if name == _REQUEST_ID_HEADER:
                 incoming_id = value.decode("latin-1")
             elif name == b"x-forwarded-for":
                 forwarded_for = value.decode("latin-1")
+            elif name == b"cookie":
+                has_cookies = True
         request_id = accept_request_id(incoming_id)
         peer = scope.get("client")
         client = client_ip(peer[0] if peer else None, forwarded_for, self.settings.trusted_proxies)
@@ -53,7 +56,7 @@ class RequestObserver:
         is_poll = path == "/metrics" or path.startswith("/api/health")
         track = self.settings.metrics_track_probes or not is_poll
         method = method_label(scope["method"])
-        state = start_request(request_id, scope["method"], path, client)
+        context = start_request(request_id, scope["method"], path, client, has_cookies=has_cookies)
         id_header = (_REQUEST_ID_HEADER, request_id.encode())
         status = 500
         sent_bytes = 0
@@ -81,7 +84,7 @@ class RequestObserver:
         finally:
             elapsed = time.perf_counter() - started_at
             if track:
-                self.metrics.request_finished(method, state.route or UNMATCHED, status, elapsed)
+                self.metrics.request_finished(method, context.route or UNMATCHED, status, elapsed)
             if self.settings.log_health_requests or not is_poll:
                 duration_ms = round(elapsed * 1000, 3)
                 level = "error" if status >= 500 else "warning" if status >= 400 else "info"
@@ -91,8 +94,8 @@ class RequestObserver:
                     status=status,
                     duration_ms=duration_ms,
                     response_bytes=sent_bytes,
-                    route=state.route,
-                    user_id=state.user_id,
+                    route=context.route,
+                    user_id=context.user_id,
                 )
 
 
