@@ -14,6 +14,7 @@ BENCHMARKS = {
     "overhead": "bench.compare:run_overhead",
     "scrape": "bench.scrape_cost",
     "memory": "bench.memory",
+    "instructions": "bench.instructions",
 }
 
 

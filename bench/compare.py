@@ -30,6 +30,7 @@ from bench.machine import summary, write
 from bench.serving import ROOT, Server, gunicorn, hypercorn, wrk
 
 ROUNDS = 5
+TRIVIAL_SERVERS = ("ceiling", "service", "service-off", "service+accesslog")
 TRIVIAL_ROUNDS = 9  # the trivial endpoint's differences are small: more rounds
 SECONDS = 6
 COMPARE_SECONDS = 5
@@ -82,6 +83,10 @@ def run_overhead() -> None:
             "service-off": stack.enter_context(
                 hypercorn("service.asgi:app", {**common, "REQUEST_OBSERVABILITY": "false"})
             ),
+            # What hypercorn's own access log (off in hypercorn.toml) would add per request.
+            "service+accesslog": stack.enter_context(
+                hypercorn("service.asgi:app", common, config={"accesslog": "-"})
+            ),
         }
         results = {"trivial": _trivial(servers), "versus_flask": {}}
     write("overhead", results, _table(results).split("\n\nAgainst")[0] + "\n")
@@ -100,7 +105,7 @@ def _service_env(database_url: str) -> dict[str, str]:
 
 
 def _trivial(servers: dict[str, Server]) -> dict[str, Any]:
-    names = ("ceiling", "service", "service-off")
+    names = [name for name in TRIVIAL_SERVERS if name in servers]
     for name in names:
         wrk(servers[name].url + "/", connections=64, seconds=3)
     runs: dict[str, list[dict[str, float]]] = {name: [] for name in names}
@@ -125,6 +130,13 @@ def _trivial(servers: dict[str, Server]) -> dict[str, Any]:
     out["of_ceiling_percent"] = summary(
         [a["rps"] / c["rps"] * 100 for a, c in zip(on, runs["ceiling"], strict=True)]
     )
+    if "service+accesslog" in runs:
+        out["accesslog_cpu_us"] = summary(
+            [
+                a["cpu_us_per_request"] - b["cpu_us_per_request"]
+                for a, b in zip(runs["service+accesslog"], on, strict=True)
+            ]
+        )
     return out
 
 
@@ -190,7 +202,7 @@ def _table(results: dict[str, Any]) -> str:
         "| server CPU µs per request median (min–max) |",
         "| --- | --- | --- | --- |",
     ]
-    for name in ("ceiling", "service", "service-off"):
+    for name in [name for name in TRIVIAL_SERVERS if name in trivial]:
         row = trivial[name]
         lines.append(
             f"| {name} | {_range(row['rps'], 0)} | {_range(row['p99_ms'], 1)} "
@@ -203,6 +215,15 @@ def _table(results: dict[str, Any]) -> str:
         f"{_range(trivial['cpu_increase_percent'], 1)} % more server CPU per request; "
         "the service reaches "
         f"{_range(trivial['of_ceiling_percent'], 1)} % of the bare-Quart ceiling.",
+    ]
+    if "accesslog_cpu_us" in trivial:
+        lines += [
+            "",
+            "hypercorn's access log (off in hypercorn.toml) would add "
+            f"{_range(trivial['accesslog_cpu_us'], 0)} µs of server CPU per request "
+            "(service+accesslog − service).",
+        ]
+    lines += [
         "",
         "Against the original design (Flask, gunicorn sync), one worker each, interleaved "
         "5 × 5 s (health) and 5 × 10 s (login):",
