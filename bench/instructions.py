@@ -1,12 +1,19 @@
-"""Instructions per request of the whole app in-process, observability on, off, and without the
-log line: counted by valgrind's callgrind, so the figures do not move with what else the shared
-machine is doing (requests per second and even CPU time do, by ±10-30 %).
+"""Instructions per request, observability on and off, counted by valgrind's callgrind: the
+figures do not move with what else the shared machine is doing (requests per second and even CPU
+time do, by ±10-30 % between identical runs).
 
-Each variant serves `GET /` through the real ASGI app (`create_app`, production settings, logs to
-/dev/null, no network) N times in a child process under callgrind; two runs with different N and
-the difference divided by the extra requests give instructions per request, start-up excluded.
-Variants: `off` (REQUEST_OBSERVABILITY=false), `on`, and `on, no log line` (LOG_LEVEL=WARNING, so
-the 2xx `request_finished` line is filtered out before any processor runs).
+In-process: each variant serves `GET /` through the real ASGI app (`create_app`, production
+settings, logs to /dev/null, no network) N times in a child process under callgrind. Variants:
+`off` (REQUEST_OBSERVABILITY=false), `on`, and `on, no log line` (LOG_LEVEL=WARNING, so the 2xx
+`request_finished` line is filtered out before any processor runs).
+
+End to end: hypercorn itself (`workers = 0`: one process, the repository's hypercorn.toml
+otherwise) under callgrind, on the embedded default, answering N sequential keep-alive `GET /`
+from a client outside valgrind; on and off. This is what a CPU-bound worker spends per request,
+the HTTP server included, so its on/off ratio is the requests-per-second ratio without the noise.
+
+Each count is taken twice, with FEW and MANY requests; the difference divided by the extra
+requests is the cost per request, start-up and shutdown excluded.
 """
 
 from __future__ import annotations
@@ -15,12 +22,22 @@ import asyncio
 import os
 import re
 import shutil
+import signal
+import socket
 import subprocess
 import sys
+import tempfile
+import time
+import tomllib
 from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
 from typing import Any
 
+import httpx
+
 from bench.machine import write
+from bench.serving import ROOT
+from tests.server import to_toml
 
 FEW, MANY = 200, 1_200
 WARM_UP = 200
@@ -29,6 +46,7 @@ VARIANTS = {
     "on": {},
     "on, no log line": {"LOG_LEVEL": "WARNING"},
 }
+SERVER_VARIANTS = {"off": {"REQUEST_OBSERVABILITY": "false"}, "on": {}}
 _ENV = {
     "ENVIRONMENT": "production",
     "SECRET_KEY": "bench-secret-key-bench-secret-key-0123456789",
@@ -40,8 +58,15 @@ def run() -> None:
     if shutil.which("valgrind") is None:
         raise SystemExit("valgrind is missing: apt-get install valgrind")
     jobs = [(name, count) for name in VARIANTS for count in (FEW, MANY)]
+    server_jobs = [(name, count) for name in SERVER_VARIANTS for count in (FEW, MANY)]
     with ThreadPoolExecutor(max_workers=os.cpu_count() or 1) as pool:
         counts = dict(zip(jobs, pool.map(lambda job: _count(*job), jobs), strict=True))
+        served = dict(
+            zip(server_jobs, pool.map(lambda job: _count_server(*job), server_jobs), strict=True)
+        )
+    end_to_end = {
+        name: (served[name, MANY] - served[name, FEW]) / (MANY - FEW) for name in SERVER_VARIANTS
+    }
     per_request = {
         name: (counts[name, MANY] - counts[name, FEW]) / (MANY - FEW) for name in VARIANTS
     }
@@ -51,6 +76,8 @@ def run() -> None:
         "observability_percent": (per_request["on"] / off - 1) * 100,
         "log_line_instructions": per_request["on"] - per_request["on, no log line"],
         "rest_instructions": per_request["on, no log line"] - off,
+        "end_to_end_instructions_per_request": end_to_end,
+        "end_to_end_observability_percent": (end_to_end["on"] / end_to_end["off"] - 1) * 100,
     }
     lines = [
         f"`GET /` in-process, {MANY} vs {FEW} requests under callgrind:",
@@ -65,7 +92,14 @@ def run() -> None:
         f"Observability adds {per_request['on'] - off:,.0f} instructions per request: the "
         f"`request_finished` line {results['log_line_instructions']:,.0f}, the rest (middleware, "
         f"context, route hook, metrics) {results['rest_instructions']:,.0f}.",
+        "",
+        f"End to end through hypercorn (one process), {MANY} vs {FEW} keep-alive requests:",
+        "",
+        "| variant | instructions per request | vs off |",
+        "| --- | --- | --- |",
     ]
+    for name, value in end_to_end.items():
+        lines.append(f"| {name} | {value:,.0f} | {(value / end_to_end['off'] - 1) * 100:+.1f} % |")
     write("instructions", results, "\n".join(lines) + "\n")
 
 
@@ -80,6 +114,58 @@ def _count(variant: str, requests: int) -> int:
     if match is None:
         raise RuntimeError(f"no instruction count in callgrind's output:\n{output[-2000:]}")
     return int(match.group(1).replace(",", ""))
+
+
+def _count_server(variant: str, requests: int) -> int:
+    """hypercorn under callgrind answering `requests` keep-alive requests, then SIGTERM."""
+    with tempfile.TemporaryDirectory() as tmp, socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port = sock.getsockname()[1]
+        sock.close()
+        settings = tomllib.loads((ROOT / "hypercorn.toml").read_text())
+        settings.update({"bind": [f"127.0.0.1:{port}"], "workers": 0})
+        config = Path(tmp) / "hypercorn.toml"
+        config.write_text(to_toml(settings))
+        env = {
+            "PATH": os.environ["PATH"], "DATA_DIR": str(Path(tmp) / "data"),
+            "HEALTH_REFRESH_SECONDS": "0", **_ENV, **SERVER_VARIANTS[variant],
+        }  # fmt: skip
+        command = [
+            "valgrind", "--tool=callgrind", "--callgrind-out-file=/dev/null",
+            sys.executable, "-m", "hypercorn", "--config", str(config), "service.asgi:app",
+        ]  # fmt: skip
+        log = Path(tmp) / "server.log"
+        with open(log, "wb") as output:
+            process = subprocess.Popen(
+                command, cwd=ROOT, env=env, stdout=output, stderr=subprocess.STDOUT
+            )
+            try:
+                base_url = f"http://127.0.0.1:{port}"
+                _wait_ready(base_url, process)
+                with httpx.Client(base_url=base_url, timeout=120) as client:
+                    for _ in range(WARM_UP + requests):
+                        client.get("/").raise_for_status()
+            finally:
+                process.send_signal(signal.SIGTERM)
+                process.wait(timeout=600)
+        text = log.read_text(errors="replace")
+    match = re.search(r"refs:\s+([\d,]+)", text)
+    if match is None:
+        raise RuntimeError(f"no instruction count in callgrind's output:\n{text[-2000:]}")
+    return int(match.group(1).replace(",", ""))
+
+
+def _wait_ready(base_url: str, process: subprocess.Popen[bytes]) -> None:
+    deadline = time.monotonic() + 600  # start-up under valgrind is slow
+    while time.monotonic() < deadline:
+        if process.poll() is not None:
+            raise RuntimeError("server exited during start-up")
+        try:
+            httpx.get(base_url + "/api/health/live", timeout=30)
+            return
+        except httpx.TransportError:
+            time.sleep(1)
+    raise RuntimeError("server did not start")
 
 
 async def _serve(requests: int) -> None:
