@@ -27,7 +27,6 @@ import socket
 import subprocess
 import sys
 import tempfile
-import time
 import tomllib
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
@@ -36,7 +35,7 @@ from typing import Any
 import httpx
 
 from bench.machine import write
-from bench.serving import ROOT
+from bench.serving import ROOT, wait_ready
 from tests.server import to_toml
 
 FEW, MANY = 200, 1_200
@@ -141,7 +140,8 @@ def _count_server(variant: str, requests: int) -> int:
             )
             try:
                 base_url = f"http://127.0.0.1:{port}"
-                _wait_ready(base_url, process)
+                # start-up under valgrind is slow
+                wait_ready(base_url, process, "/api/health/live", seconds=600)
                 with httpx.Client(base_url=base_url, timeout=120) as client:
                     for _ in range(WARM_UP + requests):
                         client.get("/").raise_for_status()
@@ -153,19 +153,6 @@ def _count_server(variant: str, requests: int) -> int:
     if match is None:
         raise RuntimeError(f"no instruction count in callgrind's output:\n{text[-2000:]}")
     return int(match.group(1).replace(",", ""))
-
-
-def _wait_ready(base_url: str, process: subprocess.Popen[bytes]) -> None:
-    deadline = time.monotonic() + 600  # start-up under valgrind is slow
-    while time.monotonic() < deadline:
-        if process.poll() is not None:
-            raise RuntimeError("server exited during start-up")
-        try:
-            httpx.get(base_url + "/api/health/live", timeout=30)
-            return
-        except httpx.TransportError:
-            time.sleep(1)
-    raise RuntimeError("server did not start")
 
 
 async def _serve(requests: int) -> None:

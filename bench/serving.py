@@ -80,7 +80,7 @@ def hypercorn(
         )  # fmt: skip
         base_url = f"http://127.0.0.1:{port}"
         try:
-            _wait(base_url, process, path=ready_path)
+            wait_ready(base_url, process, path=ready_path)
             yield Server(base_url, process.pid)
         finally:
             stop(process)
@@ -109,7 +109,7 @@ def gunicorn(app: str, env: Mapping[str, str], *, workers: int = 1) -> Iterator[
     )  # fmt: skip
     base_url = f"http://127.0.0.1:{port}"
     try:
-        _wait(base_url, process, path="/")
+        wait_ready(base_url, process, path="/")
         yield Server(base_url, process.pid)
     finally:
         stop(process)
@@ -157,13 +157,16 @@ def wrk(
 _UNIT = {"us": 0.001, "ms": 1.0, "s": 1000.0}
 
 
-def _wait(base_url: str, process: subprocess.Popen[bytes], path: str) -> None:
-    deadline = time.monotonic() + 60
+def wait_ready(
+    base_url: str, process: subprocess.Popen[bytes], path: str, *, seconds: float = 60
+) -> None:
+    """Until `path` answers; fails if the server exits or `seconds` pass."""
+    deadline = time.monotonic() + seconds
     while time.monotonic() < deadline:
         if process.poll() is not None:
             raise RuntimeError("server exited during start-up")
         try:
-            httpx.get(base_url + path, timeout=1)
+            httpx.get(base_url + path, timeout=min(seconds / 20, 30))
             return
         except httpx.TransportError:
             time.sleep(0.1)
