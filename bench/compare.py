@@ -26,7 +26,7 @@ import asyncpg
 import httpx
 from argon2 import PasswordHasher
 
-from bench.machine import summary, write
+from bench.machine import spread, summary, write
 from bench.serving import ROOT, Server, gunicorn, hypercorn, wrk
 
 ROUNDS = 5
@@ -205,22 +205,22 @@ def _table(results: dict[str, Any]) -> str:
     for name in [name for name in TRIVIAL_SERVERS if name in trivial]:
         row = trivial[name]
         lines.append(
-            f"| {name} | {_range(row['rps'], 0)} | {_range(row['p99_ms'], 1)} "
-            f"| {_range(row['cpu_us_per_request'], 0)} |"
+            f"| {name} | {spread(row['rps'], 0)} | {spread(row['p99_ms'], 1)} "
+            f"| {spread(row['cpu_us_per_request'], 0)} |"
         )
     lines += [
         "",
-        f"Observability on vs off: {_range(trivial['rps_loss_percent'], 1)} % fewer requests/s, "
-        f"{_range(trivial['p99_increase_percent'], 1)} % higher p99, "
-        f"{_range(trivial['cpu_increase_percent'], 1)} % more server CPU per request; "
+        f"Observability on vs off: {spread(trivial['rps_loss_percent'], 1)} % fewer requests/s, "
+        f"{spread(trivial['p99_increase_percent'], 1)} % higher p99, "
+        f"{spread(trivial['cpu_increase_percent'], 1)} % more server CPU per request; "
         "the service reaches "
-        f"{_range(trivial['of_ceiling_percent'], 1)} % of the bare-Quart ceiling.",
+        f"{spread(trivial['of_ceiling_percent'], 1)} % of the bare-Quart ceiling.",
     ]
     if "accesslog_cpu_us" in trivial:
         lines += [
             "",
             "hypercorn's access log (off in hypercorn.toml) would add "
-            f"{_range(trivial['accesslog_cpu_us'], 0)} µs of server CPU per request "
+            f"{spread(trivial['accesslog_cpu_us'], 0)} µs of server CPU per request "
             "(service+accesslog − service).",
         ]
     lines += [
@@ -236,14 +236,10 @@ def _table(results: dict[str, Any]) -> str:
         endpoint, connections = key.rsplit("_", 1)
         lines.append(
             f"| {endpoint} | {connections} | {row['service']['rps']['median']:.0f} "
-            f"| {row['flask']['rps']['median']:.0f} | {_range(row['throughput_ratio'], 2)} "
+            f"| {row['flask']['rps']['median']:.0f} | {spread(row['throughput_ratio'], 2)} "
             f"| {row['service']['p99_ms']['median']:.1f} | {row['flask']['p99_ms']['median']:.1f} |"
         )
     return "\n".join(lines) + "\n"
-
-
-def _range(row: dict[str, float], digits: int) -> str:
-    return f"{row['median']:.{digits}f} ({row['min']:.{digits}f}–{row['max']:.{digits}f})"
 
 
 def _prepare_database() -> str:

@@ -46,6 +46,11 @@ def summary(samples: list[float]) -> dict[str, float]:
     }
 
 
+def spread(row: dict[str, float], digits: int) -> str:
+    """A `summary` as "median (min–max)"."""
+    return f"{row['median']:.{digits}f} ({row['min']:.{digits}f}–{row['max']:.{digits}f})"
+
+
 def write(name: str, results: dict[str, Any], table: str) -> None:
     RESULTS.mkdir(exist_ok=True)
     machine = describe()

@@ -43,11 +43,11 @@ def run() -> None:
             script = Path(tmp) / "mixed.lua"
             script.write_text(_lua(cookies))
             wrk(base_url + "/", connections=16, seconds=1, script=script)
-            while _requests(base_url) < 1_000:
+            while _reading(base_url)["requests"] < 1_000:
                 wrk(base_url + "/", connections=16, seconds=1, script=script)
             early = _reading(base_url)
             started = time.monotonic()
-            while _requests(base_url) < TARGET:
+            while _reading(base_url)["requests"] < TARGET:
                 wrk(base_url + "/", connections=64, seconds=10, script=script)
             late = _reading(base_url)
             late["seconds"] = time.monotonic() - started
@@ -90,11 +90,6 @@ request = function()
   return wrk.format("GET", "/missing/" .. (i % {PATHS}))
 end
 """
-
-
-def _requests(base_url: str) -> float:
-    samples = parse(httpx.get(base_url + "/metrics", timeout=30).text)
-    return sum(v for (name, _), v in samples.items() if name == "http_requests_total")
 
 
 def _reading(base_url: str) -> dict[str, Any]:

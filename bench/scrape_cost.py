@@ -16,7 +16,7 @@ from typing import Any
 
 import prometheus_client
 
-from bench.machine import summary, write
+from bench.machine import spread, summary, write
 from bench.metrics_cost import populate
 from service.observability import exposition
 from service.observability.metrics import Metrics
@@ -72,11 +72,7 @@ def run() -> None:
     for count in SERIES:
         row = results[str(count)]
         table += (
-            f"| {count:,} | {_cell(row['scrape_ms'])} | {_cell(row['max_loop_stall_ms'])} "
-            f"| {_cell(row['prometheus_client_ms'])} |\n"
+            f"| {count:,} | {spread(row['scrape_ms'], 1)} | {spread(row['max_loop_stall_ms'], 1)} "
+            f"| {spread(row['prometheus_client_ms'], 1)} |\n"
         )
     write("scrape", results, table)
-
-
-def _cell(row: dict[str, float]) -> str:
-    return f"{row['median']:.1f} ({row['min']:.1f}–{row['max']:.1f})"

@@ -15,7 +15,7 @@ from pathlib import Path
 from tempfile import TemporaryDirectory
 from typing import Any
 
-from bench.machine import summary, write
+from bench.machine import spread, summary, write
 from bench.serving import hypercorn, wrk
 from service.observability import exposition
 from service.observability.metrics import Metrics
@@ -94,10 +94,7 @@ def run() -> None:
     table += "| --- | --- | --- |\n"
     for workers in (1, 2):
         row = results["throughput"][f"{workers}_workers"]
-        table += (
-            f"| {workers} | {row['rps']['median']:.0f} ({row['rps']['min']:.0f}–"
-            f"{row['rps']['max']:.0f}) | {row['p99_ms']['median']:.2f} |\n"
-        )
+        table += f"| {workers} | {spread(row['rps'], 0)} | {row['p99_ms']['median']:.2f} |\n"
     scrape = results["scrape_4x10k"]
     table += (
         f"\nScrape of 4 workers × 10k series ({scrape['series_rendered']:,} series out, "
