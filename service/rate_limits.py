@@ -21,7 +21,7 @@ from quart_rate_limiter.store import RateLimiterStoreABC
 
 from service.cache import CacheError, get_cache
 from service.errors import ServiceUnavailable
-from service.observability.context import client_ip
+from service.observability.context import request_client_ip
 from service.settings import Settings
 
 _KEY_PREFIX = "ratelimit:"
@@ -101,9 +101,7 @@ class _RateLimiter(RateLimiter):
 
 def init_rate_limits(app: Quart, settings: Settings) -> RateLimiter:
     async def ip_key() -> str:
-        return client_ip(
-            request.remote_addr, request.headers.get("X-Forwarded-For"), settings.trusted_proxies
-        )
+        return request_client_ip(settings.trusted_proxies)
 
     return _RateLimiter(app, key_function=ip_key, store=CacheStore())
 

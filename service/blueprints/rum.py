@@ -5,7 +5,7 @@ from __future__ import annotations
 from quart import Blueprint, Quart, Response, current_app, request
 
 from service.errors import APIError
-from service.observability.context import client_ip
+from service.observability.context import request_client_ip
 from service.observability.rum import BeaconReceiver, Rejected
 from service.settings import Settings
 
@@ -32,9 +32,7 @@ def init_rum(app: Quart, settings: Settings) -> None:
 async def beacon() -> Response:
     receiver: BeaconReceiver = current_app.extensions["rum"]
     settings: Settings = current_app.extensions["settings"]
-    client = client_ip(
-        request.remote_addr, request.headers.get("X-Forwarded-For"), settings.trusted_proxies
-    )
+    client = request_client_ip(settings.trusted_proxies)
     try:
         receiver.admit(client, request.headers.get("Origin"), request.content_length)
         receiver.receive(await request.get_data(cache=False, as_text=False, parse_form_data=False))

@@ -18,6 +18,7 @@ from contextvars import ContextVar
 from dataclasses import dataclass
 from functools import lru_cache
 
+from quart import request
 from structlog.types import EventDict, WrappedLogger
 
 REQUEST_ID_HEADER = "X-Request-ID"
@@ -112,6 +113,11 @@ def client_ip(remote_addr: str | None, forwarded_for: str | None, trusted: Seque
             return hop
         address = hop
     return address
+
+
+def request_client_ip(trusted: Sequence[str]) -> str:
+    """`client_ip` of the Quart request being handled."""
+    return client_ip(request.remote_addr, request.headers.get("X-Forwarded-For"), trusted)
 
 
 def _is_valid_ip(value: str) -> bool:

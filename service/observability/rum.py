@@ -17,7 +17,6 @@ from typing import Any, TypeGuard
 
 import orjson
 import structlog
-from werkzeug.exceptions import MethodNotAllowed, NotFound
 from werkzeug.routing import Map, MapAdapter, Rule
 
 from service.observability.metrics import OTHER, Metrics, method_label
@@ -165,25 +164,25 @@ class BeaconReceiver:
     def _page(self, path: object) -> str:
         if not isinstance(path, str) or not path.startswith("/") or len(path) > 2048:
             return OTHER
-        path = path.split("?", 1)[0]
         for adapter in (self._pages, self._api):
-            try:
-                rule, _ = adapter.match(path, method="GET", return_rule=True)
-            except (NotFound, MethodNotAllowed):
-                continue
-            except Exception:  # a redirect or an odd path: not a known page
-                continue
-            return str(rule.rule)
+            template = _template(adapter, path, "GET")
+            if template is not None:
+                return template
         return OTHER
 
     def _api_template(self, path: str, method: str) -> str:
         if not path.startswith("/api/") or len(path) > 2048:
             return OTHER
-        try:
-            rule, _ = self._api.match(path.split("?", 1)[0], method=method, return_rule=True)
-        except Exception:
-            return OTHER
-        return str(rule.rule)
+        return _template(self._api, path, method) or OTHER
+
+
+def _template(adapter: MapAdapter, path: str, method: str) -> str | None:
+    """The route template `path` (query string ignored) matches, or None."""
+    try:
+        rule, _ = adapter.match(path.split("?", 1)[0], method=method, return_rule=True)
+    except Exception:  # not found, wrong method, a redirect or an odd path: not a known route
+        return None
+    return str(rule.rule)
 
 
 def scrub_message(message: str) -> str:
