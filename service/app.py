@@ -6,7 +6,11 @@ from contextlib import suppress
 from types import TracebackType
 
 import structlog
-from quart import Quart, request
+from quart import Quart
+from quart.ctx import RequestContext
+from quart.globals import request_ctx
+from quart.typing import ResponseReturnValue
+from quart.wrappers import Request
 from quart_auth import QuartAuth, current_user
 from quart_schema import QuartSchema
 
@@ -33,12 +37,25 @@ _ExcInfo = tuple[type[BaseException], BaseException, TracebackType] | tuple[None
 
 
 class ServiceApp(Quart):
+    # Set by create_app when REQUEST_OBSERVABILITY is on.
+    binds_request_context = False
+
+    async def preprocess_request(
+        self, request_context: RequestContext | None = None
+    ) -> ResponseReturnValue | None:
+        # Route and user are bound here rather than in a before_request hook: Quart wraps every
+        # hook call in `ensure_async` (an `inspect` check per call), which cost more than the
+        # binding itself on every request (bench/README.md, Instructions).
+        if self.binds_request_context:
+            await _bind_request_context((request_context or request_ctx).request)
+        return await super().preprocess_request(request_context)
+
     def log_exception(self, exc_info: _ExcInfo) -> None:
         # The one server-side record of an unhandled exception; the client only sees a 500.
         logger.error("request_failed", exc_info=exc_info)
 
 
-def create_app(settings: Settings | None = None) -> Quart:
+def create_app(settings: Settings | None = None) -> ServiceApp:
     settings = settings if settings is not None else load_settings()
     configure_logging(settings)
     app = ServiceApp(__name__)
@@ -58,8 +75,7 @@ def create_app(settings: Settings | None = None) -> Quart:
     init_health(app, settings, metrics)
     init_worker_snapshots(app, metrics, settings)
     rum.init_rum(app, settings)
-    if settings.request_observability:
-        app.before_request(_bind_request_context)
+    app.binds_request_context = settings.request_observability
     init_rate_limits(app, settings)
     QuartAuth(app)
     QuartSchema(
@@ -80,7 +96,7 @@ def create_app(settings: Settings | None = None) -> Quart:
     return app
 
 
-async def _bind_request_context() -> None:
+async def _bind_request_context(request: Request) -> None:
     context = current_context()
     if context is None:
         return

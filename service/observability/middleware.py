@@ -8,6 +8,8 @@ line once the body has been fully sent.
 from __future__ import annotations
 
 import time
+from collections.abc import Awaitable
+from logging import ERROR, INFO, WARNING
 from typing import Any
 
 import structlog
@@ -22,8 +24,6 @@ from service.observability.context import (
 from service.observability.metrics import UNMATCHED, Metrics, method_label
 from service.settings import Settings
 
-logger = structlog.get_logger("service.request")
-
 _REQUEST_ID_HEADER = REQUEST_ID_HEADER.lower().encode()
 _FALLBACK_BODY = b'{"error": {"code": "internal_error", "message": "An internal error occurred."}}'
 
@@ -33,6 +33,9 @@ class RequestObserver:
         self.app = app
         self.settings = settings
         self.metrics = metrics
+        # Bound once (create_app configures logging first): a module-level structlog logger is a
+        # lazy proxy that looks its configuration up again on every call.
+        self.logger = structlog.get_logger("service.request").bind()
 
     async def __call__(
         self, scope: Scope, receive: ASGIReceiveCallable, send: ASGISendCallable
@@ -65,20 +68,22 @@ class RequestObserver:
         if track:
             self.metrics.request_started(method)
 
-        async def observed_send(message: Any) -> None:
+        # A plain function handing back `send`'s awaitable: no coroutine of its own per message.
+        def observed_send(message: Any) -> Awaitable[None]:
             nonlocal status, sent_bytes, response_started
-            if message["type"] == "http.response.start":
+            kind = message["type"]
+            if kind == "http.response.body":
+                sent_bytes += len(message.get("body", b""))
+            elif kind == "http.response.start":
                 response_started = True
                 status = message["status"]
                 message = {**message, "headers": [*message.get("headers", ()), id_header]}
-            elif message["type"] == "http.response.body":
-                sent_bytes += len(message.get("body", b""))
-            await send(message)
+            return send(message)
 
         try:
             await self.app(scope, receive, observed_send)
         except Exception:
-            logger.exception("request_failed")
+            self.logger.exception("request_failed")
             if not response_started:
                 await _send_fallback_500(observed_send)
         finally:
@@ -86,10 +91,11 @@ class RequestObserver:
             if track:
                 self.metrics.request_finished(method, context.route or UNMATCHED, status, elapsed)
             if self.settings.log_health_requests or not is_poll:
-                duration_ms = round(elapsed * 1000, 3)
-                level = "error" if status >= 500 else "warning" if status >= 400 else "info"
-                logger.log(
-                    _LEVELS[level],
+                # Whole microseconds: round(x, 3) formats the float as text internally.
+                duration_ms = int(elapsed * 1_000_000) / 1000
+                level = ERROR if status >= 500 else WARNING if status >= 400 else INFO
+                self.logger.log(
+                    level,
                     "request_finished",
                     status=status,
                     duration_ms=duration_ms,
@@ -97,9 +103,6 @@ class RequestObserver:
                     route=context.route,
                     user_id=context.user_id,
                 )
-
-
-_LEVELS = {"info": 20, "warning": 30, "error": 40}
 
 
 async def _send_fallback_500(send: ASGISendCallable) -> None:
