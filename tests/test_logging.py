@@ -246,6 +246,25 @@ def test_timestamps_are_iso_utc_with_microseconds() -> None:
     assert stamps == sorted(stamps)
 
 
+def test_tracebacks_and_stacks_are_rendered_then_redacted() -> None:
+    stream = io.StringIO()
+    configure_logging(load_settings(environment="production", secret_key="x" * 40), stream)
+    dsn = "postgresql://app:hunter2-secret@db:5432/app"
+    try:
+        raise ConnectionError(f"cannot reach {dsn}")
+    except ConnectionError:
+        structlog.get_logger("t").exception("structlog_failure")
+        logging.getLogger("stdlib.t").exception("stdlib_failure")
+    structlog.get_logger("t").info("where", stack_info=True)
+    lines = {event["event"]: event for event in map(json.loads, stream.getvalue().splitlines())}
+    for name in ("structlog_failure", "stdlib_failure"):
+        assert "ConnectionError" in lines[name]["exception"]
+        assert "app:***@db" in lines[name]["exception"]
+    assert lines["stdlib_failure"]["logger"] == "stdlib.t"
+    assert "test_tracebacks_and_stacks_are_rendered_then_redacted" in lines["where"]["stack"]
+    assert "hunter2" not in stream.getvalue()
+
+
 def test_redaction_at_any_depth_and_in_urls() -> None:
     event = {
         "event": "x",

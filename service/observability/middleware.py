@@ -77,7 +77,11 @@ class RequestObserver:
             elif kind == "http.response.start":
                 response_started = True
                 status = message["status"]
-                message = {**message, "headers": [*message.get("headers", ()), id_header]}
+                headers = message.get("headers")
+                if type(headers) is list:  # a list made for this message (Quart's): append
+                    headers.append(id_header)
+                else:
+                    message = {**message, "headers": [*(headers or ()), id_header]}
             return send(message)
 
         try:
