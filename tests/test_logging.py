@@ -22,6 +22,7 @@ from tests.server import PRODUCTION_ENV, Server, running_server
 PASSWORD = "Sup3r-secret-passphrase!"
 SENTINEL_ENV = "SENTINEL_ENV_VALUE_4821"
 SENTINEL_HEADER = "SENTINEL-HEADER-VALUE-9313"
+PATH_SECRET = "PATH-SECRET-5521"
 
 
 def _events(server: Server) -> list[dict[str, Any]]:
@@ -65,6 +66,11 @@ def production_run(tmp_path_factory: pytest.TempPathFactory) -> tuple[Server, di
             seen["anonymous"] = client.get("/", headers={"X-Request-ID": "anon-request-0001"})
             seen["bad_id"] = client.get("/", headers={"X-Request-ID": "evil id\tinjected"})
             seen["not_found"] = client.get("/nope")
+            # A path the client chose, with credentials in it (percent-decoded in the ASGI scope).
+            seen["url_in_path"] = client.get(
+                f"/files/https:%2F%2Fbob:{PATH_SECRET}@example.com/x",
+                headers={"X-Request-ID": "url-in-path-01"},
+            )
             seen["boom"] = client.get("/test/boom", headers={"X-Request-ID": "boom-request-01"})
             seen["background"] = client.get(
                 "/test/background", headers={"X-Request-ID": "background-req-01"}
@@ -173,8 +179,10 @@ def test_no_password_cookie_header_or_environment_in_output(production_run: Any)
     server, seen = production_run
     output = server.output.read_text()
     assert seen["cookie"]
-    for secret in (PASSWORD, seen["cookie"], SENTINEL_ENV, SENTINEL_HEADER):
+    for secret in (PASSWORD, seen["cookie"], SENTINEL_ENV, SENTINEL_HEADER, PATH_SECRET):
         assert secret not in output
+    url_in_path = {e["request_id"]: e for e in _finished(_events(server))}["url-in-path-01"]
+    assert url_in_path["path"] == "/files/https://bob:***@example.com/x"
 
 
 def test_hypercorn_access_lines_hold_only_allow_listed_fields(production_run: Any) -> None:

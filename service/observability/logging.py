@@ -65,8 +65,10 @@ def configure_logging(settings: Settings, stream: TextIO | None = None) -> None:
 
     structlog.reset_defaults()
     structlog.configure(
-        # `add_log_fields` after `redact`: logger, level and timestamp are the pipeline's own.
-        processors=[add_request_context, *prepare, add_log_fields, *native_renderer],
+        # The request context and logger, level and timestamp are added after `redact`: they are
+        # the pipeline's own values, made safe where they are made (the middleware masks
+        # credentials in the path), so redaction only walks what the caller logged.
+        processors=[*prepare, add_request_context, add_log_fields, *native_renderer],
         wrapper_class=structlog.make_filtering_bound_logger(level),
         logger_factory=factory,
         # Cached loggers are fastest but ignore later reconfiguration (tests reconfigure).

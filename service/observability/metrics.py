@@ -88,6 +88,14 @@ class Series:
         else:
             self._store[key].observe(amount)
 
+    def key(self, values: tuple[str, ...]) -> Any:
+        """The storage key of a label set already observed: `store[key]` is its value."""
+        return self._keys[values]
+
+    @property
+    def store(self) -> dict[Any, Any]:
+        return self._store
+
     def _remember(self, values: tuple[str, ...]) -> dict[str, str]:
         labels = dict(zip(self._names, values, strict=True))
         self._keys[values] = self._collector.values.__keytransform__(labels)  # type: ignore[no-untyped-call]
@@ -257,6 +265,7 @@ class Metrics:
         self._requests = Series(self.http_requests, "method", "endpoint", "status")
         self._durations = Series(self.http_duration, "method", "endpoint")
         self._in_progress = Series(self.http_in_progress, "method")
+        self._finished_keys: dict[tuple[str, str, int], tuple[Any, Any, Any]] = {}
         self._process = psutil.Process(os.getpid())
         self._active_seen: dict[int, float] = {}
         self._last_cpu = 0.0
@@ -265,11 +274,29 @@ class Metrics:
         self._in_progress.add((method,), 1)
 
     def request_finished(self, method: str, endpoint: str, status: int, seconds: float) -> None:
-        self._in_progress.add((method,), -1)
-        self._requests.add((method, endpoint, _STATUS_TEXT.get(status) or str(status)))
-        self._durations.observe((method, endpoint), seconds)
+        # One lookup finds the three series a finished request changes (in progress, count,
+        # duration): the hottest path of the metrics, once per request.
+        keys = self._finished_keys.get((method, endpoint, status))
+        if keys is None:
+            self._first_finished(method, endpoint, status, seconds)
+        else:
+            in_progress, requests, duration = keys
+            self._in_progress.store[in_progress] -= 1
+            self._requests.store[requests] += 1
+            self._durations.store[duration].observe(seconds)
         if status == 429:
             self.rate_limited.inc({"endpoint": endpoint})
+
+    def _first_finished(self, method: str, endpoint: str, status: int, seconds: float) -> None:
+        labels = (method, endpoint, _STATUS_TEXT.get(status) or str(status))
+        self._in_progress.add((method,), -1)
+        self._requests.add(labels)
+        self._durations.observe((method, endpoint), seconds)
+        self._finished_keys[method, endpoint, status] = (
+            self._in_progress.key((method,)),
+            self._requests.key(labels),
+            self._durations.key((method, endpoint)),
+        )
 
     def record_error(self, exception: BaseException) -> None:
         self.app_errors.inc({"type": error_type_label(exception)})

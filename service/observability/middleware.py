@@ -21,6 +21,7 @@ from service.observability.context import (
     client_ip,
     start_request,
 )
+from service.observability.logging import redact_url
 from service.observability.metrics import UNMATCHED, Metrics, method_label
 from service.settings import Settings
 
@@ -59,7 +60,11 @@ class RequestObserver:
         is_poll = path == "/metrics" or path.startswith("/api/health")
         track = self.settings.metrics_track_probes or not is_poll
         method = method_label(scope["method"])
-        context = start_request(request_id, scope["method"], path, client, has_cookies=has_cookies)
+        # Every log line carries the path unredacted (see logging.configure_logging): the client
+        # chooses it, so credentials in it are masked here, once.
+        context = start_request(
+            request_id, scope["method"], redact_url(path), client, has_cookies=has_cookies
+        )
         id_header = (_REQUEST_ID_HEADER, request_id.encode())
         status = 500
         sent_bytes = 0
