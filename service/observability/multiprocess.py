@@ -23,6 +23,7 @@ import asyncio
 import fcntl
 import itertools
 import multiprocessing
+import multiprocessing.util
 import os
 import shutil
 import threading
@@ -80,7 +81,15 @@ class WorkerSnapshots:
             await asyncio.gather(self._task, return_exceptions=True)
         # Graceful exit (including hypercorn's max_requests recycling): keep every count.
         await self._publish()
-        await asyncio.to_thread(self._fold, self.own_file)
+        # The move into the archive waits for the process to exit: a recycled hypercorn worker
+        # can still finish a request after the application's shutdown (a connection accepted as
+        # it stopped, cancelled when its event loop closes), and that request's counts must
+        # reach the archive too. If the process dies before, the other workers fold its file.
+        multiprocessing.util.Finalize(None, self._publish_and_fold, exitpriority=10)
+
+    def _publish_and_fold(self) -> None:
+        self._write_own(next(self._sequence), self.metrics.snapshot())
+        self._fold(self.own_file)
 
     async def collect(self, own: Snapshot) -> Snapshot:
         """The whole server's metrics: this worker's `own` snapshot plus every other's."""
