@@ -104,32 +104,35 @@ def run() -> None:
     lines = [
         f"`GET /` in-process, {MANY} vs {FEW} requests under callgrind:",
         "",
-        "| variant | instructions per request | vs off |",
-        "| --- | --- | --- |",
-    ]
-    for name, value in per_request.items():
-        lines.append(f"| {name} | {value:,.0f} | {(value / off - 1) * 100:+.1f} % |")
-    lines += [
+        *_table(per_request, decimals=1),
         "",
         f"Observability adds {per_request['on'] - off:,.0f} instructions per request: the "
         f"`request_finished` line {results['log_line_instructions']:,.0f}, the rest (middleware, "
-        f"context, route hook, metrics) {results['rest_instructions']:,.0f}.",
+        f"context, route binding, metrics) {results['rest_instructions']:,.0f}.",
         "",
         f"End to end through hypercorn (one process), {SERVER_MANY} vs {SERVER_FEW} keep-alive "
         f"requests, the median of {SERVER_ROUNDS} rounds:",
         "",
-        "| variant | instructions per request | vs off |",
-        "| --- | --- | --- |",
-    ]
-    for name, value in end_to_end.items():
-        lines.append(f"| {name} | {value:,.0f} | {(value / end_to_end['off'] - 1) * 100:+.2f} % |")
-    lines += [
+        *_table(end_to_end, decimals=2),
         "",
         "Observability on vs off in each round: "
         + ", ".join(f"{percent:+.2f} %" for percent in round_percents)
         + ".",
     ]
     write("instructions", results, "\n".join(lines) + "\n")
+
+
+def _table(per_request: dict[str, float], decimals: int) -> list[str]:
+    """Markdown rows: each variant's instructions per request and its difference from `off`."""
+    off = per_request["off"]
+    return [
+        "| variant | instructions per request | vs off |",
+        "| --- | --- | --- |",
+        *(
+            f"| {name} | {value:,.0f} | {(value / off - 1) * 100:+.{decimals}f} % |"
+            for name, value in per_request.items()
+        ),
+    ]
 
 
 def _count(variant: str, requests: int) -> int:

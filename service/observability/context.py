@@ -33,8 +33,9 @@ class RequestContext:
     client_ip: str
     route: str | None = None
     user_id: int | None = None
-    # Not logged: lets the route hook skip cookie parsing (and the session lookup) when the
-    # request carries no cookie at all, as most API and probe requests do.
+    # Not logged: lets the route and user binding (`ServiceApp.preprocess_request`) skip cookie
+    # parsing (and the session lookup) when the request carries no cookie at all, as most API
+    # and probe requests do.
     has_cookies: bool = False
 
 
