@@ -273,6 +273,15 @@ def test_tracebacks_and_stacks_are_rendered_then_redacted() -> None:
     assert "hunter2" not in stream.getvalue()
 
 
+def test_development_output_to_a_file_has_no_colour_codes() -> None:
+    stream = io.StringIO()  # not a terminal, like a log file or a pipe
+    configure_logging(load_settings(environment="development"), stream)
+    structlog.get_logger("t").info("plain", answer=42)
+    output = stream.getvalue()
+    assert "plain" in output and "answer=42" in output
+    assert "\x1b[" not in output
+
+
 def test_redaction_at_any_depth_and_in_urls() -> None:
     event = {
         "event": "x",

@@ -59,7 +59,7 @@ def configure_logging(settings: Settings, stream: TextIO | None = None) -> None:
         # The console renderer draws tracebacks itself.
         prepare = [structlog.processors.StackInfoRenderer(), redact]
         colors = stream.isatty()
-        text_renderer = [escape_control_characters, structlog.dev.ConsoleRenderer(colors)]
+        text_renderer = [escape_control_characters, structlog.dev.ConsoleRenderer(colors=colors)]
         native_renderer = text_renderer
         factory = _NamedLoggerFactory(stream, binary=False)
 
