@@ -2,6 +2,11 @@
 
 from __future__ import annotations
 
+import asyncio
+import os
+import shutil
+
+from service.passwords import verify_password
 from tests.conftest import Client, login, register
 
 
@@ -77,3 +82,19 @@ async def test_forged_session_cookie_is_401(client: Client) -> None:
     client.set_cookie("localhost", "scene_packer_session", "IjEi.forged.signature")  # type: ignore[attr-defined]
     response = await client.get("/api/auth/me")
     assert response.status_code == 401
+
+
+async def test_a_burst_of_logins_leaves_the_shared_thread_pool_free() -> None:
+    """Hashes run in their own pool: asyncio's default pool, where the health checks probe disk
+    and memory under their timeouts, stays free however many logins are hashing."""
+    default_pool_size = min(32, (os.cpu_count() or 1) + 4)  # asyncio's default executor
+    hashes = [
+        asyncio.ensure_future(verify_password(None, "a wrong password"))
+        for _ in range(default_pool_size + 1)
+    ]
+    try:
+        await asyncio.sleep(0)  # every login is hashing or queued for it
+        await asyncio.to_thread(shutil.disk_usage, ".")
+        assert not any(task.done() for task in hashes)
+    finally:
+        assert not any(await asyncio.gather(*hashes))
