@@ -155,7 +155,7 @@ def _versus_flask(servers: dict[str, Server], login_script: Path) -> dict[str, A
                     seconds = LOGIN_SECONDS if script is not None else COMPARE_SECONDS
                     runs[name].append(
                         wrk(servers[name].url + path, connections=connections,
-                            seconds=seconds, script=script)
+                            seconds=seconds, script=script, server=servers[name])
                     )  # fmt: skip
                     _drain(servers[name].url)
                     print(endpoint, connections, name, runs[name][-1], flush=True)
@@ -229,15 +229,17 @@ def _table(results: dict[str, Any]) -> str:
         "5 × 5 s (health) and 5 × 10 s (login):",
         "",
         "| endpoint | connections | service req/s | flask req/s | ratio median (min–max) "
-        "| service p99 ms | flask p99 ms |",
-        "| --- | --- | --- | --- | --- | --- | --- |",
+        "| service p99 ms | flask p99 ms | service CPU µs/request | flask CPU µs/request |",
+        "| --- | --- | --- | --- | --- | --- | --- | --- | --- |",
     ]
     for key, row in results["versus_flask"].items():
         endpoint, connections = key.rsplit("_", 1)
         lines.append(
             f"| {endpoint} | {connections} | {row['service']['rps']['median']:.0f} "
             f"| {row['flask']['rps']['median']:.0f} | {spread(row['throughput_ratio'], 2)} "
-            f"| {row['service']['p99_ms']['median']:.1f} | {row['flask']['p99_ms']['median']:.1f} |"
+            f"| {row['service']['p99_ms']['median']:.1f} | {row['flask']['p99_ms']['median']:.1f} "
+            f"| {row['service']['cpu_us_per_request']['median']:.0f} "
+            f"| {row['flask']['cpu_us_per_request']['median']:.0f} |"
         )
     return "\n".join(lines) + "\n"
 
