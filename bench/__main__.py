@@ -15,6 +15,7 @@ BENCHMARKS = {
     "scrape": "bench.scrape_cost",
     "memory": "bench.memory",
     "instructions": "bench.instructions",
+    "login": "bench.login_instructions",
 }
 
 
