@@ -32,7 +32,9 @@ class Cache(Protocol):
     async def set(self, key: str, value: str, ttl: float) -> None: ...
     async def delete(self, key: str) -> None: ...
     async def incr(self, key: str, ttl: float) -> int: ...
-    async def acquire_rate(self, key: str, now: float, interval: float, period: float) -> float: ...
+    async def acquire_rate(
+        self, key: str, now: float, interval: float, period: float
+    ) -> tuple[float, float]: ...
     async def mark_seen(self, key: str, member: str, at: float) -> None: ...
     async def count_seen(self, key: str, since: float) -> int: ...
     async def ping(self) -> None: ...
@@ -73,15 +75,17 @@ class MemoryCache:
         self._entries[key] = (str(value), expires_at)
         return value
 
-    async def acquire_rate(self, key: str, now: float, interval: float, period: float) -> float:
+    async def acquire_rate(
+        self, key: str, now: float, interval: float, period: float
+    ) -> tuple[float, float]:
         # No await inside: atomic on the event loop.
         entry = self._entries.get(key)
         tat = max(float(entry[0]), now) if entry is not None else now
         wait = _gcra_wait(tat, now, interval, period)
         if wait == 0:
-            new_tat = tat + interval
-            self._entries[key] = (repr(new_tat), time.monotonic() + (new_tat - now) + 1)
-        return wait
+            tat += interval
+            self._entries[key] = (repr(tat), time.monotonic() + (tat - now) + 1)
+        return wait, tat
 
     async def mark_seen(self, key: str, member: str, at: float) -> None:
         members = self._seen.setdefault(key, {})
@@ -105,16 +109,18 @@ class MemoryCache:
 
 
 # GCRA in one atomic step: concurrent requests (any worker, any instance) cannot all pass a limit
-# by reading the same state before any of them writes it.
+# by reading the same state before any of them writes it. Returns the wait (0: admitted) and the
+# theoretical arrival time after this request, from which the RateLimit-* headers are computed.
 _ACQUIRE_RATE = """
 local now, interval, period = tonumber(ARGV[1]), tonumber(ARGV[2]), tonumber(ARGV[3])
+local function exact(x) return string.format('%.17g', x) end
 local tat = tonumber(redis.call('GET', KEYS[1]) or ARGV[1])
 if tat < now then tat = now end
 local wait = tat - now - (period - interval)
-if wait > 0 then return tostring(wait) end
+if wait > 0 then return {exact(wait), exact(tat)} end
 local new_tat = tat + interval
-redis.call('SET', KEYS[1], tostring(new_tat), 'PX', math.ceil((new_tat - now) * 1000) + 1000)
-return '0'
+redis.call('SET', KEYS[1], exact(new_tat), 'PX', math.ceil((new_tat - now) * 1000) + 1000)
+return {'0', exact(new_tat)}
 """
 
 
@@ -153,12 +159,14 @@ class RedisCache:
             raise CacheError("incr failed") from exc
         return int(value)
 
-    async def acquire_rate(self, key: str, now: float, interval: float, period: float) -> float:
+    async def acquire_rate(
+        self, key: str, now: float, interval: float, period: float
+    ) -> tuple[float, float]:
         try:
-            wait = await self._acquire(keys=[self.prefix + key], args=[now, interval, period])
+            wait, tat = await self._acquire(keys=[self.prefix + key], args=[now, interval, period])
         except (RedisError, OSError) as exc:
             raise CacheError("acquire_rate failed") from exc
-        return float(wait)
+        return float(wait), float(tat)
 
     async def mark_seen(self, key: str, member: str, at: float) -> None:
         try:
@@ -217,11 +225,13 @@ class InstrumentedCache:
         value: int = await self._counted("incr", self.inner.incr(key, ttl))
         return value
 
-    async def acquire_rate(self, key: str, now: float, interval: float, period: float) -> float:
-        wait: float = await self._counted(
+    async def acquire_rate(
+        self, key: str, now: float, interval: float, period: float
+    ) -> tuple[float, float]:
+        result: tuple[float, float] = await self._counted(
             "rate_limit_acquire", self.inner.acquire_rate(key, now, interval, period)
         )
-        return wait
+        return result
 
     async def mark_seen(self, key: str, member: str, at: float) -> None:
         await self._counted("mark_seen", self.inner.mark_seen(key, member, at))

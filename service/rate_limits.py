@@ -1,10 +1,11 @@
 """Rate limits on the auth routes, kept in the shared cache so they hold across workers.
 
-quart-rate-limiter declares the limits (`@rate_limit`), answers 429 with `Retry-After` and sets the
-`RateLimit-*` headers. Its check-then-update runs as separate store reads and writes, so
-concurrent requests could all pass a limit before any of them wrote (measured: 33 of 40
-concurrent logins passed a limit of 20). Here the check and the update are one atomic cache
-operation (a Lua script on Redis), keyed by client IP or username, with a TTL so nothing piles up.
+quart-rate-limiter declares the limits (`@rate_limit`) and answers 429 with `Retry-After`. Its
+check-then-update runs as separate store reads and writes, so concurrent requests could all pass a
+limit before any of them wrote (measured: 33 of 40 concurrent logins passed a limit of 20). Here
+the check and the update are one atomic cache operation (a Lua script on Redis), keyed by client IP
+or username, with a TTL so nothing piles up; it also returns the limit's state after the request,
+from which the `RateLimit-*` headers are set (quart-rate-limiter reads the store again for them).
 """
 
 from __future__ import annotations
@@ -12,10 +13,10 @@ from __future__ import annotations
 import hashlib
 import math
 import time
-from datetime import UTC, datetime, timedelta
+from datetime import datetime, timedelta
 from typing import Any
 
-from quart import Quart, Response, current_app, request
+from quart import Quart, Response, current_app, g, request
 from quart_rate_limiter import RateLimit, RateLimiter, RateLimitExceeded
 from quart_rate_limiter.store import RateLimiterStoreABC
 
@@ -37,23 +38,22 @@ class CacheStore(RateLimiterStoreABC):
         return None
 
     async def get(self, key: str, default: datetime) -> datetime:
-        try:
-            value = await get_cache().read(_KEY_PREFIX + key, operation="rate_limit_get")
-        except CacheError as exc:
-            raise ServiceUnavailable() from exc
-        return default if value is None else datetime.fromtimestamp(float(value), UTC)
+        raise NotImplementedError("limits are read and updated atomically by CacheStore.acquire")
 
     async def set(self, key: str, tat: datetime) -> None:
-        raise NotImplementedError("limits are updated atomically by CacheStore.acquire")
+        raise NotImplementedError("limits are read and updated atomically by CacheStore.acquire")
 
-    async def acquire(self, key: str, limit: RateLimit) -> float:
-        """Take one request from the limit; the seconds to wait if it is exhausted, else 0."""
+    async def acquire(self, key: str, limit: RateLimit) -> tuple[float, float]:
+        """Take one request from the limit: the seconds to wait if it is exhausted (else 0), and
+        the seconds until the limit is whole again."""
+        now = time.time()
         try:
-            return await get_cache().acquire_rate(
-                _KEY_PREFIX + key, time.time(), limit.inverse, limit.period.total_seconds()
+            wait, tat = await get_cache().acquire_rate(
+                _KEY_PREFIX + key, now, limit.inverse, limit.period.total_seconds()
             )
         except CacheError as exc:
             raise ServiceUnavailable() from exc
+        return wait, tat - now
 
 
 class _RateLimiter(RateLimiter):
@@ -80,23 +80,36 @@ class _RateLimiter(RateLimiter):
         if not limits or not current_app.config["QUART_RATE_LIMITER_ENABLED"]:
             return
         assert endpoint is not None
+        # The headers describe the shortest-period limit, as quart-rate-limiter's do.
+        reported = min(limits, key=lambda limit: limit.period)
         for limit in limits:
             if await self._should_skip(limit):
                 continue
             key = await self._create_key(endpoint, limit)
-            wait = await self.store.acquire(key, limit)
+            wait, until_whole = await self.store.acquire(key, limit)
+            if limit is reported:
+                g.rate_limit_headers = _headers(limit, until_whole)
             if wait > 0:
                 raise RateLimitExceeded(max(1, math.ceil(wait)))
 
     async def _after_request(self, response: Response) -> Response:
-        if not self._limits(request.endpoint):
-            return response
-        # The RateLimit-* headers are advisory: a cache outage must not turn an answer into a 500.
-        try:
-            result: Response = await super()._after_request(response)
-        except ServiceUnavailable:
-            return response
-        return result
+        headers = g.pop("rate_limit_headers", None)
+        if headers is not None:
+            response.headers.update(headers)
+        return response
+
+
+def _headers(limit: RateLimit, until_whole: float) -> dict[str, str]:
+    """quart-rate-limiter's `RateLimit-*` headers, from the state the acquire left."""
+    # The tolerance keeps float rounding from showing one request fewer than the limit allows.
+    remaining = max(
+        0, math.floor((limit.period.total_seconds() - until_whole) / limit.inverse + 1e-6)
+    )
+    return {
+        "RateLimit-Limit": str(limit.count),
+        "RateLimit-Remaining": str(remaining),
+        "RateLimit-Reset": str(math.ceil(until_whole)),
+    }
 
 
 def init_rate_limits(app: Quart, settings: Settings) -> RateLimiter:

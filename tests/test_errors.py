@@ -92,6 +92,22 @@ async def test_login_over_the_limit_is_429_with_retry_after(
         assert (await login(client, "erin", "wrong password")).status_code == 401
 
 
+async def test_login_responses_say_how_many_attempts_are_left(settings: Settings) -> None:
+    limited = settings.model_copy(update={"login_limit_per_ip": 3, "login_limit_per_username": 10})
+    app = create_app(limited)
+    async with app.test_app() as test_app:
+        client = test_app.test_client()
+        responses = [await login(client, "ivan", "wrong password") for _ in range(4)]
+    assert [response.status_code for response in responses] == [401, 401, 401, 429]
+    assert [response.headers["RateLimit-Remaining"] for response in responses] == [
+        "2", "1", "0", "0"
+    ]  # fmt: skip
+    window = limited.rate_limit_window_seconds
+    for response in responses:
+        assert response.headers["RateLimit-Limit"] == "3"
+        assert 1 <= int(response.headers["RateLimit-Reset"]) <= window
+
+
 @pytest.mark.parametrize("backend", ["postgres"], indirect=True)
 async def test_rate_limit_is_shared_by_two_instances_through_redis(settings: Settings) -> None:
     limited = settings.model_copy(update={"login_limit_per_username": 4})
