@@ -25,6 +25,7 @@ from service.observability.logging import configure_logging
 from service.observability.metrics import get_metrics, init_metrics, instrument_engine
 from service.observability.middleware import RequestObserver
 from service.observability.multiprocess import init_worker_snapshots
+from service.passwords import init_passwords
 from service.rate_limits import init_rate_limits
 from service.settings import Settings, load_settings
 from service.version import VERSION
@@ -77,6 +78,7 @@ def create_app(settings: Settings | None = None) -> ServiceApp:
     rum.init_rum(app, settings)
     app.binds_request_context = settings.request_observability
     init_rate_limits(app, settings)
+    init_passwords(app, settings)
     QuartAuth(app)
     QuartSchema(
         app,

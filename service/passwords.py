@@ -1,31 +1,43 @@
 """Password hashing with argon2, off the event loop (a hash costs tens of milliseconds of CPU).
 
-Hashes run in their own thread pool, one thread per CPU this process may use: more hashes at
-once would only share the same cores (each slower, each holding argon2's 64 MiB), and a burst of
-logins must not occupy asyncio's default pool, where the health checks' disk and memory probes
-run under their timeouts.
+Hashes run in the app's own thread pool, by default one thread per CPU this process may use
+(`PASSWORD_HASH_THREADS`): more hashes at once would only share the same cores (each slower, each
+holding argon2's 64 MiB), and a burst of logins must not occupy asyncio's default pool, where the
+health checks' disk and memory probes run under their timeouts.
 """
 
 from __future__ import annotations
 
 import asyncio
-import os
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from typing import TypeVar
 
 from argon2 import PasswordHasher
 from argon2.exceptions import InvalidHashError, VerificationError
+from quart import Quart, current_app
+
+from service.settings import Settings
 
 _T = TypeVar("_T")
+_EXTENSION = "password_hashing"
 
 _hasher = PasswordHasher()
 # Verified when the username is unknown, so both paths cost the same and timing reveals nothing.
 _DUMMY_HASH = _hasher.hash("not-a-real-password-only-for-timing")
-HASHING_THREADS = (
-    len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
-)
-_pool = ThreadPoolExecutor(max_workers=HASHING_THREADS, thread_name_prefix="password-hash")
+
+
+def init_passwords(app: Quart, settings: Settings) -> None:
+    """The app's hashing pool; its threads start with the first hash."""
+    pool = ThreadPoolExecutor(
+        max_workers=settings.effective_password_hash_threads, thread_name_prefix="password-hash"
+    )
+    app.extensions[_EXTENSION] = pool
+
+    @app.after_serving
+    async def stop_hashing() -> None:
+        # Hashes already queued still finish; nothing new can be queued once serving stops.
+        pool.shutdown(wait=False)
 
 
 async def hash_password(password: str) -> str:
@@ -48,4 +60,5 @@ def _verify(password_hash: str, password: str) -> bool:
 
 
 def _in_pool(function: Callable[..., _T], *args: str) -> asyncio.Future[_T]:
-    return asyncio.get_running_loop().run_in_executor(_pool, function, *args)
+    pool: ThreadPoolExecutor = current_app.extensions[_EXTENSION]
+    return asyncio.get_running_loop().run_in_executor(pool, function, *args)

@@ -7,6 +7,7 @@ A bad value raises `SettingsError` whose message names the environment variable.
 from __future__ import annotations
 
 import ipaddress
+import os
 from enum import StrEnum
 from pathlib import Path
 from typing import Annotated, Any
@@ -84,6 +85,7 @@ class Settings(BaseSettings):
     login_limit_per_ip: int = Field(default=20, ge=1)
     login_limit_per_username: int = Field(default=5, ge=1)
     register_limit_per_ip: int = Field(default=10, ge=1)
+    password_hash_threads: int | None = Field(default=None, ge=1, le=256)
 
     @field_validator("log_level")
     @classmethod
@@ -191,6 +193,15 @@ class Settings(BaseSettings):
         if self.database_url is not None:
             return self.database_url.get_secret_value()
         return f"sqlite+aiosqlite:///{self.data_dir / 'scene_packer.db'}"
+
+    @property
+    def effective_password_hash_threads(self) -> int:
+        """PASSWORD_HASH_THREADS, or one per CPU this process may run on (its affinity)."""
+        if self.password_hash_threads is not None:
+            return self.password_hash_threads
+        if hasattr(os, "sched_getaffinity"):
+            return len(os.sched_getaffinity(0))
+        return os.cpu_count() or 1
 
     @property
     def uses_embedded_database(self) -> bool:

@@ -6,7 +6,9 @@ import asyncio
 import os
 import shutil
 
+from service.app import create_app
 from service.passwords import verify_password
+from service.settings import Settings
 from tests.conftest import Client, login, register
 
 
@@ -84,17 +86,20 @@ async def test_forged_session_cookie_is_401(client: Client) -> None:
     assert response.status_code == 401
 
 
-async def test_a_burst_of_logins_leaves_the_shared_thread_pool_free() -> None:
-    """Hashes run in their own pool: asyncio's default pool, where the health checks probe disk
-    and memory under their timeouts, stays free however many logins are hashing."""
+async def test_a_burst_of_logins_leaves_the_shared_thread_pool_free(settings: Settings) -> None:
+    """Hashes run in the app's own pool (PASSWORD_HASH_THREADS): asyncio's default pool, where the
+    health checks probe disk and memory under their timeouts, stays free however many logins are
+    hashing."""
+    app = create_app(settings.model_copy(update={"password_hash_threads": 2}))
     default_pool_size = min(32, (os.cpu_count() or 1) + 4)  # asyncio's default executor
-    hashes = [
-        asyncio.ensure_future(verify_password(None, "a wrong password"))
-        for _ in range(default_pool_size + 1)
-    ]
-    try:
-        await asyncio.sleep(0)  # every login is hashing or queued for it
-        await asyncio.to_thread(shutil.disk_usage, ".")
-        assert not any(task.done() for task in hashes)
-    finally:
-        assert not any(await asyncio.gather(*hashes))
+    async with app.test_app(), app.app_context():
+        hashes = [
+            asyncio.ensure_future(verify_password(None, "a wrong password"))
+            for _ in range(default_pool_size + 1)
+        ]
+        try:
+            await asyncio.sleep(0)  # every login is hashing or queued for it
+            await asyncio.to_thread(shutil.disk_usage, ".")
+            assert not any(task.done() for task in hashes)
+        finally:
+            assert not any(await asyncio.gather(*hashes))

@@ -171,6 +171,7 @@ async def test_cache_outage_makes_login_503_not_500(settings: Settings) -> None:
         ({"DATABASE_URL": "mysql://localhost/x"}, "DATABASE_URL"),
         ({"LOG_LEVEL": "LOUD"}, "LOG_LEVEL"),
         ({"TRUSTED_PROXIES": "10.0.0.0/8,not-an-ip"}, "TRUSTED_PROXIES"),
+        ({"PASSWORD_HASH_THREADS": "0"}, "PASSWORD_HASH_THREADS"),
     ],
 )
 def test_bad_setting_fails_start_up_with_one_line_naming_it(
