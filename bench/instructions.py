@@ -142,10 +142,7 @@ def _count(variant: str, requests: int) -> int:
         sys.executable, "-m", "bench.instructions", "--serve", str(requests),
     ]  # fmt: skip
     output = subprocess.run(command, env=env, capture_output=True, text=True, check=True).stderr
-    match = re.search(r"refs:\s+([\d,]+)", output)
-    if match is None:
-        raise RuntimeError(f"no instruction count in callgrind's output:\n{output[-2000:]}")
-    return int(match.group(1).replace(",", ""))
+    return instructions_in(output)
 
 
 def _count_server(variant: str, requests: int) -> int:
@@ -183,9 +180,14 @@ def _count_server(variant: str, requests: int) -> int:
                 process.send_signal(signal.SIGTERM)
                 process.wait(timeout=600)
         text = log.read_text(errors="replace")
-    match = re.search(r"refs:\s+([\d,]+)", text)
+    return instructions_in(text)
+
+
+def instructions_in(output: str) -> int:
+    """The total instruction count callgrind prints when its process exits (`I refs: 1,234`)."""
+    match = re.search(r"refs:\s+([\d,]+)", output)
     if match is None:
-        raise RuntimeError(f"no instruction count in callgrind's output:\n{text[-2000:]}")
+        raise RuntimeError(f"no instruction count in callgrind's output:\n{output[-2000:]}")
     return int(match.group(1).replace(",", ""))
 
 

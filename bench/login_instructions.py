@@ -17,7 +17,6 @@ from __future__ import annotations
 import argparse
 import asyncio
 import os
-import re
 import subprocess
 import sys
 import tempfile
@@ -26,6 +25,7 @@ from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
 from bench.compare import PASSWORD, _prepare_database, _service_env
+from bench.instructions import instructions_in
 from bench.machine import write
 
 DESIGNS = ("service", "flask")
@@ -77,10 +77,7 @@ def _count(env: dict[str, str], design: str, variant: str, logins: int) -> int:
         output = subprocess.run(
             command, env={**env, "DATA_DIR": tmp}, capture_output=True, text=True, check=True
         ).stderr
-    match = re.search(r"refs:\s+([\d,]+)", output)
-    if match is None:
-        raise RuntimeError(f"no instruction count in callgrind's output:\n{output[-2000:]}")
-    return int(match.group(1).replace(",", ""))
+    return instructions_in(output)
 
 
 def _serve_service(logins: int, without_hash: bool) -> None:

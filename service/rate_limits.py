@@ -64,8 +64,8 @@ class _RateLimiter(RateLimiter):
         self._by_endpoint: dict[str | None, list[RateLimit]] = {}
 
     def _limits(self, endpoint: str | None) -> list[RateLimit]:
-        """The limits of an endpoint; computed once (most routes have none, and this runs twice
-        on every request)."""
+        """The limits of an endpoint; computed once (most routes have none, and this runs on
+        every request)."""
         limits = self._by_endpoint.get(endpoint)
         if limits is None:
             view_func = current_app.view_functions.get(endpoint) if endpoint else None
