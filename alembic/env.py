@@ -28,7 +28,7 @@ async def _run_async() -> None:
     settings = load_settings()
     if settings.uses_embedded_database:
         settings.data_dir.mkdir(parents=True, exist_ok=True)
-    engine = create_async_engine(settings.effective_database_url)
+    engine = create_async_engine(settings.effective_database_url, hide_parameters=True)
     try:
         async with engine.connect() as connection:
             await connection.run_sync(_run)

@@ -11,14 +11,13 @@ from quart.ctx import RequestContext
 from quart.globals import request_ctx
 from quart.typing import ResponseReturnValue
 from quart.wrappers import Request
-from quart_auth import QuartAuth, current_user
 from quart_schema import QuartSchema
 
 from service.blueprints import auth, health, meta, rum
 from service.blueprints import metrics as metrics_blueprint
 from service.cache import CacheError, init_cache
 from service.db import init_db
-from service.errors import register_error_handlers
+from service.errors import ServiceUnavailable, register_error_handlers
 from service.observability.context import bind_route, bind_user, current_context
 from service.observability.health import init_health
 from service.observability.logging import configure_logging
@@ -27,10 +26,9 @@ from service.observability.middleware import RequestObserver
 from service.observability.multiprocess import init_worker_snapshots
 from service.passwords import init_passwords
 from service.rate_limits import init_rate_limits
+from service.sessions import SESSION_COOKIE_NAME, current_session, init_sessions
 from service.settings import Settings, load_settings
 from service.version import VERSION
-
-SESSION_COOKIE_NAME = "scene_packer_session"
 
 logger = structlog.get_logger("service.request")
 
@@ -63,10 +61,6 @@ def create_app(settings: Settings | None = None) -> ServiceApp:
     app.config.update(
         SECRET_KEY=settings.effective_secret_key,
         MAX_CONTENT_LENGTH=settings.max_body_bytes,
-        QUART_AUTH_COOKIE_NAME=SESSION_COOKIE_NAME,
-        QUART_AUTH_COOKIE_SECURE=settings.cookie_secure,
-        QUART_AUTH_DURATION=settings.session_duration_seconds,
-        QUART_AUTH_SALT="scene-packer-session",
     )
     app.extensions["settings"] = settings
 
@@ -79,7 +73,7 @@ def create_app(settings: Settings | None = None) -> ServiceApp:
     app.binds_request_context = settings.request_observability
     init_rate_limits(app, settings)
     init_passwords(app, settings)
-    QuartAuth(app)
+    sessions = init_sessions(app, settings, metrics)
     QuartSchema(
         app,
         info={"title": "eBook Scene Packer API", "version": VERSION},
@@ -92,7 +86,7 @@ def create_app(settings: Settings | None = None) -> ServiceApp:
     app.register_blueprint(metrics_blueprint.blueprint)
     app.register_blueprint(health.blueprint)
     app.register_blueprint(rum.blueprint)
-    app.register_blueprint(auth.create_blueprint(settings))
+    app.register_blueprint(auth.create_blueprint(settings, sessions, metrics))
     if settings.request_observability:
         app.asgi_app = RequestObserver(app.asgi_app, settings, metrics)  # type: ignore[method-assign]
     return app
@@ -106,9 +100,14 @@ async def _bind_request_context(request: Request) -> None:
     if rule is not None:
         bind_route(rule.rule)
     if context.has_cookies and SESSION_COOKIE_NAME in request.cookies:
-        auth_id = current_user.auth_id
-        if auth_id is not None and auth_id.isdigit():
-            bind_user(int(auth_id))
+        # A session store that cannot answer must not fail routes that need no session; the
+        # routes that do need one look it up again and answer 503 (sessions.SessionUser).
+        try:
+            session = await current_session()
+        except ServiceUnavailable:
+            return
+        if session is not None:
+            bind_user(session.user_id)
             # A cache failure is counted by the cache wrapper; it must not fail the request.
             with suppress(CacheError):
-                await get_metrics().mark_active_user(int(auth_id))
+                await get_metrics().mark_active_user(session.user_id)

@@ -28,9 +28,15 @@ class CacheError(Exception):
 
 
 class Cache(Protocol):
+    # True when every worker and instance sees the same entries (Redis): only then may the cache
+    # hold facts that one worker changes and another must see at once, such as revoked sessions.
+    shared: bool
+
     async def get(self, key: str) -> str | None: ...
     async def set(self, key: str, value: str, ttl: float) -> None: ...
-    async def delete(self, key: str) -> None: ...
+    async def set_unless(self, key: str, value: str, ttl: float, *, unless: str) -> None: ...
+    async def set_many(self, keys: list[str], value: str, ttl: float) -> None: ...
+    async def delete(self, *keys: str) -> None: ...
     async def incr(self, key: str, ttl: float) -> int: ...
     async def acquire_rate(
         self, key: str, now: float, interval: float, period: float
@@ -43,6 +49,8 @@ class Cache(Protocol):
 
 class MemoryCache:
     """A bounded in-process cache for the embedded default; one per worker process."""
+
+    shared = False
 
     def __init__(self, max_entries: int = MEMORY_CACHE_MAX_ENTRIES) -> None:
         self._entries: OrderedDict[str, tuple[str, float]] = OrderedDict()
@@ -65,8 +73,17 @@ class MemoryCache:
         while len(self._entries) > self._max_entries:
             self._entries.popitem(last=False)
 
-    async def delete(self, key: str) -> None:
-        self._entries.pop(key, None)
+    async def set_unless(self, key: str, value: str, ttl: float, *, unless: str) -> None:
+        if await self.get(key) != unless:
+            await self.set(key, value, ttl)
+
+    async def set_many(self, keys: list[str], value: str, ttl: float) -> None:
+        for key in keys:
+            await self.set(key, value, ttl)
+
+    async def delete(self, *keys: str) -> None:
+        for key in keys:
+            self._entries.pop(key, None)
 
     async def incr(self, key: str, ttl: float) -> int:
         current = await self.get(key)
@@ -124,11 +141,22 @@ return {'0', exact(new_tat)}
 """
 
 
+# SET unless the key holds a given value (a tombstone), in one atomic step.
+_SET_UNLESS = """
+if redis.call('GET', KEYS[1]) == ARGV[3] then return 0 end
+redis.call('SET', KEYS[1], ARGV[1], 'PX', ARGV[2])
+return 1
+"""
+
+
 class RedisCache:
+    shared = True
+
     def __init__(self, client: aioredis.Redis, prefix: str) -> None:
         self.client = client
         self.prefix = prefix
         self._acquire = client.register_script(_ACQUIRE_RATE)
+        self._set_unless = client.register_script(_SET_UNLESS)
 
     async def get(self, key: str) -> str | None:
         try:
@@ -139,13 +167,30 @@ class RedisCache:
 
     async def set(self, key: str, value: str, ttl: float) -> None:
         try:
-            await self.client.set(self.prefix + key, value, px=max(1, int(ttl * 1000)))
+            await self.client.set(self.prefix + key, value, px=_millis(ttl))
         except (RedisError, OSError) as exc:
             raise CacheError("set failed") from exc
 
-    async def delete(self, key: str) -> None:
+    async def set_unless(self, key: str, value: str, ttl: float, *, unless: str) -> None:
         try:
-            await self.client.delete(self.prefix + key)
+            await self._set_unless(keys=[self.prefix + key], args=[value, _millis(ttl), unless])
+        except (RedisError, OSError) as exc:
+            raise CacheError("set_unless failed") from exc
+
+    async def set_many(self, keys: list[str], value: str, ttl: float) -> None:
+        try:
+            async with self.client.pipeline(transaction=False) as pipe:
+                for key in keys:
+                    pipe.set(self.prefix + key, value, px=_millis(ttl))
+                await pipe.execute()
+        except (RedisError, OSError) as exc:
+            raise CacheError("set_many failed") from exc
+
+    async def delete(self, *keys: str) -> None:
+        if not keys:
+            return
+        try:
+            await self.client.delete(*(self.prefix + key for key in keys))
         except (RedisError, OSError) as exc:
             raise CacheError("delete failed") from exc
 
@@ -199,6 +244,7 @@ class InstrumentedCache:
 
     def __init__(self, inner: Cache, requests: Counter, errors: Counter) -> None:
         self.inner = inner
+        self.shared = inner.shared
         self._requests = requests
         self._errors = errors
 
@@ -218,8 +264,14 @@ class InstrumentedCache:
     async def write(self, key: str, value: str, ttl: float, *, operation: str) -> None:
         await self._counted(operation, self.inner.set(key, value, ttl))
 
-    async def delete(self, key: str) -> None:
-        await self._counted("delete", self.inner.delete(key))
+    async def set_unless(self, key: str, value: str, ttl: float, *, unless: str) -> None:
+        await self._counted("set", self.inner.set_unless(key, value, ttl, unless=unless))
+
+    async def set_many(self, keys: list[str], value: str, ttl: float) -> None:
+        await self._counted("set", self.inner.set_many(keys, value, ttl))
+
+    async def delete(self, *keys: str) -> None:
+        await self._counted("delete", self.inner.delete(*keys))
 
     async def incr(self, key: str, ttl: float) -> int:
         value: int = await self._counted("incr", self.inner.incr(key, ttl))
@@ -257,6 +309,10 @@ class InstrumentedCache:
         except CacheError:
             self._errors.inc({})
             raise
+
+
+def _millis(seconds: float) -> int:
+    return max(1, int(seconds * 1000))
 
 
 def _gcra_wait(tat: float, now: float, interval: float, period: float) -> float:

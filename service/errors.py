@@ -18,13 +18,20 @@ from service.observability.context import current_request_id
 
 class APIError(Exception):
     def __init__(
-        self, status: int, code: str, message: str, headers: dict[str, str] | None = None
+        self,
+        status: int,
+        code: str,
+        message: str,
+        headers: dict[str, str] | None = None,
+        *,
+        reason: str | None = None,
     ) -> None:
         super().__init__(code)
         self.status = status
         self.code = code
         self.message = message
         self.headers = headers
+        self.reason = reason  # a finer, stable code within `code` (weak_password: too_short)
 
 
 class ServiceUnavailable(APIError):
@@ -50,9 +57,17 @@ _HTTP_CODES = {
 
 
 def error_response(
-    status: int, code: str, message: str, *, details: Any = None, headers: dict[str, str] | None
+    status: int,
+    code: str,
+    message: str,
+    *,
+    details: Any = None,
+    headers: dict[str, str] | None,
+    reason: str | None = None,
 ) -> Response:
     body: dict[str, Any] = {"code": code, "message": message, "request_id": current_request_id()}
+    if reason is not None:
+        body["reason"] = reason
     if details is not None:
         body["details"] = details
     response = jsonify({"error": body})
@@ -68,7 +83,9 @@ def register_error_handlers(app: Quart) -> None:
 
 
 async def _handle_api_error(error: APIError) -> Response:
-    return error_response(error.status, error.code, error.message, headers=error.headers)
+    return error_response(
+        error.status, error.code, error.message, headers=error.headers, reason=error.reason
+    )
 
 
 async def _handle_validation_error(error: RequestSchemaValidationError) -> Response:

@@ -9,22 +9,23 @@ health checks' disk and memory probes run under their timeouts.
 from __future__ import annotations
 
 import asyncio
+import secrets
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
+from functools import cache
 from typing import TypeVar
 
 from argon2 import PasswordHasher
 from argon2.exceptions import InvalidHashError, VerificationError
 from quart import Quart, current_app
 
+from service.password_policy import Weakness, password_weakness
 from service.settings import Settings
 
 _T = TypeVar("_T")
 _EXTENSION = "password_hashing"
 
 _hasher = PasswordHasher()
-# Verified when the username is unknown, so both paths cost the same and timing reveals nothing.
-_DUMMY_HASH = _hasher.hash("not-a-real-password-only-for-timing")
 
 
 def init_passwords(app: Quart, settings: Settings) -> None:
@@ -45,7 +46,19 @@ async def hash_password(password: str) -> str:
 
 
 async def verify_password(password_hash: str | None, password: str) -> bool:
-    return await _in_pool(_verify, password_hash or _DUMMY_HASH, password)
+    """Check a password against a user's hash; with None (no such user), against a dummy hash
+    with the current parameters, so that both answers take the same argon2 work."""
+    if password_hash is None:
+        return await _in_pool(_verify_dummy, password)
+    return await _in_pool(_verify, password_hash, password)
+
+
+async def check_new_password(password: str, username: str, min_length: int) -> Weakness | None:
+    """The password policy's verdict, computed in the hashing pool (zxcvbn is CPU work too)."""
+    pool: ThreadPoolExecutor = current_app.extensions[_EXTENSION]
+    return await asyncio.get_running_loop().run_in_executor(
+        pool, password_weakness, password, username, min_length
+    )
 
 
 def needs_rehash(password_hash: str) -> bool:
@@ -57,6 +70,18 @@ def _verify(password_hash: str, password: str) -> bool:
         return _hasher.verify(password_hash, password)
     except (VerificationError, InvalidHashError):
         return False
+
+
+def _verify_dummy(password: str) -> bool:
+    _verify(_dummy_hash(), password)
+    return False
+
+
+@cache
+def _dummy_hash() -> str:
+    # Made on first use (in a hashing thread), not at import: one hash a worker, and with the
+    # parameters the hasher has then. Two threads racing here would both hash; harmless.
+    return _hasher.hash(secrets.token_urlsafe(16))
 
 
 def _in_pool(function: Callable[..., _T], *args: str) -> asyncio.Future[_T]:

@@ -75,6 +75,10 @@ class _RateLimiter(RateLimiter):
         return limits
 
     async def _before_request(self) -> None:
+        # Only real attempts spend a budget: a CORS preflight (Quart answers OPTIONS on every
+        # route) must not use up the logins of the address or the username it names.
+        if request.method == "OPTIONS":
+            return
         endpoint = request.endpoint
         limits = self._limits(endpoint)
         if not limits or not current_app.config["QUART_RATE_LIMITER_ENABLED"]:

@@ -19,6 +19,7 @@ from werkzeug.routing import Map, Rule
 DEVELOPMENT_SECRET_KEY = "development-only-secret-key-do-not-use-in-production"
 MIN_PRODUCTION_SECRET_KEY_LENGTH = 32
 HEALTH_CHECKS = ("database", "cache", "disk", "memory")
+MAX_PASSWORD_LENGTH = 256
 
 
 class Environment(StrEnum):
@@ -56,7 +57,8 @@ class Settings(BaseSettings):
 
     max_body_bytes: int = Field(default=64 * 1024, ge=1024, le=64 * 1024 * 1024)
     session_cookie_secure: bool | None = None
-    session_duration_seconds: int = Field(default=7 * 86400, ge=60)
+    session_duration_seconds: int = Field(default=7 * 86400, ge=60, le=366 * 86400)
+    session_idle_seconds: int | None = Field(default=None, ge=60, le=366 * 86400)
     trusted_proxies: Annotated[list[str], NoDecode] = Field(default_factory=list)
 
     metrics_token: SecretStr | None = None
@@ -85,6 +87,7 @@ class Settings(BaseSettings):
     login_limit_per_ip: int = Field(default=20, ge=1)
     login_limit_per_username: int = Field(default=5, ge=1)
     register_limit_per_ip: int = Field(default=10, ge=1)
+    password_min_length: int = Field(default=12, ge=8, le=MAX_PASSWORD_LENGTH)
     password_hash_threads: int | None = Field(default=None, ge=1, le=256)
 
     @field_validator("log_level")
@@ -108,6 +111,11 @@ class Settings(BaseSettings):
         if not url.startswith(("postgresql+asyncpg://", "sqlite+aiosqlite://")):
             raise ValueError("must start with postgresql+asyncpg:// or sqlite+aiosqlite://")
         return SecretStr(url)
+
+    @field_validator("session_idle_seconds", mode="before")
+    @classmethod
+    def _empty_idle_is_off(cls, value: Any) -> Any:
+        return None if value == "" else value
 
     @field_validator("metrics_token")
     @classmethod

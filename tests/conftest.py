@@ -126,6 +126,6 @@ async def _truncate(url: str) -> None:
     dsn = make_url(url).set(drivername="postgresql").render_as_string(hide_password=False)
     connection = await asyncpg.connect(dsn)
     try:
-        await connection.execute("TRUNCATE users RESTART IDENTITY")
+        await connection.execute("TRUNCATE users, sessions RESTART IDENTITY")
     finally:
         await connection.close()

@@ -16,16 +16,20 @@ async def test_postgres_schema_is_at_head(postgres_url: str) -> None:
     connection = await asyncpg.connect(dsn)
     try:
         version = await connection.fetchval("SELECT version_num FROM alembic_version")
-        columns = {
-            row["column_name"]
-            for row in await connection.fetch(
-                "SELECT column_name FROM information_schema.columns WHERE table_name = 'users'"
-            )
-        }
+        rows = await connection.fetch(
+            "SELECT table_name, column_name FROM information_schema.columns "
+            "WHERE table_name IN ('users', 'sessions')"
+        )
     finally:
         await connection.close()
-    assert version == "0001"
-    assert columns == {"id", "username", "password_hash", "created_at", "last_login_at"}
+    columns = {(row["table_name"], row["column_name"]) for row in rows}
+    assert version == "0002"
+    assert {name for table, name in columns if table == "users"} == {
+        "id", "username", "password_hash", "created_at", "last_login_at",
+    }  # fmt: skip
+    assert {name for table, name in columns if table == "sessions"} == {
+        "id", "user_id", "created_at", "last_seen_at", "expires_at",
+    }  # fmt: skip
 
 
 def test_alembic_cli_migrates_sqlite_and_downgrades(tmp_path: Path) -> None:
@@ -34,8 +38,8 @@ def test_alembic_cli_migrates_sqlite_and_downgrades(tmp_path: Path) -> None:
     run_alembic(url, "upgrade", "head")
     with sqlite3.connect(database) as connection:
         tables = {row[0] for row in connection.execute("SELECT name FROM sqlite_master")}
-    assert "users" in tables
+    assert {"users", "sessions"} <= tables
     run_alembic(url, "downgrade", "base")
     with sqlite3.connect(database) as connection:
         tables = {row[0] for row in connection.execute("SELECT name FROM sqlite_master")}
-    assert "users" not in tables
+    assert not {"users", "sessions"} & tables

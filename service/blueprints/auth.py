@@ -9,7 +9,7 @@ from datetime import UTC, datetime
 import structlog
 from pydantic import BaseModel, Field
 from quart import Blueprint, Response, current_app, jsonify, request
-from quart_auth import AuthUser, current_user, login_required, login_user, logout_user
+from quart_auth import current_user, login_required, login_user, logout_user
 from quart_rate_limiter import rate_limit
 from quart_schema import validate_request
 
@@ -25,18 +25,27 @@ from service.db.users import (
 )
 from service.errors import APIError
 from service.observability.context import bind_user
-from service.passwords import hash_password, needs_rehash, verify_password
+from service.observability.metrics import Metrics
+from service.passwords import check_new_password, hash_password, needs_rehash, verify_password
 from service.rate_limits import login_limits, register_limits
-from service.settings import Settings
+from service.sessions import SessionStore, SessionUser, current_session
+from service.settings import MAX_PASSWORD_LENGTH, Settings
 
 logger = structlog.get_logger(__name__)
 
 USERNAME_PATTERN = r"^[A-Za-z0-9_.-]{3,32}$"
 
 
+class NewAccount(BaseModel):
+    username: str = Field(pattern=USERNAME_PATTERN)
+    # The length floor is the password policy's (PASSWORD_MIN_LENGTH), answered as weak_password.
+    password: str = Field(min_length=1, max_length=MAX_PASSWORD_LENGTH)
+
+
 class Credentials(BaseModel):
     username: str = Field(pattern=USERNAME_PATTERN)
-    password: str = Field(min_length=8, max_length=256)
+    # No policy here: accounts made under an older policy must still sign in.
+    password: str = Field(min_length=1, max_length=MAX_PASSWORD_LENGTH)
 
 
 class Profile(BaseModel):
@@ -46,20 +55,28 @@ class Profile(BaseModel):
     last_login_at: datetime | None
 
 
-def create_blueprint(settings: Settings) -> Blueprint:
+class SessionsEnded(BaseModel):
+    sessions_ended: int
+
+
+def create_blueprint(settings: Settings, sessions: SessionStore, metrics: Metrics) -> Blueprint:
     """The auth routes; built per app because their rate limits come from settings."""
     blueprint = Blueprint("auth", __name__, url_prefix="/api/auth")
 
     @blueprint.post("/register")
     @rate_limit(limits=register_limits(settings))
-    @validate_request(Credentials)
-    async def register(data: Credentials) -> tuple[Response, int]:
+    @validate_request(NewAccount)
+    async def register(data: NewAccount) -> tuple[Response, int]:
         username = data.username.lower()
+        weakness = await check_new_password(data.password, username, settings.password_min_length)
+        if weakness is not None:
+            raise APIError(400, "weak_password", weakness.message, reason=weakness.reason)
         password_hash = await hash_password(data.password)
         try:
             async with get_database().transaction() as session:
                 user = await insert_user(session, username, password_hash)
         except UsernameTaken:
+            # The one deliberate signal that a username exists (rate limited; README).
             raise APIError(409, "username_taken", "This username is already taken.") from None
         logger.info("user_registered", user_id=user.id)
         return jsonify(_profile(user).model_dump(mode="json")), 201
@@ -72,38 +89,60 @@ def create_blueprint(settings: Settings) -> Blueprint:
         logger.info("login_attempt", username=username)
         async with get_database().transaction() as session:
             user = await select_user_by_username(session, username)
-        hash_ = user.password_hash if user is not None else None
-        if user is None or not await verify_password(hash_, data.password):
+        # Always one argon2 verification (a dummy hash for an unknown user): the time of the
+        # answer must not tell whether the username exists.
+        verified = await verify_password(user.password_hash if user else None, data.password)
+        if user is None or not verified:
+            metrics.auth_logins.inc({"result": "invalid_credentials"})
             logger.warning("login_failed", username=username, reason="invalid_credentials")
             raise APIError(401, "invalid_credentials", "Wrong username or password.")
         new_hash = await hash_password(data.password) if needs_rehash(user.password_hash) else None
         async with get_database().transaction() as session:
             await update_login(session, user.id, new_hash)
+            token = await sessions.start(session, user.id)
         await _forget_profile(user.id)
-        login_user(AuthUser(str(user.id)))
+        login_user(SessionUser(token, store=sessions))
         bind_user(user.id)
+        metrics.auth_logins.inc({"result": "success"})
         logger.info("login_success", user_id=user.id)
         return jsonify({"id": user.id, "username": user.username})
 
     @blueprint.after_request
     async def log_rejected_login(response: Response) -> Response:
         reason = _REJECTED_LOGIN_REASONS.get(response.status_code)
-        if request.endpoint == "auth.login" and reason is not None:
+        if request.endpoint == "auth.login" and request.method == "POST" and reason is not None:
             username = await _submitted_username() if response.status_code != 413 else None
+            metrics.auth_logins.inc({"result": reason})
             logger.warning("login_failed", username=username, reason=reason)
         return response
 
     @blueprint.post("/logout")
     async def logout() -> Response:
-        if await current_user.is_authenticated:
-            logger.info("logout", user_id=current_user.auth_id)
+        """End this session (if any) and clear the cookie; 204 either way."""
+        token = current_user.auth_id
+        if token is not None:
+            user_id = await sessions.end(token)
+            if user_id is not None:
+                metrics.auth_logouts.inc({"scope": "session"})
+                logger.info("logout", user_id=user_id)
         logout_user()
         return Response(status=204)
+
+    @blueprint.post("/logout-all")
+    @login_required
+    async def logout_all() -> Response:
+        """End every session of the signed-in user, on every device."""
+        user_id = await _current_user_id()
+        ended = await sessions.end_all(user_id)
+        logout_user()
+        metrics.auth_logouts.inc({"scope": "all"})
+        logger.info("logout_all", user_id=user_id, sessions_ended=ended)
+        return jsonify(SessionsEnded(sessions_ended=ended).model_dump())
 
     @blueprint.get("/me")
     @login_required
     async def me() -> Response:
-        user_id = _current_user_id()
+        user_id = await _current_user_id()
         profile = await _cached_profile(user_id)
         if profile is None:
             logout_user()
@@ -125,12 +164,11 @@ async def _submitted_username() -> str | None:
     return None
 
 
-def _current_user_id() -> int:
-    auth_id = current_user.auth_id
-    try:
-        return int(auth_id or "")
-    except ValueError:
-        raise APIError(401, "unauthorized", "Authentication is required.") from None
+async def _current_user_id() -> int:
+    session = await current_session()
+    if session is None:
+        raise APIError(401, "unauthorized", "Authentication is required.")
+    return session.user_id
 
 
 def _profile(user: User) -> Profile:

@@ -1,4 +1,8 @@
-"""Engine set-up: created when the app starts serving, disposed when it stops."""
+"""Engine set-up: created when the app starts serving, disposed when it stops.
+
+Every engine hides bound parameters from its error messages (`hide_parameters`): they carry
+password hashes and other user data, and a failed statement's message ends up in a log.
+"""
 
 from __future__ import annotations
 
@@ -62,6 +66,7 @@ def create_engine(settings: Settings) -> AsyncEngine:
         settings.data_dir.mkdir(parents=True, exist_ok=True)
         engine = create_async_engine(
             url,
+            hide_parameters=True,
             pool_size=settings.db_pool_size,
             max_overflow=settings.db_max_overflow,
             pool_timeout=settings.db_pool_timeout,
@@ -71,6 +76,7 @@ def create_engine(settings: Settings) -> AsyncEngine:
         return engine
     return create_async_engine(
         url,
+        hide_parameters=True,
         pool_size=settings.db_pool_size,
         max_overflow=settings.db_max_overflow,
         pool_timeout=settings.db_pool_timeout,
@@ -92,9 +98,12 @@ def create_probe_engine(settings: Settings) -> AsyncEngine:
     url = settings.effective_database_url
     timeout = settings.health_check_timeout
     if settings.uses_embedded_database:
-        return create_async_engine(url, poolclass=NullPool, connect_args={"timeout": timeout})
+        return create_async_engine(
+            url, hide_parameters=True, poolclass=NullPool, connect_args={"timeout": timeout}
+        )
     return create_async_engine(
         url,
+        hide_parameters=True,
         pool_size=1,
         max_overflow=0,
         pool_timeout=timeout,

@@ -38,6 +38,17 @@ _URL_CREDENTIALS = re.compile(
     r"(?P<scheme>[A-Za-z][A-Za-z0-9+.-]*://)(?P<user>[^:/@\s]*):[^@\s/]*@"
 )
 _CONTROL_CHARACTERS = re.compile(r"[\x00-\x1f\x7f]")
+# Secrets by their shape, wherever they sit in a text (an exception message, a traceback, a
+# browser's error): password hashes, JWTs, credentials after an auth scheme, and the value after
+# a secret-sounding name (`token=…`, `"password": "…"`, `Authorization: Bearer …`).
+_SECRET_SHAPED = re.compile(
+    r"(?P<hash>\$argon2(?:id|i|d)\$[^\s'\")\]}]+|\$2[abxy]?\$\d\d\$[./A-Za-z0-9]{53})"
+    r"|(?P<jwt>\beyJ[\w-]{6,}\.[\w-]{6,}\.[\w-]*)"
+    r"|(?P<scheme>\b(?:bearer|basic|digest)\s+)[\w.~+/=-]{6,}"
+    r"|(?P<name>(?:token|password|passwd|secret|api_?key|authorization|cookie|session_?id)"
+    r"[\w-]*['\"]?\s*[=:]\s*['\"]?(?:(?:bearer|basic|digest)\s+)?)[^\s&'\",;)\]}]+",
+    re.IGNORECASE,
+)
 
 
 def configure_logging(settings: Settings, stream: TextIO | None = None) -> None:
@@ -56,8 +67,9 @@ def configure_logging(settings: Settings, stream: TextIO | None = None) -> None:
         ]
         factory: Any = _NamedLoggerFactory(stream, binary=binary)
     else:
-        # The console renderer draws tracebacks itself.
-        prepare = [structlog.processors.StackInfoRenderer(), redact]
+        # Tracebacks become text before redaction here too (the console renderer prints that
+        # text as it is), so a secret in an exception message is masked in development as well.
+        prepare = [render_exception_and_stack, redact]
         colors = stream.isatty()
         text_renderer = [escape_control_characters, structlog.dev.ConsoleRenderer(colors=colors)]
         native_renderer = text_renderer
@@ -149,7 +161,8 @@ _stamped_second: tuple[int, str] = (-1, "")
 
 
 def redact(_logger: WrappedLogger, _method: str, event_dict: EventDict) -> EventDict:
-    """Replace values of sensitive keys at any depth; strip passwords out of URLs and DSNs."""
+    """Replace values of sensitive keys at any depth; mask passwords in URLs and DSNs and
+    secret-shaped values (`mask_secrets`) in every text, tracebacks included."""
     # Runs on every line, so the common case is kept to a set lookup per key and a type check per
     # value: keys already judged harmless are remembered, numbers and None pass on their exact
     # type (isinstance against Mapping, an ABC, is slow), and only containers are walked.
@@ -157,8 +170,9 @@ def redact(_logger: WrappedLogger, _method: str, event_dict: EventDict) -> Event
         if key not in _HARMLESS_KEYS and _is_sensitive_key(key):
             event_dict[key] = REDACTED
         elif type(value) is str:
-            if "://" in value:
-                event_dict[key] = redact_url(value)
+            # An identifier (most event names) cannot hold a URL or a secret-shaped value.
+            if not value.isidentifier():
+                event_dict[key] = mask_secrets(value)
         elif type(value) not in _PLAIN_TYPES:
             event_dict[key] = _redact_value(None, value)
     return event_dict
@@ -175,6 +189,20 @@ def redact_url(text: str) -> str:
     return _URL_CREDENTIALS.sub(r"\g<scheme>\g<user>:***@", text)
 
 
+def mask_secrets(text: str) -> str:
+    """`text` with URL passwords and secret-shaped values (hashes, tokens, credentials) masked."""
+    # Every secret shape needs one of these characters: most short values (routes, names) are
+    # passed over without running the expression.
+    if "$" in text or ":" in text or "=" in text or " " in text or "eyJ" in text:
+        return _SECRET_SHAPED.sub(_mask, redact_url(text))
+    return text
+
+
+def _mask(match: re.Match[str]) -> str:
+    prefix = match.group("scheme") or match.group("name") or ""
+    return prefix + REDACTED
+
+
 def escape_control_characters(
     _logger: WrappedLogger, _method: str, event_dict: EventDict
 ) -> EventDict:
@@ -189,7 +217,7 @@ def _redact_value(key: Any, value: Any) -> Any:
     if isinstance(key, str) and _is_sensitive(key):
         return REDACTED
     if isinstance(value, str):
-        return redact_url(value)
+        return mask_secrets(value)
     if isinstance(value, Mapping):
         return {k: _redact_value(k, v) for k, v in value.items()}
     if isinstance(value, list | tuple):

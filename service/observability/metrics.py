@@ -12,6 +12,7 @@ import asyncio
 import os
 import time
 from bisect import bisect_left
+from collections.abc import Awaitable, Callable
 from functools import lru_cache
 from itertools import accumulate
 from typing import Any
@@ -49,6 +50,8 @@ KNOWN_ERROR_TYPES = frozenset(
         "KeyError", "AttributeError", "AssertionError", "NotImplementedError", "ZeroDivisionError",
     }
 )  # fmt: skip
+LOGIN_RESULTS = ("success", "invalid_credentials", "invalid_input", "rate_limited")
+LOGOUT_SCOPES = ("session", "all")
 _STATUS_TEXT = {status: str(status) for status in range(100, 600)}
 _EXTENSION = "metrics"
 _ACTIVE_USERS_KEY = "active_users"
@@ -182,6 +185,22 @@ class Metrics:
             "Distinct authenticated users seen recently (global; aggregate with max).",
             registry=r,
         )
+        self.auth_sessions_active = Gauge(
+            "auth_sessions_active",
+            "Live sign-in sessions in the shared store (global; aggregate with max).",
+            registry=r,
+        )
+        self.auth_logins = Counter(
+            "auth_logins_total", "Login attempts answered, by result.", registry=r
+        )
+        self.auth_logouts = Counter(
+            "auth_logouts_total", "Sessions ended by the user, by scope.", registry=r
+        )
+        # Present from the first scrape, so rate() sees the first event of every process.
+        for result in LOGIN_RESULTS:
+            self.auth_logins.add({"result": result}, 0)
+        for scope in LOGOUT_SCOPES:
+            self.auth_logouts.add({"scope": scope}, 0)
         self.rate_limited = Counter(
             "rate_limited_requests_total", "Requests answered 429, by route.", registry=r
         )
@@ -254,6 +273,7 @@ class Metrics:
             "http_requests_in_progress": "sum",
             "db_pool_connections": "sum",
             "active_users": "max",
+            "auth_sessions_active": "max",
             "health_check_status": "min",
             "system_disk_free_ratio": "min",
             "system_memory_used_ratio": "max",
@@ -269,6 +289,11 @@ class Metrics:
         self._process = psutil.Process(os.getpid())
         self._active_seen: dict[int, float] = {}
         self._last_cpu = 0.0
+        self._scrape_readers: list[Callable[[], Awaitable[None]]] = []
+
+    def add_scrape_reader(self, reader: Callable[[], Awaitable[None]]) -> None:
+        """A part's own values to read when a scrape comes (it sets its gauges itself)."""
+        self._scrape_readers.append(reader)
 
     def request_started(self, method: str) -> None:
         self._in_progress.add((method,), 1)
@@ -307,6 +332,8 @@ class Metrics:
     async def refresh_scrape_time_values(self, app: Quart) -> None:
         """Values that are read rather than counted: process, pool and active users."""
         await asyncio.to_thread(self._read_process)
+        for reader in self._scrape_readers:
+            await reader()
         database = app.extensions.get("database")
         if database is not None:
             pool: Any = database.engine.sync_engine.pool

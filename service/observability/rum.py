@@ -19,6 +19,7 @@ import orjson
 import structlog
 from werkzeug.routing import Map, MapAdapter, Rule
 
+from service.observability.logging import mask_secrets
 from service.observability.metrics import OTHER, Metrics, method_label
 from service.settings import Settings
 
@@ -44,6 +45,11 @@ REJECTION_REASONS = (
 _EMAIL = re.compile(r"[\w.+-]+@[\w-]+\.[\w.-]+")
 _LONG_NUMBER = re.compile(r"\d{4,}")
 _URL = re.compile(r"\b[a-z][a-z0-9+.-]*://\S+", re.IGNORECASE)
+# Long runs of base64/base64url with both letters and digits, or of hex: keys, tokens, ids.
+_LONG_TOKEN = re.compile(
+    r"(?=[A-Za-z0-9+/_-]*\d)(?=[A-Za-z0-9+/_-]*[A-Za-z])[A-Za-z0-9+/_-]{20,}={0,2}"
+    r"|\b[0-9a-fA-F]{16,}\b"
+)
 
 
 class Rejected(Exception):
@@ -186,9 +192,12 @@ def _template(adapter: MapAdapter, path: str, method: str) -> str | None:
 
 
 def scrub_message(message: str) -> str:
-    """A JS error message for the log: short, and without URLs, e-mail addresses or long numbers
-    (identifiers, card or phone numbers) a page might have put in it."""
+    """A JS error message for the log: short, and without URLs, secrets (`token=…`, `Bearer …`,
+    JWTs, hashes), long hex or base64 runs, e-mail addresses or long numbers (identifiers, card
+    or phone numbers) a page might have put in it."""
     text = _URL.sub("<url>", message[: MAX_MESSAGE * 2])
+    text = mask_secrets(text)
+    text = _LONG_TOKEN.sub("<token>", text)
     text = _EMAIL.sub("<email>", text)
     text = _LONG_NUMBER.sub("<number>", text)
     return text[:MAX_MESSAGE]

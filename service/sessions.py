@@ -1,0 +1,296 @@
+"""Server-side sign-in sessions: a login creates one, every authenticated request checks it, a
+logout deletes it, so an old cookie stops working at once on every worker and every instance.
+
+The signed cookie (quart-auth) carries only an opaque random token. The `sessions` table keeps
+the token's SHA-256, its user and its times, so sessions survive a restart and are shared by every
+instance. When the cache is shared (Redis), a live session is also cached for at most
+`SESSION_CACHE_SECONDS` and a revocation leaves a tombstone that no concurrent read can overwrite
+(`Cache.set_unless`). The in-process cache is never used for sessions: one worker could not tell
+the others that a session ended. Failures fail closed: a database that cannot answer is a 503,
+never a session taken on trust.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import hashlib
+import secrets
+import time
+from collections.abc import AsyncGenerator
+from contextlib import suppress
+from dataclasses import dataclass, replace
+from datetime import UTC, datetime, timedelta
+from typing import cast
+
+import orjson
+import structlog
+from quart import Quart
+from quart_auth import Action, AuthUser, QuartAuth, current_user
+from sqlalchemy.ext.asyncio import AsyncSession
+
+from service.cache import CacheError, InstrumentedCache, get_cache
+from service.db import Database, get_database
+from service.db.sessions import (
+    count_live_sessions,
+    delete_expired_sessions,
+    delete_session,
+    delete_user_sessions,
+    insert_session,
+    select_session,
+    touch_session,
+)
+from service.errors import ServiceUnavailable
+from service.observability.metrics import Metrics
+from service.settings import Settings
+
+logger = structlog.get_logger(__name__)
+
+SESSION_COOKIE_NAME = "scene_packer_session"
+# The longest a cached session may be believed without the database; also the longest a revoked
+# session could live on in the cache if the revocation could not reach it (the logout then
+# answers 503, so the client knows to retry).
+SESSION_CACHE_SECONDS = 60
+# A tombstone outlives any read that fetched the session from the database before it was
+# deleted and has yet to cache it (that gap is bounded by the statement timeout, seconds).
+_TOMBSTONE_SECONDS = 300
+_TOMBSTONE = "revoked"
+_KEY_PREFIX = "session:"
+PURGE_INTERVAL_SECONDS = 600
+
+
+@dataclass(frozen=True, slots=True)
+class ActiveSession:
+    id: str  # the stored id: SHA-256 of the cookie's token
+    user_id: int
+    expires_at: float  # seconds since the epoch
+    last_seen_at: float
+
+
+class SessionStore:
+    def __init__(self, settings: Settings, metrics: Metrics) -> None:
+        self.duration = settings.session_duration_seconds
+        self.idle = settings.session_idle_seconds
+        # An idle session's last use is written at most this often (a write per request would be
+        # a database write per request): idle time is counted to within this many seconds.
+        self.touch_interval = min(60.0, self.idle / 10) if self.idle else None
+        self.metrics = metrics
+        self.count_timeout = settings.health_check_timeout
+        self._database: Database | None = None
+        self._cache: InstrumentedCache | None = None
+
+    def attach(self, database: Database, cache: InstrumentedCache) -> None:
+        """Hand in the backends once they are open (the app starts serving)."""
+        self._database = database
+        self._cache = cache if cache.shared else None
+
+    async def start(self, db: AsyncSession, user_id: int) -> str:
+        """Create a session inside the caller's transaction; the token for the cookie."""
+        token = secrets.token_urlsafe(32)
+        now = datetime.now(UTC)
+        expires_at = now + timedelta(seconds=self.duration)
+        await insert_session(db, stored_id(token), user_id, now, expires_at)
+        return token
+
+    async def resolve(self, token: str) -> ActiveSession | None:
+        """The live session a token names, or None. Raises ServiceUnavailable when the database
+        cannot answer (fail closed)."""
+        session_id = stored_id(token)
+        now = time.time()
+        session, cached = await self._cached(session_id)
+        if cached and session is None:
+            return None  # revoked
+        from_database = session is None
+        if session is None:
+            async with self._db().transaction() as db:
+                row = await select_session(db, session_id)
+            if row is None:
+                return None
+            session = ActiveSession(
+                row.id, row.user_id, _epoch(row.expires_at), _epoch(row.last_seen_at)
+            )
+        if not self._live(session, now):
+            return None
+        if self.touch_interval is not None and now - session.last_seen_at >= self.touch_interval:
+            async with self._db().transaction() as db:
+                await touch_session(db, session_id, _moment(now))
+            session = replace(session, last_seen_at=now)
+            from_database = True
+        if from_database:
+            await self._remember(session, now)
+        return session
+
+    async def end(self, token: str) -> int | None:
+        """Delete one session; the user it belonged to, or None if it did not exist."""
+        session_id = stored_id(token)
+        async with self._db().transaction() as db:
+            user_id = await delete_session(db, session_id)
+        await self._revoke_cached([session_id])
+        return user_id
+
+    async def end_all(self, user_id: int) -> int:
+        """Delete every session of a user; how many there were."""
+        async with self._db().transaction() as db:
+            ended = await delete_user_sessions(db, user_id)
+        await self._revoke_cached(ended)
+        return len(ended)
+
+    async def purge_expired(self) -> int:
+        now = datetime.now(UTC)
+        async with self._db().transaction() as db:
+            return await delete_expired_sessions(db, now, self._idle_cutoff(now))
+
+    async def count_live(self) -> int:
+        now = datetime.now(UTC)
+        async with self._db().transaction() as db:
+            return await count_live_sessions(db, now, self._idle_cutoff(now))
+
+    async def refresh_gauge(self) -> None:
+        """`auth_sessions_active`, read at scrape time; a slow or failing database keeps the last
+        value rather than delay the scrape past HEALTH_CHECK_TIMEOUT."""
+        try:
+            async with asyncio.timeout(self.count_timeout):
+                count = await self.count_live()
+        except Exception:
+            logger.debug("sessions_count_failed", exc_info=True)
+            return
+        self.metrics.auth_sessions_active.set({}, count)
+
+    async def purge_forever(self) -> None:
+        while True:
+            try:
+                purged = await self.purge_expired()
+            except Exception:
+                logger.warning("sessions_purge_failed", exc_info=True)
+            else:
+                if purged:
+                    logger.info("sessions_purged", count=purged)
+            await asyncio.sleep(PURGE_INTERVAL_SECONDS)
+
+    def _live(self, session: ActiveSession, now: float) -> bool:
+        if now >= session.expires_at:
+            return False
+        return self.idle is None or now - session.last_seen_at < self.idle
+
+    def _idle_cutoff(self, now: datetime) -> datetime | None:
+        return now - timedelta(seconds=self.idle) if self.idle is not None else None
+
+    async def _cached(self, session_id: str) -> tuple[ActiveSession | None, bool]:
+        """(session, found): found with None means a tombstone. A cache outage reads as a miss:
+        the database answers instead."""
+        if self._cache is None:
+            return None, False
+        try:
+            value = await self._cache.get(_KEY_PREFIX + session_id)
+        except CacheError:
+            return None, False
+        if value is None:
+            return None, False
+        if value == _TOMBSTONE:
+            return None, True
+        user_id, expires_at, last_seen_at = orjson.loads(value)
+        return ActiveSession(session_id, user_id, expires_at, last_seen_at), True
+
+    async def _remember(self, session: ActiveSession, now: float) -> None:
+        if self._cache is None:
+            return
+        ttl = min(float(SESSION_CACHE_SECONDS), session.expires_at - now)
+        if self.idle is not None:
+            ttl = min(ttl, session.last_seen_at + self.idle - now)
+        value = orjson.dumps([session.user_id, session.expires_at, session.last_seen_at]).decode()
+        # A failure is counted by the cache; the next request reads the database again.
+        with suppress(CacheError):
+            await self._cache.set_unless(_KEY_PREFIX + session.id, value, ttl, unless=_TOMBSTONE)
+
+    async def _revoke_cached(self, session_ids: list[str]) -> None:
+        if self._cache is None or not session_ids:
+            return
+        keys = [_KEY_PREFIX + session_id for session_id in session_ids]
+        try:
+            await self._cache.set_many(keys, _TOMBSTONE, _TOMBSTONE_SECONDS)
+        except CacheError as exc:
+            # The database no longer has the session, but a cached copy may be believed for up
+            # to SESSION_CACHE_SECONDS: say so rather than report a sign-out that has not landed.
+            raise ServiceUnavailable(
+                "The sign-out could not reach every worker; retry in a moment."
+            ) from exc
+
+    def _db(self) -> Database:
+        if self._database is None:
+            raise RuntimeError("the session store is used before the app serves")
+        return self._database
+
+
+class SessionUser(AuthUser):
+    """quart-auth's user: the cookie's token, resolved once per request to a live session."""
+
+    def __init__(
+        self, auth_id: str | None, action: Action = Action.PASS, store: SessionStore | None = None
+    ) -> None:
+        super().__init__(auth_id, action)
+        self._store = store
+        self._session: ActiveSession | None = None
+        self._resolved = False
+
+    @property
+    async def is_authenticated(self) -> bool:
+        return await self.session() is not None
+
+    async def session(self) -> ActiveSession | None:
+        # Only a completed lookup is remembered: a failed one (503) is tried again when a route
+        # needs the session, so it fails closed there and nowhere else.
+        if not self._resolved:
+            if self.auth_id is not None and self._store is not None:
+                self._session = await self._store.resolve(self.auth_id)
+            self._resolved = True
+        return self._session
+
+
+class _SessionAuth(QuartAuth):
+    def __init__(self, app: Quart, store: SessionStore) -> None:
+        self.store = store
+        super().__init__(app, user_class=SessionUser)
+
+    def resolve_user(self) -> AuthUser:
+        auth_id = self.load_cookie() if self.mode == "cookie" else self.load_bearer()
+        return SessionUser(auth_id, store=self.store)
+
+
+def stored_id(token: str) -> str:
+    return hashlib.sha256(token.encode()).hexdigest()
+
+
+async def current_session() -> ActiveSession | None:
+    """The live session of the request being handled (looked up once per request)."""
+    return await cast(SessionUser, current_user).session()
+
+
+def init_sessions(app: Quart, settings: Settings, metrics: Metrics) -> SessionStore:
+    store = SessionStore(settings, metrics)
+    app.config.update(
+        QUART_AUTH_COOKIE_NAME=SESSION_COOKIE_NAME,
+        QUART_AUTH_COOKIE_SECURE=settings.cookie_secure,
+        QUART_AUTH_DURATION=settings.session_duration_seconds,
+        QUART_AUTH_SALT="scene-packer-session",
+    )
+    _SessionAuth(app, store)
+    metrics.add_scrape_reader(store.refresh_gauge)
+
+    # while_serving: the database and cache are open by now, and still open when it resumes.
+    @app.while_serving
+    async def _serving() -> AsyncGenerator[None, None]:
+        store.attach(get_database(), get_cache())
+        purging = asyncio.create_task(store.purge_forever())
+        yield
+        purging.cancel()
+        await asyncio.gather(purging, return_exceptions=True)
+
+    return store
+
+
+def _epoch(moment: datetime) -> float:
+    # SQLite hands back naive datetimes; they were stored as UTC.
+    return (moment if moment.tzinfo else moment.replace(tzinfo=UTC)).timestamp()
+
+
+def _moment(epoch: float) -> datetime:
+    return datetime.fromtimestamp(epoch, UTC)
