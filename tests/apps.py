@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 import asyncio
+import os
 
 import structlog
+from quart import Response
 
 from service.app import create_app
 
@@ -32,3 +34,10 @@ async def background() -> str:
 
     app.add_background_task(later)
     return "started"
+
+
+@app.after_request
+async def worker_pid(response: Response) -> Response:
+    """Which worker answered: lets tests see that every worker was asked."""
+    response.headers["X-Worker-PID"] = str(os.getpid())
+    return response

@@ -6,8 +6,14 @@ import asyncio
 import os
 import shutil
 
+import pytest
+from quart import Quart
+
+from service import passwords
 from service.app import create_app
-from service.passwords import verify_password
+from service.db import get_database
+from service.db.users import insert_user
+from service.passwords import hash_password, verify_password
 from service.settings import Settings
 from tests.conftest import Client, login, register
 
@@ -103,3 +109,71 @@ async def test_a_burst_of_logins_leaves_the_shared_thread_pool_free(settings: Se
             assert not any(task.done() for task in hashes)
         finally:
             assert not any(await asyncio.gather(*hashes))
+
+
+@pytest.mark.parametrize(
+    ("password", "reason"),
+    [
+        ("password", "too_short"),
+        ("12345678", "too_short"),
+        (" " * 8, "too_short"),
+        ("dora", "too_short"),
+        ("elevenchars", "too_short"),
+        ("dora-the-explorer-2026", "contains_username"),
+        ("DORA" * 4, "contains_username"),
+        ("password1234", "guessable"),
+        ("qwertyuiopasdf", "guessable"),
+        (" " * 12, "guessable"),
+        ("iloveyou1234", "guessable"),
+    ],
+)
+async def test_weak_passwords_are_400_weak_password(
+    client: Client, password: str, reason: str
+) -> None:
+    response = await register(client, "dora", password)
+    assert response.status_code == 400
+    error = (await response.get_json())["error"]
+    assert (error["code"], error["reason"]) == ("weak_password", reason)
+    assert error["message"] and error["request_id"]
+    if password.strip():
+        assert password not in error["message"]
+    assert (await login(client, "dora", password)).status_code == 401  # nothing was created
+
+
+async def test_the_minimum_length_is_a_setting(settings: Settings) -> None:
+    app = create_app(settings.model_copy(update={"password_min_length": 20}))
+    async with app.test_app() as test_app:
+        client = test_app.test_client()
+        short = await register(client, "erin", "violet quartz ember")  # 19 characters
+        assert (await short.get_json())["error"]["reason"] == "too_short"
+        assert (await register(client, "erin", "violet quartz embers")).status_code == 201
+
+
+async def test_an_account_from_an_older_policy_still_signs_in(client: Client, app: Quart) -> None:
+    async with app.app_context():
+        password_hash = await hash_password("old-pw1")
+        async with get_database().transaction() as session:
+            await insert_user(session, "frank", password_hash)
+    assert (await login(client, "frank", "old-pw1")).status_code == 200
+
+
+async def test_unknown_users_cost_the_same_argon2_work(app: Quart) -> None:
+    """The unknown-user path verifies against a real argon2 hash of the current parameters
+    (timing is measured in bench/README.md, `python -m bench login_timing`)."""
+    async with app.app_context():
+        assert await verify_password(None, "any password at all") is False
+    dummy = passwords._dummy_hash()
+    assert dummy.startswith("$argon2id$") and not passwords.needs_rehash(dummy)
+
+
+@pytest.mark.parametrize("method", ["OPTIONS", "GET"])
+async def test_preflights_and_other_methods_spend_no_login_budget(
+    client: Client, method: str
+) -> None:
+    await register(client)
+    for _ in range(30):
+        response = await client.open("/api/auth/login", method=method)
+        assert response.status_code in {200, 405}
+    response = await login(client)
+    assert response.status_code == 200
+    assert response.headers["RateLimit-Remaining"] == "19"

@@ -228,6 +228,27 @@ async def test_js_errors_are_logged_without_user_data(rum: Client) -> None:
         assert secret not in line["message"]
 
 
+@pytest.mark.parametrize(
+    ("message", "secret"),
+    [
+        ("fetch /api/me failed token=s3cr3t-T0KEN-value", "s3cr3t-T0KEN-value"),
+        ("401 with Authorization: Bearer abc.DEF-ghi_123456", "abc.DEF-ghi_123456"),
+        ("bad jwt eyJhbGciOiJIUzI1NiJ9.eyJzdWIiOiI0MiJ9.c2lnbmF0dXJlLXZhbHVl", "eyJzdWIiOiI0MiJ9"),
+        ("key 9f86d081884c7d659a2feaa0c55ad015a3bf4f1b failed", "9f86d081884c7d659a2f"),
+        ("sk_live_4eC39HqLyjWDarjtT1zdp7dc leaked", "4eC39HqLyjWDarjtT1zdp7dc"),
+        ("reset for carol.smith+books@mail.example", "carol.smith"),
+    ],
+)
+async def test_js_error_messages_are_scrubbed_of_tokens(
+    rum: Client, message: str, secret: str
+) -> None:
+    with structlog.testing.capture_logs() as events:
+        await _post(rum, _beacon(errors=[{"kind": "Error", "message": message}]))
+    (line,) = [e for e in events if e["event"] == "frontend_error"]
+    assert secret not in line["message"]
+    assert line["message"].split()[0] == message.split()[0]  # the rest of the message stays
+
+
 async def test_rum_script_and_demo_page(rum: Client, settings: Settings) -> None:
     script = await rum.get("/static/rum.js")
     assert script.status_code == 200
