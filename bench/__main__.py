@@ -16,6 +16,7 @@ BENCHMARKS = {
     "memory": "bench.memory",
     "instructions": "bench.instructions",
     "login": "bench.login_instructions",
+    "login_timing": "bench.login_timing",
 }
 
 

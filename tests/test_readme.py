@@ -1,0 +1,55 @@
+"""README's tables mirror the code: every setting, endpoint and metric is documented."""
+
+from __future__ import annotations
+
+import re
+from pathlib import Path
+
+from service.app import create_app
+from service.observability.metrics import Metrics
+from service.settings import Settings, load_settings
+from tests.conftest import ROOT
+
+README = (ROOT / "README.md").read_text()
+
+
+def _section(title: str) -> str:
+    match = re.search(rf"^## {re.escape(title)}\n(.*?)(?=^## )", README, re.MULTILINE | re.DOTALL)
+    assert match, f"README has no '## {title}' section"
+    return match.group(1)
+
+
+def _table_cells(section: str) -> str:
+    """The first column of every table row in a section."""
+    rows = [line for line in section.splitlines() if line.startswith("| ")]
+    return "\n".join(_CELL_BORDER.split(row)[1] for row in rows)
+
+
+_CELL_BORDER = re.compile(r"(?<!\\)\|")  # a pipe, unless escaped inside a cell
+
+
+def test_every_setting_is_in_the_settings_table() -> None:
+    documented = _table_cells(_section("Settings"))
+    missing = [
+        name.upper() for name in Settings.model_fields if f"`{name.upper()}`" not in documented
+    ]
+    assert not missing, f"settings missing from README: {missing}"
+
+
+def test_every_endpoint_is_in_the_endpoints_table(tmp_path: Path) -> None:
+    documented = _table_cells(_section("Endpoints"))
+    app = create_app(load_settings(data_dir=tmp_path, database_url="", redis_url=""))
+    missing = [
+        rule.rule
+        for rule in app.url_map.iter_rules()
+        if rule.endpoint != "static" and not re.search(rf"[ `|]{re.escape(rule.rule)}`", documented)
+    ]
+    assert not missing, f"endpoints missing from README: {missing}"
+
+
+def test_every_metric_is_in_the_metrics_table(tmp_path: Path) -> None:
+    documented = _table_cells(_section("Metrics"))
+    metrics = Metrics(load_settings(data_dir=tmp_path))
+    names = [collector.name for collector in metrics.registry.get_all()]
+    missing = [name for name in names if f"`{name}`" not in documented]
+    assert names and not missing, f"metrics missing from README: {missing}"
