@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import asyncio
 import hashlib
+import math
 import secrets
 import time
 from collections.abc import AsyncGenerator
@@ -56,6 +57,9 @@ _TOMBSTONE_SECONDS = 300
 _TOMBSTONE = "revoked"
 _KEY_PREFIX = "session:"
 PURGE_INTERVAL_SECONDS = 600
+# `auth_sessions_active` is counted at most this often per worker: with several workers every
+# worker refreshes its scrape-time values each METRICS_SYNC_INTERVAL, and a count is a query.
+COUNT_INTERVAL_SECONDS = 10
 
 
 @dataclass(frozen=True, slots=True)
@@ -75,6 +79,7 @@ class SessionStore:
         self.touch_interval = min(60.0, self.idle / 10) if self.idle else None
         self.metrics = metrics
         self.count_timeout = settings.health_check_timeout
+        self._counted_at = -math.inf
         self._database: Database | None = None
         self._cache: InstrumentedCache | None = None
 
@@ -145,8 +150,13 @@ class SessionStore:
             return await count_live_sessions(db, now, self._idle_cutoff(now))
 
     async def refresh_gauge(self) -> None:
-        """`auth_sessions_active`, read at scrape time; a slow or failing database keeps the last
-        value rather than delay the scrape past HEALTH_CHECK_TIMEOUT."""
+        """`auth_sessions_active`, read at scrape time (at most every COUNT_INTERVAL_SECONDS); a
+        slow or failing database keeps the last value rather than delay the scrape past
+        HEALTH_CHECK_TIMEOUT."""
+        now = time.monotonic()
+        if now - self._counted_at < COUNT_INTERVAL_SECONDS:
+            return
+        self._counted_at = now
         try:
             async with asyncio.timeout(self.count_timeout):
                 count = await self.count_live()

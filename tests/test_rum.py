@@ -235,7 +235,7 @@ async def test_js_errors_are_logged_without_user_data(rum: Client) -> None:
         ("401 with Authorization: Bearer abc.DEF-ghi_123456", "abc.DEF-ghi_123456"),
         ("bad jwt eyJhbGciOiJIUzI1NiJ9.eyJzdWIiOiI0MiJ9.c2lnbmF0dXJlLXZhbHVl", "eyJzdWIiOiI0MiJ9"),
         ("key 9f86d081884c7d659a2feaa0c55ad015a3bf4f1b failed", "9f86d081884c7d659a2f"),
-        ("sk_live_4eC39HqLyjWDarjtT1zdp7dc leaked", "4eC39HqLyjWDarjtT1zdp7dc"),
+        ("leaked sk_live_4eC39HqLyjWDarjtT1zdp7dc", "4eC39HqLyjWDarjtT1zdp7dc"),
         ("reset for carol.smith+books@mail.example", "carol.smith"),
     ],
 )
