@@ -316,3 +316,28 @@ def test_control_characters_cannot_forge_a_line(environment: str, tmp_path: Path
     if environment == "production":
         assert json.loads(lines[0])["username"].startswith("a\n")
     assert "fake" not in lines[0] or "\\n" in lines[0]
+
+
+ARGON2_HASH = "$argon2id$v=19$m=65536,t=3,p=4$c2FsdHNhbHQxMjM0$aGFzaGhhc2hoYXNoaGFzaGhhc2g"
+JWT = "eyJhbGciOiJIUzI1NiJ9.eyJzdWIiOiI0MiJ9.c2lnbmF0dXJlLXZhbHVl"
+
+
+@pytest.mark.parametrize("environment", ["production", "development"])
+def test_secret_shaped_values_are_masked_in_messages_and_tracebacks(
+    environment: str, tmp_path: Path
+) -> None:
+    stream = io.StringIO()
+    settings = load_settings(environment=environment, secret_key="x" * 40, data_dir=tmp_path)
+    configure_logging(settings, stream)
+    try:
+        raise ValueError(f"insert failed: ('bob', '{ARGON2_HASH}', 7) for token={JWT}")
+    except ValueError:
+        structlog.get_logger("t").exception("structlog_failure")
+        logging.getLogger("stdlib.t").exception("stdlib_failure")
+    structlog.get_logger("t").warning("upstream", detail="sent Authorization: Bearer abc123XYZ.def")
+    logging.getLogger("stdlib.t").warning("api_key=%s rejected", "k-12345678")
+    output = stream.getvalue()
+    for secret in ("$argon2id", "c2FsdHNhbHQxMjM0", JWT, "eyJzdWIiOiI0MiJ9", "abc123XYZ", "k-1234"):
+        assert secret not in output
+    assert output.count("[REDACTED]") >= 5
+    assert "ValueError" in output and "insert failed" in output  # the failure itself stays
