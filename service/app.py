@@ -11,13 +11,14 @@ from quart.ctx import RequestContext
 from quart.globals import request_ctx
 from quart.typing import ResponseReturnValue
 from quart.wrappers import Request
+from quart_auth import logout_user
 from quart_schema import QuartSchema
 
 from service.blueprints import auth, health, meta, rum
 from service.blueprints import metrics as metrics_blueprint
 from service.cache import CacheError, init_cache
 from service.db import init_db
-from service.errors import ServiceUnavailable, register_error_handlers
+from service.errors import register_error_handlers
 from service.observability.context import bind_route, bind_user, current_context
 from service.observability.health import init_health
 from service.observability.logging import configure_logging
@@ -100,14 +101,17 @@ async def _bind_request_context(request: Request) -> None:
     if rule is not None:
         bind_route(rule.rule)
     if context.has_cookies and SESSION_COOKIE_NAME in request.cookies:
-        # A session store that cannot answer must not fail routes that need no session; the
-        # routes that do need one look it up again and answer 503 (sessions.SessionUser).
+        # Any route may carry the cookie; its user is logged when the session can be looked up.
+        # A lookup that fails must not fail a route that needs no session: the routes that do
+        # need one meet the same failure (sessions.SessionUser remembers it) and answer 503.
         try:
             session = await current_session()
-        except ServiceUnavailable:
+        except Exception:
             return
-        if session is not None:
-            bind_user(session.user_id)
-            # A cache failure is counted by the cache wrapper; it must not fail the request.
-            with suppress(CacheError):
-                await get_metrics().mark_active_user(session.user_id)
+        if session is None:
+            logout_user()  # a dead or forged cookie: tell the browser to stop sending it
+            return
+        bind_user(session.user_id)
+        # A cache failure is counted by the cache wrapper; it must not fail the request.
+        with suppress(CacheError):
+            await get_metrics().mark_active_user(session.user_id)

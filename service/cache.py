@@ -36,7 +36,7 @@ class Cache(Protocol):
     async def set(self, key: str, value: str, ttl: float) -> None: ...
     async def set_unless(self, key: str, value: str, ttl: float, *, unless: str) -> None: ...
     async def set_many(self, keys: list[str], value: str, ttl: float) -> None: ...
-    async def delete(self, *keys: str) -> None: ...
+    async def delete(self, key: str) -> None: ...
     async def incr(self, key: str, ttl: float) -> int: ...
     async def acquire_rate(
         self, key: str, now: float, interval: float, period: float
@@ -81,9 +81,8 @@ class MemoryCache:
         for key in keys:
             await self.set(key, value, ttl)
 
-    async def delete(self, *keys: str) -> None:
-        for key in keys:
-            self._entries.pop(key, None)
+    async def delete(self, key: str) -> None:
+        self._entries.pop(key, None)
 
     async def incr(self, key: str, ttl: float) -> int:
         current = await self.get(key)
@@ -186,11 +185,9 @@ class RedisCache:
         except (RedisError, OSError) as exc:
             raise CacheError("set_many failed") from exc
 
-    async def delete(self, *keys: str) -> None:
-        if not keys:
-            return
+    async def delete(self, key: str) -> None:
         try:
-            await self.client.delete(*(self.prefix + key for key in keys))
+            await self.client.delete(self.prefix + key)
         except (RedisError, OSError) as exc:
             raise CacheError("delete failed") from exc
 
@@ -270,8 +267,8 @@ class InstrumentedCache:
     async def set_many(self, keys: list[str], value: str, ttl: float) -> None:
         await self._counted("set", self.inner.set_many(keys, value, ttl))
 
-    async def delete(self, *keys: str) -> None:
-        await self._counted("delete", self.inner.delete(*keys))
+    async def delete(self, key: str) -> None:
+        await self._counted("delete", self.inner.delete(key))
 
     async def incr(self, key: str, ttl: float) -> int:
         value: int = await self._counted("incr", self.inner.incr(key, ttl))

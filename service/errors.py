@@ -14,6 +14,7 @@ from quart_schema import RequestSchemaValidationError
 from werkzeug.exceptions import HTTPException
 
 from service.observability.context import current_request_id
+from service.unavailable import DependencyUnavailable
 
 
 class APIError(Exception):
@@ -78,6 +79,7 @@ def error_response(
 
 def register_error_handlers(app: Quart) -> None:
     app.register_error_handler(APIError, _handle_api_error)
+    app.register_error_handler(DependencyUnavailable, _handle_dependency_unavailable)
     app.register_error_handler(RequestSchemaValidationError, _handle_validation_error)
     app.register_error_handler(HTTPException, _handle_http_exception)
 
@@ -86,6 +88,10 @@ async def _handle_api_error(error: APIError) -> Response:
     return error_response(
         error.status, error.code, error.message, headers=error.headers, reason=error.reason
     )
+
+
+async def _handle_dependency_unavailable(error: DependencyUnavailable) -> Response:
+    return error_response(503, "service_unavailable", error.message, headers=None)
 
 
 async def _handle_validation_error(error: RequestSchemaValidationError) -> Response:

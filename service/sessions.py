@@ -1,13 +1,15 @@
 """Server-side sign-in sessions: a login creates one, every authenticated request checks it, a
-logout deletes it, so an old cookie stops working at once on every worker and every instance.
+logout ends it, so an old cookie stops working at once on every worker and every instance.
 
 The signed cookie (quart-auth) carries only an opaque random token. The `sessions` table keeps
 the token's SHA-256, its user and its times, so sessions survive a restart and are shared by every
 instance. When the cache is shared (Redis), a live session is also cached for at most
-`SESSION_CACHE_SECONDS` and a revocation leaves a tombstone that no concurrent read can overwrite
-(`Cache.set_unless`). The in-process cache is never used for sessions: one worker could not tell
-the others that a session ended. Failures fail closed: a database that cannot answer is a 503,
-never a session taken on trust.
+`SESSION_CACHE_SECONDS`. Ending a session first writes a tombstone to the cache, which no
+concurrent read can overwrite (`Cache.set_unless`), and only then deletes the row: if the cache
+cannot be told, nothing is deleted and the request fails, so a retry does the whole revocation.
+The in-process cache is never used for sessions: one worker could not tell the others that a
+session ended. Failures fail closed: a database that cannot answer is a 503, never a session
+taken on trust.
 """
 
 from __future__ import annotations
@@ -38,11 +40,12 @@ from service.db.sessions import (
     delete_user_sessions,
     insert_session,
     select_session,
+    select_user_session_ids,
     touch_session,
 )
-from service.errors import ServiceUnavailable
 from service.observability.metrics import Metrics
 from service.settings import Settings
+from service.unavailable import DependencyUnavailable
 
 logger = structlog.get_logger(__name__)
 
@@ -57,6 +60,7 @@ _TOMBSTONE_SECONDS = 300
 _TOMBSTONE = "revoked"
 _KEY_PREFIX = "session:"
 PURGE_INTERVAL_SECONDS = 600
+PURGE_BATCH = 10_000
 # `auth_sessions_active` is counted at most this often per worker: with several workers every
 # worker refreshes its scrape-time values each METRICS_SYNC_INTERVAL, and a count is a query.
 COUNT_INTERVAL_SECONDS = 10
@@ -97,23 +101,26 @@ class SessionStore:
         return token
 
     async def resolve(self, token: str) -> ActiveSession | None:
-        """The live session a token names, or None. Raises ServiceUnavailable when the database
-        cannot answer (fail closed)."""
+        """The live session a token names, or None. Raises when the database cannot answer:
+        a session is never taken on trust."""
         session_id = stored_id(token)
         now = time.time()
         session, cached = await self._cached(session_id)
         if cached and session is None:
-            return None  # revoked
+            return None  # ended (or known not to exist)
+        read_at = time.monotonic()
         from_database = session is None
         if session is None:
             async with self._db().transaction() as db:
                 row = await select_session(db, session_id)
             if row is None:
+                await self._bury([session_id])
                 return None
             session = ActiveSession(
                 row.id, row.user_id, _epoch(row.expires_at), _epoch(row.last_seen_at)
             )
         if not self._live(session, now):
+            await self._bury([session_id])
             return None
         if self.touch_interval is not None and now - session.last_seen_at >= self.touch_interval:
             async with self._db().transaction() as db:
@@ -121,28 +128,42 @@ class SessionStore:
             session = replace(session, last_seen_at=now)
             from_database = True
         if from_database:
-            await self._remember(session, now)
+            await self._remember(session, now, read_at)
         return session
 
     async def end(self, token: str) -> int | None:
-        """Delete one session; the user it belonged to, or None if it did not exist."""
+        """End one session; the user it belonged to, or None if it did not exist.
+
+        The cache is told first: if it cannot be, nothing is deleted and the caller answers
+        503, so a retry does the whole revocation (a cached copy must not outlive the row)."""
         session_id = stored_id(token)
-        async with self._db().transaction() as db:
-            user_id = await delete_session(db, session_id)
         await self._revoke_cached([session_id])
-        return user_id
+        async with self._db().transaction() as db:
+            return await delete_session(db, session_id)
 
     async def end_all(self, user_id: int) -> int:
-        """Delete every session of a user; how many there were."""
+        """End every session of a user, cache first as in `end`; how many there were."""
+        async with self._db().transaction() as db:
+            known = await select_user_session_ids(db, user_id)
+        await self._revoke_cached(known)
         async with self._db().transaction() as db:
             ended = await delete_user_sessions(db, user_id)
-        await self._revoke_cached(ended)
+        # Sessions made by a login meanwhile: their rows are gone; bury them too.
+        await self._revoke_cached(sorted(set(ended) - set(known)))
         return len(ended)
 
     async def purge_expired(self) -> int:
-        now = datetime.now(UTC)
-        async with self._db().transaction() as db:
-            return await delete_expired_sessions(db, now, self._idle_cutoff(now))
+        """Delete expired sessions in bounded batches; how many were deleted."""
+        purged = 0
+        while True:
+            now = datetime.now(UTC)
+            async with self._db().transaction() as db:
+                deleted = await delete_expired_sessions(
+                    db, now, self._idle_cutoff(now), PURGE_BATCH
+                )
+            purged += deleted
+            if deleted < PURGE_BATCH:
+                return purged
 
     async def count_live(self) -> int:
         now = datetime.now(UTC)
@@ -161,7 +182,7 @@ class SessionStore:
             async with asyncio.timeout(self.count_timeout):
                 count = await self.count_live()
         except Exception:
-            logger.debug("sessions_count_failed", exc_info=True)
+            logger.warning("sessions_count_failed", exc_info=True)
             return
         self.metrics.auth_sessions_active.set({}, count)
 
@@ -200,8 +221,11 @@ class SessionStore:
         user_id, expires_at, last_seen_at = orjson.loads(value)
         return ActiveSession(session_id, user_id, expires_at, last_seen_at), True
 
-    async def _remember(self, session: ActiveSession, now: float) -> None:
+    async def _remember(self, session: ActiveSession, now: float, read_at: float) -> None:
         if self._cache is None:
+            return
+        if time.monotonic() - read_at > _TOMBSTONE_SECONDS / 2:
+            # A read this slow could predate an ending whose tombstone has since expired.
             return
         ttl = min(float(SESSION_CACHE_SECONDS), session.expires_at - now)
         if self.idle is not None:
@@ -211,6 +235,17 @@ class SessionStore:
         with suppress(CacheError):
             await self._cache.set_unless(_KEY_PREFIX + session.id, value, ttl, unless=_TOMBSTONE)
 
+    async def _bury(self, session_ids: list[str]) -> None:
+        """Remember that these sessions are gone, so their cookies cost no more database reads."""
+        if self._cache is None:
+            return
+        with suppress(CacheError):
+            await self._cache.set_many(
+                [_KEY_PREFIX + session_id for session_id in session_ids],
+                _TOMBSTONE,
+                _TOMBSTONE_SECONDS,
+            )
+
     async def _revoke_cached(self, session_ids: list[str]) -> None:
         if self._cache is None or not session_ids:
             return
@@ -218,16 +253,18 @@ class SessionStore:
         try:
             await self._cache.set_many(keys, _TOMBSTONE, _TOMBSTONE_SECONDS)
         except CacheError as exc:
-            # The database no longer has the session, but a cached copy may be believed for up
-            # to SESSION_CACHE_SECONDS: say so rather than report a sign-out that has not landed.
-            raise ServiceUnavailable(
-                "The sign-out could not reach every worker; retry in a moment."
+            raise RevocationIncomplete(
+                "The sign-out could not reach the session cache; nothing was ended. Retry."
             ) from exc
 
     def _db(self) -> Database:
         if self._database is None:
             raise RuntimeError("the session store is used before the app serves")
         return self._database
+
+
+class RevocationIncomplete(DependencyUnavailable):
+    """Sessions could not be marked as ended in the shared cache; none was deleted."""
 
 
 class SessionUser(AuthUser):
@@ -239,6 +276,7 @@ class SessionUser(AuthUser):
         super().__init__(auth_id, action)
         self._store = store
         self._session: ActiveSession | None = None
+        self._failure: Exception | None = None
         self._resolved = False
 
     @property
@@ -246,11 +284,17 @@ class SessionUser(AuthUser):
         return await self.session() is not None
 
     async def session(self) -> ActiveSession | None:
-        # Only a completed lookup is remembered: a failed one (503) is tried again when a route
-        # needs the session, so it fails closed there and nowhere else.
+        # A failed lookup is remembered too: a route that needs the session fails with it (503),
+        # without waiting on the same dead database a second time.
+        if self._failure is not None:
+            raise self._failure
         if not self._resolved:
             if self.auth_id is not None and self._store is not None:
-                self._session = await self._store.resolve(self.auth_id)
+                try:
+                    self._session = await self._store.resolve(self.auth_id)
+                except Exception as exc:
+                    self._failure = exc
+                    raise
             self._resolved = True
         return self._session
 
@@ -280,7 +324,9 @@ def init_sessions(app: Quart, settings: Settings, metrics: Metrics) -> SessionSt
         QUART_AUTH_COOKIE_NAME=SESSION_COOKIE_NAME,
         QUART_AUTH_COOKIE_SECURE=settings.cookie_secure,
         QUART_AUTH_DURATION=settings.session_duration_seconds,
-        QUART_AUTH_SALT="scene-packer-session",
+        # v2: cookies signed before server-side sessions (they carried the user id) fail the
+        # signature check instead of costing a session lookup.
+        QUART_AUTH_SALT="scene-packer-session-v2",
     )
     _SessionAuth(app, store)
     metrics.add_scrape_reader(store.refresh_gauge)

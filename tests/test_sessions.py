@@ -215,6 +215,46 @@ async def test_a_logout_the_cache_missed_is_a_503_and_a_retry_lands(
         await proxy.cut()
 
 
+async def test_a_logout_all_the_cache_missed_ends_nothing_and_a_retry_ends_all(
+    postgres_url: str, tmp_path: Path
+) -> None:
+    proxy = TcpProxy(make_url(REDIS_URL).port or 6379)
+    await proxy.start()
+    redis_url = make_url(REDIS_URL).set(port=proxy.port).render_as_string(hide_password=False)
+    settings = make_settings("postgres", postgres_url, tmp_path, redis_url=redis_url)
+    app = create_app(settings)
+    try:
+        async with app.test_app() as test_app:
+            phone, laptop = test_app.test_client(), test_app.test_client()
+            await register(phone)
+            for device in (phone, laptop):
+                await login(device)
+                assert (await device.get("/api/auth/me")).status_code == 200  # both cached
+            await proxy.cut()
+            response = await phone.post("/api/auth/logout-all")
+            assert response.status_code == 503
+            assert (await response.get_json())["error"]["code"] == "service_unavailable"
+            await proxy.start()
+            response = await phone.post("/api/auth/logout-all")
+            assert response.status_code == 200
+            assert await response.get_json() == {"sessions_ended": 2}
+            assert (await laptop.get("/api/auth/me")).status_code == 401
+            assert (await phone.get("/api/auth/me")).status_code == 401
+    finally:
+        await proxy.cut()
+
+
+async def test_a_dead_cookie_is_cleared(client: Client, app: Quart) -> None:
+    await register(client)
+    cookie = _cookie(await login(client))
+    await client.post("/api/auth/logout")
+    replay = app.test_client()
+    _use(replay, cookie)
+    response = await replay.get("/")
+    assert response.status_code == 200
+    assert response.headers["Set-Cookie"].startswith(f"{SESSION_COOKIE_NAME}=;")
+
+
 @pytest.mark.parametrize("backend", ["postgres", "embedded"])
 def test_two_workers_refuse_a_logged_out_cookie_and_keep_sessions_over_a_restart(
     backend: str, tmp_path: Path, request: pytest.FixtureRequest

@@ -44,6 +44,11 @@ async def delete_session(session: AsyncSession, session_id: str) -> int | None:
     return result.scalar_one_or_none()
 
 
+async def select_user_session_ids(session: AsyncSession, user_id: int) -> list[str]:
+    result = await session.execute(select(LoginSession.id).where(LoginSession.user_id == user_id))
+    return list(result.scalars())
+
+
 async def delete_user_sessions(session: AsyncSession, user_id: int) -> list[str]:
     """End every session of a user; the ids of those ended."""
     result = await session.execute(
@@ -53,12 +58,15 @@ async def delete_user_sessions(session: AsyncSession, user_id: int) -> list[str]
 
 
 async def delete_expired_sessions(
-    session: AsyncSession, now: datetime, idle_cutoff: datetime | None
+    session: AsyncSession, now: datetime, idle_cutoff: datetime | None, limit: int
 ) -> int:
+    """Delete at most `limit` expired sessions (a bounded statement, however long the backlog);
+    how many were deleted."""
     expired: ColumnElement[bool] = LoginSession.expires_at <= now
     if idle_cutoff is not None:
         expired = or_(expired, LoginSession.last_seen_at <= idle_cutoff)
-    result = await session.execute(delete(LoginSession).where(expired))
+    batch = select(LoginSession.id).where(expired).limit(limit).scalar_subquery()
+    result = await session.execute(delete(LoginSession).where(LoginSession.id.in_(batch)))
     return int(result.rowcount)  # type: ignore[attr-defined]
 
 
