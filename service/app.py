@@ -11,7 +11,6 @@ from quart.ctx import RequestContext
 from quart.globals import request_ctx
 from quart.typing import ResponseReturnValue
 from quart.wrappers import Request
-from quart_auth import logout_user
 from quart_schema import QuartSchema
 
 from service.blueprints import auth, health, meta, rum
@@ -27,7 +26,7 @@ from service.observability.middleware import RequestObserver
 from service.observability.multiprocess import init_worker_snapshots
 from service.passwords import init_passwords
 from service.rate_limits import init_rate_limits
-from service.sessions import SESSION_COOKIE_NAME, current_session, init_sessions
+from service.sessions import SESSION_COOKIE_NAME, current_session, expire_cookie, init_sessions
 from service.settings import Settings, load_settings
 from service.version import VERSION
 
@@ -109,7 +108,7 @@ async def _bind_request_context(request: Request) -> None:
         except Exception:
             return
         if session is None:
-            logout_user()  # a dead or forged cookie: tell the browser to stop sending it
+            expire_cookie()  # a dead or forged cookie: tell the browser to stop sending it
             return
         bind_user(session.user_id)
         # A cache failure is counted by the cache wrapper; it must not fail the request.

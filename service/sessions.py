@@ -131,6 +131,19 @@ class SessionStore:
             await self._remember(session, now, read_at)
         return session
 
+    async def owner(self, token: str) -> int | None:
+        """The user of a live session, read from the database alone: a session that a failed
+        ending left tombstoned in the cache but present in the table can still end itself and
+        its siblings (the retry of that ending)."""
+        async with self._db().transaction() as db:
+            row = await select_session(db, stored_id(token))
+        if row is None:
+            return None
+        session = ActiveSession(
+            row.id, row.user_id, _epoch(row.expires_at), _epoch(row.last_seen_at)
+        )
+        return session.user_id if self._live(session, time.time()) else None
+
     async def end(self, token: str) -> int | None:
         """End one session; the user it belonged to, or None if it did not exist.
 
@@ -305,8 +318,9 @@ class _SessionAuth(QuartAuth):
         super().__init__(app, user_class=SessionUser)
 
     def resolve_user(self) -> AuthUser:
-        auth_id = self.load_cookie() if self.mode == "cookie" else self.load_bearer()
-        return SessionUser(auth_id, store=self.store)
+        auth_id: object = self.load_cookie() if self.mode == "cookie" else self.load_bearer()
+        # A signed payload is whatever was signed: only our own tokens are strings.
+        return SessionUser(auth_id if isinstance(auth_id, str) else None, store=self.store)
 
 
 def stored_id(token: str) -> str:
@@ -316,6 +330,16 @@ def stored_id(token: str) -> str:
 async def current_session() -> ActiveSession | None:
     """The live session of the request being handled (looked up once per request)."""
     return await cast(SessionUser, current_user).session()
+
+
+def expire_cookie() -> None:
+    """Have the response clear the session cookie, keeping the token for this request."""
+    current_user.action = Action.DELETE
+
+
+def keep_cookie() -> None:
+    """Have the response leave the session cookie as it is (until `logout_user`)."""
+    current_user.action = Action.PASS
 
 
 def init_sessions(app: Quart, settings: Settings, metrics: Metrics) -> SessionStore:

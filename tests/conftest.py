@@ -122,6 +122,16 @@ async def _admin(sql: str) -> None:
         await connection.close()
 
 
+async def in_database(database: str | None, sql: str) -> None:
+    """Run `sql` as the admin user in one database of the server."""
+    dsn = make_url(PG_ADMIN_URL).set(database=database).render_as_string(hide_password=False)
+    connection = await asyncpg.connect(dsn)
+    try:
+        await connection.execute(sql)
+    finally:
+        await connection.close()
+
+
 async def _truncate(url: str) -> None:
     dsn = make_url(url).set(drivername="postgresql").render_as_string(hide_password=False)
     connection = await asyncpg.connect(dsn)

@@ -12,7 +12,7 @@ import pytest
 from sqlalchemy.engine import make_url
 
 from service.sessions import SESSION_COOKIE_NAME
-from tests.conftest import PG_ADMIN_URL, REDIS_URL, _admin, _in_thread, run_alembic
+from tests.conftest import PG_ADMIN_URL, REDIS_URL, _admin, _in_thread, in_database, run_alembic
 from tests.server import PRODUCTION_ENV, Server, running_server
 from tests.stack import ThreadedProxy
 
@@ -95,7 +95,7 @@ def test_writes_the_database_refuses(tmp_path: Path, empty_database: str) -> Non
         ):
             cookie = _sign_in(client)
         grant = f'GRANT SELECT ON ALL TABLES IN SCHEMA public TO "{role}"'
-        _in_thread(_in_database(database, grant))
+        _in_thread(in_database(database, grant))
         read_only = make_url(empty_database).set(username=role)
         env = _env(read_only.render_as_string(hide_password=False))
         with (
@@ -107,7 +107,7 @@ def test_writes_the_database_refuses(tmp_path: Path, empty_database: str) -> Non
         assert "InsufficientPrivilege" in server.output.read_text()
         _assert_nothing_secret_logged(server, cookie)
     finally:
-        _in_thread(_in_database(database, f'DROP OWNED BY "{role}"'))
+        _in_thread(in_database(database, f'DROP OWNED BY "{role}"'))
         _in_thread(_admin(f'DROP ROLE IF EXISTS "{role}"'))
 
 
@@ -129,14 +129,3 @@ def test_connection_cut(tmp_path: Path, postgres_url: str) -> None:
         _assert_nothing_secret_logged(server, cookie)
     finally:
         proxy.close()
-
-
-async def _in_database(database: str | None, sql: str) -> None:
-    import asyncpg
-
-    dsn = make_url(PG_ADMIN_URL).set(database=database).render_as_string(hide_password=False)
-    connection = await asyncpg.connect(dsn)
-    try:
-        await connection.execute(sql)
-    finally:
-        await connection.close()

@@ -4,7 +4,9 @@ idle sessions are refused, sessions survive a restart, and a failing store fails
 from __future__ import annotations
 
 import asyncio
+import uuid
 from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
@@ -12,6 +14,7 @@ from typing import Any
 import httpx
 import pytest
 from quart import Quart
+from quart_auth import generate_auth_token
 from sqlalchemy import func, select, update
 from sqlalchemy.engine import make_url
 from sqlalchemy.ext.asyncio import AsyncEngine, create_async_engine
@@ -20,7 +23,16 @@ from service.app import create_app
 from service.db.models import LoginSession
 from service.sessions import SESSION_COOKIE_NAME
 from service.settings import Settings
-from tests.conftest import REDIS_URL, Client, login, make_settings, register
+from tests.conftest import (
+    REDIS_URL,
+    Client,
+    _admin,
+    _in_thread,
+    in_database,
+    login,
+    make_settings,
+    register,
+)
 from tests.faults import TcpProxy
 from tests.metrics_helpers import parse, value
 from tests.server import PRODUCTION_ENV, running_server
@@ -176,8 +188,8 @@ async def test_the_session_store_down_fails_closed(postgres_url: str, tmp_path: 
     try:
         async with app.test_app() as test_app:
             client = test_app.test_client()
-            await register(client)
-            await login(client)
+            await register(client, "ivan")
+            await login(client, "ivan")
             await proxy.cut()
             response = await client.get("/api/auth/me")
             assert response.status_code == 503
@@ -201,8 +213,8 @@ async def test_a_logout_the_cache_missed_is_a_503_and_a_retry_lands(
     try:
         async with app.test_app() as test_app:
             client = test_app.test_client()
-            await register(client)
-            await login(client)
+            await register(client, "heidi")
+            await login(client, "heidi")
             assert (await client.get("/api/auth/me")).status_code == 200  # now cached
             await proxy.cut()
             assert (await client.get("/api/auth/me")).status_code == 200  # the database answers
@@ -226,9 +238,9 @@ async def test_a_logout_all_the_cache_missed_ends_nothing_and_a_retry_ends_all(
     try:
         async with app.test_app() as test_app:
             phone, laptop = test_app.test_client(), test_app.test_client()
-            await register(phone)
+            await register(phone, "grace")
             for device in (phone, laptop):
-                await login(device)
+                await login(device, "grace")
                 assert (await device.get("/api/auth/me")).status_code == 200  # both cached
             await proxy.cut()
             response = await phone.post("/api/auth/logout-all")
@@ -294,3 +306,59 @@ def _answers_by_worker(base_url: str, cookie: dict[str, str]) -> set[int]:
             break
     assert len(statuses) == 2, "one worker answered every request"
     return set().union(*statuses.values())
+
+
+async def test_an_ending_the_database_refused_can_be_retried(
+    postgres_url: str, tmp_path: Path
+) -> None:
+    """The database refuses the DELETE (a role without the privilege): the sessions stay ended
+    in the cache, the cookie is kept, and the retry ends them for good."""
+    role = f"no_delete_{uuid.uuid4().hex[:8]}"
+    database = make_url(postgres_url).database
+    _in_thread(_admin(f'CREATE ROLE "{role}" LOGIN'))
+    grant = f'GRANT SELECT, INSERT, UPDATE ON ALL TABLES IN SCHEMA public TO "{role}"'
+    _in_thread(in_database(database, grant))
+    _in_thread(in_database(database, f'GRANT USAGE ON ALL SEQUENCES IN SCHEMA public TO "{role}"'))
+    as_role = make_url(postgres_url).set(username=role).render_as_string(hide_password=False)
+    app = create_app(make_settings("postgres", postgres_url, tmp_path, database_url=as_role))
+    try:
+        async with app.test_app() as test_app:
+            phone, laptop = test_app.test_client(), test_app.test_client()
+            await register(phone, "judy")
+            for device in (phone, laptop):
+                await login(device, "judy")
+                assert (await device.get("/api/auth/me")).status_code == 200
+
+            refused = await phone.post("/api/auth/logout-all")
+            assert refused.status_code == 500
+            assert "Set-Cookie" not in refused.headers  # the cookie stays for the retry
+            assert (await laptop.get("/api/auth/me")).status_code == 401  # ended meanwhile
+
+            _in_thread(in_database(database, f'GRANT DELETE ON sessions TO "{role}"'))
+            response = await phone.post("/api/auth/logout-all")
+            assert response.status_code == 200
+            assert await response.get_json() == {"sessions_ended": 2}
+        async with engine_for(postgres_url) as engine:
+            assert await _session_rows(engine) == 0
+    finally:
+        _in_thread(in_database(database, f'DROP OWNED BY "{role}"'))
+        _in_thread(_admin(f'DROP ROLE IF EXISTS "{role}"'))
+
+
+async def test_a_signed_cookie_that_is_not_a_token_is_refused(app: Quart) -> None:
+    for payload in (123, ["a"], {"a": 1}, True, 1.5):
+        forged = app.test_client()
+        _use(forged, generate_auth_token(forged, payload))  # type: ignore[arg-type]
+        assert (await forged.get("/")).status_code == 200
+        assert (await forged.get("/api/auth/me")).status_code == 401
+        assert (await forged.post("/api/auth/logout-all")).status_code == 401
+        assert (await forged.post("/api/auth/logout")).status_code == 204
+
+
+@asynccontextmanager
+async def engine_for(url: str) -> AsyncIterator[AsyncEngine]:
+    engine = create_async_engine(url)
+    try:
+        yield engine
+    finally:
+        await engine.dispose()

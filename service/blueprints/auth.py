@@ -28,7 +28,7 @@ from service.observability.context import bind_user
 from service.observability.metrics import Metrics
 from service.passwords import check_new_password, hash_password, needs_rehash, verify_password
 from service.rate_limits import login_limits, register_limits
-from service.sessions import SessionStore, SessionUser, current_session
+from service.sessions import SessionStore, SessionUser, current_session, keep_cookie
 from service.settings import MAX_PASSWORD_LENGTH, Settings
 
 logger = structlog.get_logger(__name__)
@@ -118,8 +118,10 @@ def create_blueprint(settings: Settings, sessions: SessionStore, metrics: Metric
 
     @blueprint.post("/logout")
     async def logout() -> Response:
-        """End this session (if any) and clear the cookie; 204 either way."""
+        """End this session (if any) and clear the cookie; 204 either way. The cookie stays
+        until the session has ended, so a logout that failed (503) can be retried."""
         token = current_user.auth_id
+        keep_cookie()
         if token is not None:
             user_id = await sessions.end(token)
             if user_id is not None:
@@ -129,10 +131,15 @@ def create_blueprint(settings: Settings, sessions: SessionStore, metrics: Metric
         return Response(status=204)
 
     @blueprint.post("/logout-all")
-    @login_required
     async def logout_all() -> Response:
-        """End every session of the signed-in user, on every device."""
-        user_id = await _current_user_id()
+        """End every session of the signed-in user, on every device. Its own session is checked
+        in the database alone, so a logout-all that failed half-way can be retried."""
+        token = current_user.auth_id
+        keep_cookie()
+        user_id = await sessions.owner(token) if token is not None else None
+        if user_id is None:
+            raise APIError(401, "unauthorized", "Authentication is required.")
+        bind_user(user_id)
         ended = await sessions.end_all(user_id)
         logout_user()
         metrics.auth_logouts.inc({"scope": "all"})

@@ -34,19 +34,30 @@ SENSITIVE_KEY_PARTS = (
     "apikey",
 )
 HYPERCORN_LOGGERS = ("hypercorn.error", "hypercorn.access")
+# Every pattern below starts only where a token can start (a lookbehind) and scans a bounded or
+# delimited stretch from there, so masking stays linear in the text's length: the texts are
+# partly chosen by clients (paths, browser error messages).
 _URL_CREDENTIALS = re.compile(
-    r"(?P<scheme>[A-Za-z][A-Za-z0-9+.-]*://)(?P<user>[^:/@\s]*):[^@\s/]*@"
+    r"(?<![A-Za-z0-9+.-])(?P<scheme>[A-Za-z][A-Za-z0-9+.-]{0,31}://)(?P<user>[^:/@\s]*):[^@\s/]*@"
 )
 _CONTROL_CHARACTERS = re.compile(r"[\x00-\x1f\x7f]")
 # Secrets by their shape, wherever they sit in a text (an exception message, a traceback, a
-# browser's error): password hashes, JWTs, credentials after an auth scheme, and the value after
-# a secret-sounding name (`token=…`, `"password": "…"`, `Authorization: Bearer …`).
-_SECRET_SHAPED = re.compile(
-    r"(?P<hash>\$argon2(?:id|i|d)\$[^\s'\")\]}]+|\$2[abxy]?\$\d\d\$[./A-Za-z0-9]{53})"
-    r"|(?P<jwt>\beyJ[\w-]{6,}\.[\w-]{6,}\.[\w-]*)"
-    r"|(?P<scheme>\b(?:bearer|basic|digest)\s+)[\w.~+/=-]{6,}"
-    r"|(?P<name>(?:token|password|passwd|secret|api_?key|authorization|cookie|session_?id)"
-    r"[\w-]*['\"]?\s*[=:]\s*['\"]?(?:(?:bearer|basic|digest)\s+)?)[^\s&'\",;)\]}]+",
+# browser's error). First whole tokens: password hashes in PHC/crypt form and JWTs.
+_SECRET_TOKENS = re.compile(
+    r"(?<![\w$])\$(?:argon2(?:id|i|d)|scrypt|pbkdf2[\w-]{0,16}|2[abxy]?|5|6)\$"
+    r"[^\s'\"<>)\]}]{8,512}"
+    r"|(?<![\w-])eyJ[\w-]{6,}\.[\w-]{6,}\.[\w-]*"
+)
+# Then credentials by context: a cookie header's whole value, the credentials after an auth
+# scheme, and the value after a secret-sounding name (`token=…`, `"password": "…"`,
+# `Authorization: Token …`, `x-api-key: …`), quoted values to their closing quote.
+_SECRET_VALUES = re.compile(
+    r"(?P<cookie>(?<![A-Za-z0-9])(?:set-)?cookie[ \t]*:[ \t]*)[^\r\n]+"
+    r"|(?P<scheme>(?<![\w-])(?:bearer|basic|digest)[ \t]+)[\w.~+/=-]{6,}"
+    r"|(?P<name>(?<![A-Za-z0-9])[\w-]{0,32}?"
+    r"(?:token|password|passwd|pwd|secret|api[_-]?key|authorization|cookie|session(?!s))"
+    r"[\w-]{0,32}['\"]?[ \t]*[=:][ \t]*(?:(?:bearer|basic|digest|token)[ \t]+)?)"
+    r"(?:\"[^\"\r\n]{0,1024}\"|'[^'\r\n]{0,1024}'|[^\s&'\",;()\[\]{}=]+)",
     re.IGNORECASE,
 )
 
@@ -191,15 +202,16 @@ def redact_url(text: str) -> str:
 
 def mask_secrets(text: str) -> str:
     """`text` with URL passwords and secret-shaped values (hashes, tokens, credentials) masked."""
-    # Every secret shape needs one of these characters: most short values (routes, names) are
-    # passed over without running the expression.
-    if "$" in text or ":" in text or "=" in text or " " in text or "eyJ" in text:
-        return _SECRET_SHAPED.sub(_mask, redact_url(text))
+    # Every secret shape needs one of these: most short values (routes, names) are passed over
+    # without running the expressions.
+    if "$" in text or ":" in text or "=" in text or " " in text or "\t" in text or "eyJ" in text:
+        text = _SECRET_TOKENS.sub(REDACTED, redact_url(text))
+        return _SECRET_VALUES.sub(_mask, text)
     return text
 
 
 def _mask(match: re.Match[str]) -> str:
-    prefix = match.group("scheme") or match.group("name") or ""
+    prefix = match.group("cookie") or match.group("scheme") or match.group("name") or ""
     return prefix + REDACTED
 
 
