@@ -48,8 +48,6 @@ async def hash_password(password: str) -> str:
 async def verify_password(password_hash: str | None, password: str) -> bool:
     """Check a password against a user's hash; with None (no such user), against a dummy hash
     with the current parameters, so that both answers take the same argon2 work."""
-    if password_hash is None:
-        return await _in_pool(_verify_dummy, password)
     return await _in_pool(_verify, password_hash, password)
 
 
@@ -65,16 +63,14 @@ def needs_rehash(password_hash: str) -> bool:
     return _hasher.check_needs_rehash(password_hash)
 
 
-def _verify(password_hash: str, password: str) -> bool:
+def _verify(password_hash: str | None, password: str) -> bool:
+    # The dummy is made by the first verification of either kind, so that the first login of a
+    # worker costs the same extra hash whether or not its username exists.
+    dummy = _dummy_hash()
     try:
-        return _hasher.verify(password_hash, password)
+        return _hasher.verify(password_hash or dummy, password) and password_hash is not None
     except (VerificationError, InvalidHashError):
         return False
-
-
-def _verify_dummy(password: str) -> bool:
-    _verify(_dummy_hash(), password)
-    return False
 
 
 @cache
@@ -84,6 +80,6 @@ def _dummy_hash() -> str:
     return _hasher.hash(secrets.token_urlsafe(16))
 
 
-def _in_pool(function: Callable[..., _T], *args: str) -> asyncio.Future[_T]:
+def _in_pool(function: Callable[..., _T], *args: str | None) -> asyncio.Future[_T]:
     pool: ThreadPoolExecutor = current_app.extensions[_EXTENSION]
     return asyncio.get_running_loop().run_in_executor(pool, function, *args)

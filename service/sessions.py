@@ -50,6 +50,9 @@ from service.unavailable import DependencyUnavailable
 logger = structlog.get_logger(__name__)
 
 SESSION_COOKIE_NAME = "scene_packer_session"
+# v2: cookies signed before server-side sessions (they carried the user id) fail the signature
+# check instead of costing a session lookup.
+SESSION_COOKIE_SALT = "scene-packer-session-v2"
 # The longest a cached session may be believed without the database; also the longest a revoked
 # session could live on in the cache if the revocation could not reach it (the logout then
 # answers 503, so the client knows to retry).
@@ -348,9 +351,7 @@ def init_sessions(app: Quart, settings: Settings, metrics: Metrics) -> SessionSt
         QUART_AUTH_COOKIE_NAME=SESSION_COOKIE_NAME,
         QUART_AUTH_COOKIE_SECURE=settings.cookie_secure,
         QUART_AUTH_DURATION=settings.session_duration_seconds,
-        # v2: cookies signed before server-side sessions (they carried the user id) fail the
-        # signature check instead of costing a session lookup.
-        QUART_AUTH_SALT="scene-packer-session-v2",
+        QUART_AUTH_SALT=SESSION_COOKIE_SALT,
     )
     _SessionAuth(app, store)
     metrics.add_scrape_reader(store.refresh_gauge)

@@ -336,8 +336,15 @@ def test_secret_shaped_values_are_masked_in_messages_and_tracebacks(
         logging.getLogger("stdlib.t").exception("stdlib_failure")
     structlog.get_logger("t").warning("upstream", detail="sent Authorization: Bearer abc123XYZ.def")
     logging.getLogger("stdlib.t").warning("api_key=%s rejected", "k-12345678")
+    structlog.get_logger("t").warning("row", detail=f"password_hash={ARGON2_HASH} user=bob")
+    structlog.get_logger("t").warning("body", detail='{"password": "violet quartz ember"}')
+    structlog.get_logger("t").warning("hdr", detail="Cookie: theme=dark; scene_packer_session=s3s")
+    structlog.get_logger("t").warning("hdr", detail="X-Api-Key: key-5551 and pwd=pw-7781")
     output = stream.getvalue()
-    for secret in ("$argon2id", "c2FsdHNhbHQxMjM0", JWT, "eyJzdWIiOiI0MiJ9", "abc123XYZ", "k-1234"):
+    secrets = ("$argon2id", "c2FsdHNhbHQxMjM0", "aGFzaGhhc2hoYXNo", JWT, "eyJzdWIiOiI0MiJ9")
+    secrets += ("abc123XYZ", "k-1234", "quartz", "s3s", "key-5551", "pw-7781")
+    for secret in secrets:
         assert secret not in output
-    assert output.count("[REDACTED]") >= 5
+    assert output.count("[REDACTED]") >= 9
+    assert "user=bob" in output
     assert "ValueError" in output and "insert failed" in output  # the failure itself stays

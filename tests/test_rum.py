@@ -237,6 +237,11 @@ async def test_js_errors_are_logged_without_user_data(rum: Client) -> None:
         ("key 9f86d081884c7d659a2feaa0c55ad015a3bf4f1b failed", "9f86d081884c7d659a2f"),
         ("leaked sk_live_4eC39HqLyjWDarjtT1zdp7dc", "4eC39HqLyjWDarjtT1zdp7dc"),
         ("reset for carol.smith+books@mail.example", "carol.smith"),
+        ("retry with pwd: SECRETPWD555", "SECRETPWD555"),
+        ("resume session=SECRETSESSION888xyz", "SECRETSESSION888xyz"),
+        ("header X-Api-Key: SECRETHDR125", "SECRETHDR125"),
+        ("encoded ?token%3DSECRETENC000", "SECRETENC000"),
+        ("two\nlines", "\n"),
     ],
 )
 async def test_js_error_messages_are_scrubbed_of_tokens(

@@ -25,7 +25,7 @@ from service.db.users import (
 )
 from service.errors import APIError
 from service.observability.context import bind_user
-from service.observability.metrics import Metrics
+from service.observability.metrics import LoginResult, Metrics
 from service.passwords import check_new_password, hash_password, needs_rehash, verify_password
 from service.rate_limits import login_limits, register_limits
 from service.sessions import SessionStore, SessionUser, current_session, keep_cookie
@@ -93,7 +93,7 @@ def create_blueprint(settings: Settings, sessions: SessionStore, metrics: Metric
         # answer must not tell whether the username exists.
         verified = await verify_password(user.password_hash if user else None, data.password)
         if user is None or not verified:
-            metrics.auth_logins.inc({"result": "invalid_credentials"})
+            metrics.login_answered("invalid_credentials")
             logger.warning("login_failed", username=username, reason="invalid_credentials")
             raise APIError(401, "invalid_credentials", "Wrong username or password.")
         new_hash = await hash_password(data.password) if needs_rehash(user.password_hash) else None
@@ -103,16 +103,22 @@ def create_blueprint(settings: Settings, sessions: SessionStore, metrics: Metric
         await _forget_profile(user.id)
         login_user(SessionUser(token, store=sessions))
         bind_user(user.id)
-        metrics.auth_logins.inc({"result": "success"})
+        metrics.login_answered("success")
         logger.info("login_success", user_id=user.id)
         return jsonify({"id": user.id, "username": user.username})
+
+    @blueprint.after_request
+    async def no_store(response: Response) -> Response:
+        # Profiles, session cookies and auth errors are per user: no cache may keep them.
+        response.headers["Cache-Control"] = "no-store"
+        return response
 
     @blueprint.after_request
     async def log_rejected_login(response: Response) -> Response:
         reason = _REJECTED_LOGIN_REASONS.get(response.status_code)
         if request.endpoint == "auth.login" and request.method == "POST" and reason is not None:
             username = await _submitted_username() if response.status_code != 413 else None
-            metrics.auth_logins.inc({"result": reason})
+            metrics.login_answered(reason)
             logger.warning("login_failed", username=username, reason=reason)
         return response
 
@@ -125,7 +131,7 @@ def create_blueprint(settings: Settings, sessions: SessionStore, metrics: Metric
         if token is not None:
             user_id = await sessions.end(token)
             if user_id is not None:
-                metrics.auth_logouts.inc({"scope": "session"})
+                metrics.logged_out("session")
                 logger.info("logout", user_id=user_id)
         logout_user()
         return Response(status=204)
@@ -142,7 +148,7 @@ def create_blueprint(settings: Settings, sessions: SessionStore, metrics: Metric
         bind_user(user_id)
         ended = await sessions.end_all(user_id)
         logout_user()
-        metrics.auth_logouts.inc({"scope": "all"})
+        metrics.logged_out("all")
         logger.info("logout_all", user_id=user_id, sessions_ended=ended)
         return jsonify(SessionsEnded(sessions_ended=ended).model_dump())
 
@@ -159,7 +165,11 @@ def create_blueprint(settings: Settings, sessions: SessionStore, metrics: Metric
     return blueprint
 
 
-_REJECTED_LOGIN_REASONS = {400: "invalid_input", 413: "invalid_input", 429: "rate_limited"}
+_REJECTED_LOGIN_REASONS: dict[int, LoginResult] = {
+    400: "invalid_input",
+    413: "invalid_input",
+    429: "rate_limited",
+}
 
 
 async def _submitted_username() -> str | None:

@@ -56,7 +56,7 @@ _SECRET_VALUES = re.compile(
     r"|(?P<scheme>(?<![\w-])(?:bearer|basic|digest)[ \t]+)[\w.~+/=-]{6,}"
     r"|(?P<name>(?<![A-Za-z0-9])[\w-]{0,32}?"
     r"(?:token|password|passwd|pwd|secret|api[_-]?key|authorization|cookie|session(?!s))"
-    r"[\w-]{0,32}['\"]?[ \t]*[=:][ \t]*(?:(?:bearer|basic|digest|token)[ \t]+)?)"
+    r"[\w-]{0,32}['\"]?[ \t]*(?:[=:]|%3d)[ \t]*(?:(?:bearer|basic|digest|token)[ \t]+)?)"
     r"(?:\"[^\"\r\n]{0,1024}\"|'[^'\r\n]{0,1024}'|[^\s&'\",;()\[\]{}=]+)",
     re.IGNORECASE,
 )

@@ -15,7 +15,7 @@ from bisect import bisect_left
 from collections.abc import Awaitable, Callable
 from functools import lru_cache
 from itertools import accumulate
-from typing import Any
+from typing import Any, Literal, get_args
 
 import psutil
 from aioprometheus.collectors import Counter, Gauge, Histogram, Registry
@@ -50,8 +50,10 @@ KNOWN_ERROR_TYPES = frozenset(
         "KeyError", "AttributeError", "AssertionError", "NotImplementedError", "ZeroDivisionError",
     }
 )  # fmt: skip
-LOGIN_RESULTS = ("success", "invalid_credentials", "invalid_input", "rate_limited")
-LOGOUT_SCOPES = ("session", "all")
+LoginResult = Literal["success", "invalid_credentials", "invalid_input", "rate_limited"]
+LOGIN_RESULTS: tuple[LoginResult, ...] = get_args(LoginResult)
+LogoutScope = Literal["session", "all"]
+LOGOUT_SCOPES: tuple[LogoutScope, ...] = get_args(LogoutScope)
 _STATUS_TEXT = {status: str(status) for status in range(100, 600)}
 _EXTENSION = "metrics"
 _ACTIVE_USERS_KEY = "active_users"
@@ -191,10 +193,14 @@ class Metrics:
             registry=r,
         )
         self.auth_logins = Counter(
-            "auth_logins_total", "Login attempts answered, by result.", registry=r
+            "auth_logins_total",
+            "Login attempts answered 200, 400, 401, 413 or 429, by result.",
+            registry=r,
         )
         self.auth_logouts = Counter(
-            "auth_logouts_total", "Sessions ended by the user, by scope.", registry=r
+            "auth_logouts_total",
+            "Logouts that ended sessions: one per logout, one per logout-all, by scope.",
+            registry=r,
         )
         # Present from the first scrape, so rate() sees the first event of every process.
         for result in LOGIN_RESULTS:
@@ -322,6 +328,12 @@ class Metrics:
             self._requests.key(labels),
             self._durations.key((method, endpoint)),
         )
+
+    def login_answered(self, result: LoginResult) -> None:
+        self.auth_logins.inc({"result": result})
+
+    def logged_out(self, scope: LogoutScope) -> None:
+        self.auth_logouts.inc({"scope": scope})
 
     def record_error(self, exception: BaseException) -> None:
         self.app_errors.inc({"type": error_type_label(exception)})

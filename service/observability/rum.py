@@ -192,10 +192,10 @@ def _template(adapter: MapAdapter, path: str, method: str) -> str | None:
 
 
 def scrub_message(message: str) -> str:
-    """A JS error message for the log: short, and without URLs, secrets (`token=…`, `Bearer …`,
-    JWTs, hashes), long hex or base64 runs, e-mail addresses or long numbers (identifiers, card
-    or phone numbers) a page might have put in it."""
-    text = _URL.sub("<url>", message[: MAX_MESSAGE * 2])
+    """A JS error message for the log: short, on one line, and without URLs, secrets
+    (`token=…`, `Bearer …`, JWTs, hashes), long hex or base64 runs, e-mail addresses or long
+    numbers (identifiers, card or phone numbers) a page might have put in it."""
+    text = _URL.sub("<url>", " ".join(message[: MAX_MESSAGE * 2].split()))
     text = mask_secrets(text)
     text = _LONG_TOKEN.sub("<token>", text)
     text = _EMAIL.sub("<email>", text)
