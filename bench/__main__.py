@@ -17,6 +17,7 @@ BENCHMARKS = {
     "instructions": "bench.instructions",
     "login": "bench.login_instructions",
     "login_timing": "bench.login_timing",
+    "password_policy": "bench.password_policy",
 }
 
 

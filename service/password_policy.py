@@ -9,7 +9,7 @@ guesses (zxcvbn score below 3, where "safely unguessable" begins) is refused.
 
 zxcvbn is pure Python and holds the GIL. Its l33t matcher tries every combination of the
 substitutions a password's symbols and digits allow, so its time grows with how many distinct
-such characters there are: up to 3 s for 72 characters of them (measured, bench/README.md). A
+such characters there are: 2.4 s for 72 characters of 20 of them (bench/README.md). A
 password with more than `_FULL_ANALYSIS_MAX_LEET` distinct ones is therefore judged on its first
 `_CAPPED_WINDOW` characters, each further character counted as zxcvbn counts an unmatched one (ten
 guesses): such a password is a jumble of symbols, not a word in disguise. A password that is one
@@ -32,7 +32,7 @@ WeaknessReason = Literal["too_short", "contains_username", "guessable"]
 MIN_GUESSES_LOG10 = 8.0  # zxcvbn's score 3
 # zxcvbn refuses longer input; what lies beyond can only make a password harder to guess.
 _WINDOW = 72
-_FULL_ANALYSIS_MAX_LEET = 6
+_FULL_ANALYSIS_MAX_LEET = 4
 _CAPPED_WINDOW = 16
 # A username this short is an ordinary syllable ("ann" in "planning"): only equality counts.
 _MIN_USERNAME_TO_SEARCH = 4

@@ -5,6 +5,7 @@ from __future__ import annotations
 import re
 from pathlib import Path
 
+from service import sessions
 from service.app import create_app
 from service.observability.metrics import Metrics
 from service.settings import Settings, load_settings
@@ -53,3 +54,17 @@ def test_every_metric_is_in_the_metrics_table(tmp_path: Path) -> None:
     names = [collector.name for collector in metrics.registry.get_all()]
     missing = [name for name in names if f"`{name}`" not in documented]
     assert names and not missing, f"metrics missing from README: {missing}"
+
+
+def test_the_session_constants_readme_names_have_the_values_it_gives() -> None:
+    # README writes these two in minutes.
+    assert (sessions._TOMBSTONE_SECONDS, sessions.PURGE_INTERVAL_SECONDS) == (300, 600)
+    for text in (
+        f"`SESSION_CACHE_SECONDS` ({sessions.SESSION_CACHE_SECONDS} s)",
+        f"`COUNT_INTERVAL_SECONDS` ({sessions.COUNT_INTERVAL_SECONDS} s)",
+        "`_TOMBSTONE_SECONDS`, 5 minutes",
+        "`PURGE_INTERVAL_SECONDS` (10 minutes)",
+        "`PURGE_BATCH` rows",
+        "`SESSION_COOKIE_SALT`",
+    ):
+        assert text in " ".join(README.split()), f"README no longer says {text!r}"
