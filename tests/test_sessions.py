@@ -256,6 +256,19 @@ async def test_a_logout_all_the_cache_missed_ends_nothing_and_a_retry_ends_all(
         await proxy.cut()
 
 
+async def test_a_new_login_replaces_the_browser_s_old_session(
+    client: Client, app: Quart, database: AsyncEngine
+) -> None:
+    await register(client)
+    old = _cookie(await login(client))
+    await login(client)  # the same browser, its cookie sent
+    assert await _session_rows(database) == 1
+    replay = app.test_client()
+    _use(replay, old)
+    assert (await replay.get("/api/auth/me")).status_code == 401
+    assert (await client.get("/api/auth/me")).status_code == 200
+
+
 async def test_a_dead_cookie_is_cleared(client: Client, app: Quart) -> None:
     await register(client)
     cookie = _cookie(await login(client))

@@ -101,10 +101,13 @@ def create_blueprint(settings: Settings, sessions: SessionStore, metrics: Metric
             await update_login(session, user.id, new_hash)
             token = await sessions.start(session, user.id)
         await _forget_profile(user.id)
+        previous = current_user.auth_id
         login_user(SessionUser(token, store=sessions))
         bind_user(user.id)
         metrics.login_answered("success")
         logger.info("login_success", user_id=user.id)
+        if previous is not None:
+            await _end_replaced_session(sessions, previous)
         return jsonify({"id": user.id, "username": user.username})
 
     @blueprint.after_request
@@ -186,6 +189,15 @@ async def _current_user_id() -> int:
     if session is None:
         raise APIError(401, "unauthorized", "Authentication is required.")
     return session.user_id
+
+
+async def _end_replaced_session(sessions: SessionStore, token: str) -> None:
+    """A login from a browser that had a session replaces it: the old one is ended, so sessions
+    do not pile up. The login has succeeded whatever happens here."""
+    try:
+        await sessions.end(token)
+    except Exception:
+        logger.warning("replaced_session_not_ended", exc_info=True)
 
 
 def _profile(user: User) -> Profile:
