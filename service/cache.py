@@ -162,7 +162,8 @@ class RedisCache:
             value = await self.client.get(self.prefix + key)
         except (RedisError, OSError) as exc:
             raise CacheError("get failed") from exc
-        return value.decode() if isinstance(value, bytes) else value
+        # Bytes this code did not write must not fail the read: callers parse what they get.
+        return value.decode(errors="replace") if isinstance(value, bytes) else value
 
     async def set(self, key: str, value: str, ttl: float) -> None:
         try:

@@ -234,8 +234,14 @@ class SessionStore:
             return None, False
         if value == _TOMBSTONE:
             return None, True
-        user_id, expires_at, last_seen_at = orjson.loads(value)
-        return ActiveSession(session_id, user_id, expires_at, last_seen_at), True
+        try:
+            user_id, expires_at, last_seen_at = orjson.loads(value)
+            return ActiveSession(
+                session_id, int(user_id), float(expires_at), float(last_seen_at)
+            ), True
+        except (ValueError, TypeError):  # not written by this code: ask the database
+            logger.warning("session_cache_entry_unreadable")
+            return None, False
 
     async def _remember(self, session: ActiveSession, now: float, read_at: float) -> None:
         if self._cache is None:

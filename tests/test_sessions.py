@@ -15,6 +15,7 @@ import httpx
 import pytest
 from quart import Quart
 from quart_auth import generate_auth_token
+from quart_auth.extension import _AuthSerializer
 from sqlalchemy import func, select, update
 from sqlalchemy.engine import make_url
 from sqlalchemy.ext.asyncio import AsyncEngine, create_async_engine
@@ -375,3 +376,26 @@ async def engine_for(url: str) -> AsyncIterator[AsyncEngine]:
         yield engine
     finally:
         await engine.dispose()
+
+
+async def test_an_unreadable_cache_entry_is_read_from_the_database(
+    postgres_url: str, tmp_path: Path
+) -> None:
+    import redis.asyncio as aioredis
+
+    from service.sessions import SESSION_COOKIE_SALT, stored_id
+
+    settings = make_settings("postgres", postgres_url, tmp_path)
+    app = create_app(settings)
+    redis = aioredis.Redis.from_url(REDIS_URL)
+    try:
+        async with app.test_app() as test_app:
+            client = test_app.test_client()
+            await register(client, "kate")
+            cookie = _cookie(await login(client, "kate"))
+            token = _AuthSerializer(app.secret_key, SESSION_COOKIE_SALT).loads(cookie)
+            key = f"{settings.cache_key_prefix}session:{stored_id(token)}"
+            await redis.set(key, b"\xff not json", ex=60)
+            assert (await client.get("/api/auth/me")).status_code == 200
+    finally:
+        await redis.aclose()
