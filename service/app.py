@@ -13,6 +13,7 @@ from quart.typing import ResponseReturnValue
 from quart.wrappers import Request
 from quart_schema import QuartSchema
 
+from service.active_users import ActiveUsers, init_active_users
 from service.blueprints import auth, health, meta, rum
 from service.blueprints import metrics as metrics_blueprint
 from service.cache import CacheError, init_cache
@@ -21,7 +22,7 @@ from service.errors import register_error_handlers
 from service.observability.context import bind_route, bind_user, current_context
 from service.observability.health import init_health
 from service.observability.logging import configure_logging
-from service.observability.metrics import get_metrics, init_metrics, instrument_engine
+from service.observability.metrics import init_metrics, instrument_engine
 from service.observability.middleware import RequestObserver
 from service.observability.multiprocess import init_worker_snapshots
 from service.passwords import init_passwords
@@ -36,8 +37,8 @@ _ExcInfo = tuple[type[BaseException], BaseException, TracebackType] | tuple[None
 
 
 class ServiceApp(Quart):
-    # Set by create_app when REQUEST_OBSERVABILITY is on.
-    binds_request_context = False
+    # Set by create_app when REQUEST_OBSERVABILITY is on: who to tell about a signed-in user.
+    active_users: ActiveUsers | None = None
 
     async def preprocess_request(
         self, request_context: RequestContext | None = None
@@ -45,8 +46,9 @@ class ServiceApp(Quart):
         # Route and user are bound here rather than in a before_request hook: Quart wraps every
         # hook call in `ensure_async` (an `inspect` check per call), which cost more than the
         # binding itself on every request (bench/README.md, Instructions).
-        if self.binds_request_context:
-            await _bind_request_context((request_context or request_ctx).request)
+        if self.active_users is not None:
+            request = (request_context or request_ctx).request
+            await _bind_request_context(request, self.active_users)
         return await super().preprocess_request(request_context)
 
     def log_exception(self, exc_info: _ExcInfo) -> None:
@@ -62,15 +64,15 @@ def create_app(settings: Settings | None = None) -> ServiceApp:
         SECRET_KEY=settings.effective_secret_key,
         MAX_CONTENT_LENGTH=settings.max_body_bytes,
     )
-    app.extensions["settings"] = settings
 
     metrics = init_metrics(app, settings)
     init_db(app, settings, instrument=lambda engine: instrument_engine(engine, metrics))
     init_cache(app, settings, metrics.cache_requests, metrics.cache_errors)
     init_health(app, settings, metrics)
     init_worker_snapshots(app, metrics, settings)
-    rum.init_rum(app, settings)
-    app.binds_request_context = settings.request_observability
+    active_users = init_active_users(app, settings, metrics)
+    if settings.request_observability:
+        app.active_users = active_users
     init_rate_limits(app, settings)
     init_passwords(app, settings)
     sessions = init_sessions(app, settings, metrics)
@@ -83,16 +85,16 @@ def create_app(settings: Settings | None = None) -> ServiceApp:
     register_error_handlers(app)
 
     app.register_blueprint(meta.blueprint)
-    app.register_blueprint(metrics_blueprint.blueprint)
+    app.register_blueprint(metrics_blueprint.create_blueprint(settings, metrics))
     app.register_blueprint(health.blueprint)
-    app.register_blueprint(rum.blueprint)
+    app.register_blueprint(rum.create_blueprint(app, settings, metrics))
     app.register_blueprint(auth.create_blueprint(settings, sessions, metrics))
     if settings.request_observability:
         app.asgi_app = RequestObserver(app.asgi_app, settings, metrics)  # type: ignore[method-assign]
     return app
 
 
-async def _bind_request_context(request: Request) -> None:
+async def _bind_request_context(request: Request, active_users: ActiveUsers) -> None:
     context = current_context()
     if context is None:
         return
@@ -113,4 +115,4 @@ async def _bind_request_context(request: Request) -> None:
         bind_user(session.user_id)
         # A cache failure is counted by the cache wrapper; it must not fail the request.
         with suppress(CacheError):
-            await get_metrics().mark_active_user(session.user_id)
+            await active_users.mark(session.user_id)

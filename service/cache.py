@@ -7,7 +7,8 @@ from __future__ import annotations
 
 import time
 from collections import OrderedDict
-from collections.abc import Awaitable
+from collections.abc import Awaitable, Iterator
+from contextlib import contextmanager
 from typing import Any, Protocol
 
 import redis.asyncio as aioredis
@@ -37,13 +38,11 @@ class Cache(Protocol):
     async def set_unless(self, key: str, value: str, ttl: float, *, unless: str) -> None: ...
     async def set_many(self, keys: list[str], value: str, ttl: float) -> None: ...
     async def delete(self, key: str) -> None: ...
-    async def incr(self, key: str, ttl: float) -> int: ...
     async def acquire_rate(
         self, key: str, now: float, interval: float, period: float
     ) -> tuple[float, float]: ...
-    async def mark_seen(self, key: str, member: str, at: float) -> None: ...
+    async def mark_seen(self, key: str, member: str, at: float, ttl: float) -> None: ...
     async def count_seen(self, key: str, since: float) -> int: ...
-    async def ping(self) -> None: ...
     async def close(self) -> None: ...
 
 
@@ -84,13 +83,6 @@ class MemoryCache:
     async def delete(self, key: str) -> None:
         self._entries.pop(key, None)
 
-    async def incr(self, key: str, ttl: float) -> int:
-        current = await self.get(key)
-        value = int(current or 0) + 1
-        expires_at = self._entries[key][1] if current is not None else time.monotonic() + ttl
-        self._entries[key] = (str(value), expires_at)
-        return value
-
     async def acquire_rate(
         self, key: str, now: float, interval: float, period: float
     ) -> tuple[float, float]:
@@ -103,7 +95,8 @@ class MemoryCache:
             self._entries[key] = (repr(tat), time.monotonic() + (tat - now) + 1)
         return wait, tat
 
-    async def mark_seen(self, key: str, member: str, at: float) -> None:
+    async def mark_seen(self, key: str, member: str, at: float, ttl: float) -> None:
+        # Members older than `since` are dropped by count_seen; the TTL matters only to Redis.
         members = self._seen.setdefault(key, {})
         members[member] = at
         if len(members) > self._max_entries:
@@ -115,9 +108,6 @@ class MemoryCache:
         for member in [m for m, at in members.items() if at < since]:
             del members[member]
         return len(members)
-
-    async def ping(self) -> None:
-        return None
 
     async def close(self) -> None:
         self._entries.clear()
@@ -158,80 +148,52 @@ class RedisCache:
         self._set_unless = client.register_script(_SET_UNLESS)
 
     async def get(self, key: str) -> str | None:
-        try:
+        with _redis_failure("get"):
             value = await self.client.get(self.prefix + key)
-        except (RedisError, OSError) as exc:
-            raise CacheError("get failed") from exc
         # Bytes this code did not write must not fail the read: callers parse what they get.
         return value.decode(errors="replace") if isinstance(value, bytes) else value
 
     async def set(self, key: str, value: str, ttl: float) -> None:
-        try:
+        with _redis_failure("set"):
             await self.client.set(self.prefix + key, value, px=_millis(ttl))
-        except (RedisError, OSError) as exc:
-            raise CacheError("set failed") from exc
 
     async def set_unless(self, key: str, value: str, ttl: float, *, unless: str) -> None:
-        try:
+        with _redis_failure("set_unless"):
             await self._set_unless(keys=[self.prefix + key], args=[value, _millis(ttl), unless])
-        except (RedisError, OSError) as exc:
-            raise CacheError("set_unless failed") from exc
 
     async def set_many(self, keys: list[str], value: str, ttl: float) -> None:
-        try:
+        with _redis_failure("set_many"):
             async with self.client.pipeline(transaction=False) as pipe:
                 for key in keys:
                     pipe.set(self.prefix + key, value, px=_millis(ttl))
                 await pipe.execute()
-        except (RedisError, OSError) as exc:
-            raise CacheError("set_many failed") from exc
 
     async def delete(self, key: str) -> None:
-        try:
+        with _redis_failure("delete"):
             await self.client.delete(self.prefix + key)
-        except (RedisError, OSError) as exc:
-            raise CacheError("delete failed") from exc
-
-    async def incr(self, key: str, ttl: float) -> int:
-        try:
-            async with self.client.pipeline(transaction=True) as pipe:
-                pipe.incr(self.prefix + key)
-                pipe.pexpire(self.prefix + key, max(1, int(ttl * 1000)), nx=True)
-                value, _ = await pipe.execute()
-        except (RedisError, OSError) as exc:
-            raise CacheError("incr failed") from exc
-        return int(value)
 
     async def acquire_rate(
         self, key: str, now: float, interval: float, period: float
     ) -> tuple[float, float]:
-        try:
+        with _redis_failure("acquire_rate"):
             wait, tat = await self._acquire(keys=[self.prefix + key], args=[now, interval, period])
-        except (RedisError, OSError) as exc:
-            raise CacheError("acquire_rate failed") from exc
         return float(wait), float(tat)
 
-    async def mark_seen(self, key: str, member: str, at: float) -> None:
-        try:
-            await self.client.zadd(self.prefix + key, {member: at})
-        except (RedisError, OSError) as exc:
-            raise CacheError("mark_seen failed") from exc
+    async def mark_seen(self, key: str, member: str, at: float, ttl: float) -> None:
+        """Add a member with a score; the whole set expires `ttl` after its last addition."""
+        with _redis_failure("mark_seen"):
+            async with self.client.pipeline(transaction=True) as pipe:
+                pipe.zadd(self.prefix + key, {member: at})
+                pipe.pexpire(self.prefix + key, _millis(ttl))
+                await pipe.execute()
 
     async def count_seen(self, key: str, since: float) -> int:
-        try:
+        with _redis_failure("count_seen"):
             async with self.client.pipeline(transaction=True) as pipe:
                 pipe.zremrangebyscore(self.prefix + key, "-inf", f"({since}")
                 pipe.zcard(self.prefix + key)
                 _, count = await pipe.execute()
-        except (RedisError, OSError) as exc:
-            raise CacheError("count_seen failed") from exc
         return int(count)
-
-    async def ping(self) -> None:
-        try:
-            await self.client.ping()
-        except (RedisError, OSError) as exc:
-            raise CacheError("ping failed") from exc
 
     async def close(self) -> None:
         await self.client.aclose()
@@ -271,10 +233,6 @@ class InstrumentedCache:
     async def delete(self, key: str) -> None:
         await self._counted("delete", self.inner.delete(key))
 
-    async def incr(self, key: str, ttl: float) -> int:
-        value: int = await self._counted("incr", self.inner.incr(key, ttl))
-        return value
-
     async def acquire_rate(
         self, key: str, now: float, interval: float, period: float
     ) -> tuple[float, float]:
@@ -283,15 +241,12 @@ class InstrumentedCache:
         )
         return result
 
-    async def mark_seen(self, key: str, member: str, at: float) -> None:
-        await self._counted("mark_seen", self.inner.mark_seen(key, member, at))
+    async def mark_seen(self, key: str, member: str, at: float, ttl: float) -> None:
+        await self._counted("mark_seen", self.inner.mark_seen(key, member, at, ttl))
 
     async def count_seen(self, key: str, since: float) -> int:
         value: int = await self._counted("count_seen", self.inner.count_seen(key, since))
         return value
-
-    async def ping(self) -> None:
-        await self.inner.ping()
 
     async def close(self) -> None:
         await self.inner.close()
@@ -307,6 +262,15 @@ class InstrumentedCache:
         except CacheError:
             self._errors.inc({})
             raise
+
+
+@contextmanager
+def _redis_failure(operation: str) -> Iterator[None]:
+    """Redis and network errors become CacheError, which callers handle without knowing Redis."""
+    try:
+        yield
+    except (RedisError, OSError) as exc:
+        raise CacheError(f"{operation} failed") from exc
 
 
 def _millis(seconds: float) -> int:

@@ -35,13 +35,6 @@ class APIError(Exception):
         self.reason = reason  # a finer, stable code within `code` (weak_password: too_short)
 
 
-class ServiceUnavailable(APIError):
-    """A dependency (database or cache) failed; the client may retry later."""
-
-    def __init__(self, message: str = "A backing service is unavailable; retry later.") -> None:
-        super().__init__(503, "service_unavailable", message)
-
-
 _HTTP_CODES = {
     400: ("bad_request", "The request could not be understood."),
     401: ("unauthorized", "Authentication is required."),

@@ -21,11 +21,18 @@ from quart_rate_limiter import RateLimit, RateLimiter, RateLimitExceeded
 from quart_rate_limiter.store import RateLimiterStoreABC
 
 from service.cache import CacheError, get_cache
-from service.errors import ServiceUnavailable
 from service.observability.context import request_client_ip
 from service.settings import Settings
+from service.unavailable import DependencyUnavailable
 
 _KEY_PREFIX = "ratelimit:"
+
+
+class RateLimitsUnavailable(DependencyUnavailable):
+    """The shared cache that holds the limits could not answer: fail closed."""
+
+    def __init__(self) -> None:
+        super().__init__("A backing service is unavailable; retry later.")
 
 
 class CacheStore(RateLimiterStoreABC):
@@ -52,7 +59,7 @@ class CacheStore(RateLimiterStoreABC):
                 _KEY_PREFIX + key, now, limit.inverse, limit.period.total_seconds()
             )
         except CacheError as exc:
-            raise ServiceUnavailable() from exc
+            raise RateLimitsUnavailable() from exc
         return wait, tat - now
 
 

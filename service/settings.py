@@ -10,7 +10,7 @@ import ipaddress
 import os
 from enum import StrEnum
 from pathlib import Path
-from typing import Annotated, Any
+from typing import Annotated, Any, Literal, get_args
 
 from pydantic import Field, SecretStr, ValidationError, field_validator, model_validator
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
@@ -18,7 +18,9 @@ from werkzeug.routing import Map, Rule
 
 DEVELOPMENT_SECRET_KEY = "development-only-secret-key-do-not-use-in-production"
 MIN_PRODUCTION_SECRET_KEY_LENGTH = 32
-HEALTH_CHECKS = ("database", "cache", "disk", "memory")
+CheckName = Literal["database", "cache", "disk", "memory"]
+HEALTH_CHECKS: tuple[CheckName, ...] = get_args(CheckName)
+DEFAULT_CRITICAL_CHECKS: tuple[CheckName, ...] = ("database", "cache")
 MAX_PASSWORD_LENGTH = 256
 
 
@@ -70,8 +72,8 @@ class Settings(BaseSettings):
     health_check_timeout: float = Field(default=0.5, gt=0, le=30)
     health_cache_ttl: float = Field(default=1.0, ge=0, le=300)
     health_refresh_seconds: float = Field(default=5.0, ge=0, le=3600)
-    health_critical_checks: Annotated[list[str], NoDecode] = Field(
-        default_factory=lambda: ["database", "cache"]
+    health_critical_checks: Annotated[list[CheckName], NoDecode] = Field(
+        default_factory=lambda: list(DEFAULT_CRITICAL_CHECKS)
     )
     health_disk_path: Path | None = None
     disk_warning_free_percent: float = Field(default=20.0, ge=0, le=100)
@@ -131,10 +133,23 @@ class Settings(BaseSettings):
             raise ValueError("must start with redis://, rediss:// or unix://")
         return value
 
-    @field_validator("trusted_proxies", mode="before")
+    @field_validator(
+        "trusted_proxies",
+        "health_critical_checks",
+        "rum_pages",
+        "rum_allowed_origins",
+        mode="before",
+    )
     @classmethod
-    def _split_proxies(cls, value: Any) -> Any:
-        value = _comma_list(value)
+    def _comma_list(cls, value: Any) -> Any:
+        """A list setting may be given as comma-separated text in the environment."""
+        if isinstance(value, str):
+            return [part.strip() for part in value.split(",") if part.strip()]
+        return value
+
+    @field_validator("trusted_proxies")
+    @classmethod
+    def _networks(cls, value: list[str]) -> list[str]:
         for network in value:
             try:
                 ipaddress.ip_network(network, strict=False)
@@ -145,16 +160,16 @@ class Settings(BaseSettings):
     @field_validator("health_critical_checks", mode="before")
     @classmethod
     def _known_checks(cls, value: Any) -> Any:
-        value = _comma_list(value)
+        # Before pydantic's own Literal check, for a message that lists the choices.
+        value = _split_commas(value)
         unknown = sorted(set(value) - set(HEALTH_CHECKS))
         if unknown:
             raise ValueError(f"unknown checks {unknown}; choose from {', '.join(HEALTH_CHECKS)}")
         return value
 
-    @field_validator("rum_pages", mode="before")
+    @field_validator("rum_pages")
     @classmethod
-    def _page_templates(cls, value: Any) -> Any:
-        value = _comma_list(value)
+    def _page_templates(cls, value: list[str]) -> list[str]:
         for page in value:
             if not page.startswith("/"):
                 raise ValueError(f"{page!r} is not a path template such as /books/<int:book_id>")
@@ -164,10 +179,10 @@ class Settings(BaseSettings):
                 raise ValueError(f"{page!r} is not a valid path template: {exc}") from None
         return value
 
-    @field_validator("rum_allowed_origins", mode="before")
+    @field_validator("rum_allowed_origins")
     @classmethod
-    def _origins(cls, value: Any) -> Any:
-        value = [origin.rstrip("/") for origin in _comma_list(value)]
+    def _origins(cls, value: list[str]) -> list[str]:
+        value = [origin.rstrip("/") for origin in value]
         for origin in value:
             if not origin.startswith(("http://", "https://")):
                 raise ValueError(f"{origin!r} is not an origin such as https://books.example")
@@ -234,7 +249,7 @@ def load_settings(**overrides: Any) -> Settings:
         raise SettingsError(_describe(exc)) from None
 
 
-def _comma_list(value: Any) -> Any:
+def _split_commas(value: Any) -> Any:
     """A list setting may be given as comma-separated text in the environment."""
     if isinstance(value, str):
         return [part.strip() for part in value.split(",") if part.strip()]

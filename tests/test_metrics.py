@@ -244,3 +244,15 @@ async def test_request_observability_can_be_turned_off(settings: Settings) -> No
         samples = parse(await _scrape(client))
     assert not [key for key in samples if key[0] == "http_requests_total"]
     assert value(samples, "app_info", version=_version(samples), environment="development") == 1
+
+
+def test_a_gauge_without_a_merge_mode_is_refused() -> None:
+    from aioprometheus.collectors import Gauge, Registry
+
+    from service.observability import exposition
+
+    registry = Registry()
+    Gauge("declared_carelessly", "No merge mode.", registry=registry).set({}, 1)
+    with pytest.raises(ValueError, match="declared_carelessly"):
+        exposition.snapshot(registry, {})
+    assert exposition.snapshot(registry, {"declared_carelessly": "max"})

@@ -15,6 +15,7 @@ from typing import Any
 import httpx
 import yaml
 
+from service.settings import Settings
 from tests.conftest import REDIS_URL
 from tests.server import Server, running_server
 from tests.stack import (
@@ -78,6 +79,17 @@ def test_every_alert_is_documented_and_unit_tested() -> None:
     ]
     assert sorted(p95) == ["critical", "warning"]
     assert "histogram_quantile(0.95" in (PROMETHEUS_DIR / "rules" / "recording.yml").read_text()
+
+
+def test_resource_alerts_use_the_health_check_thresholds() -> None:
+    """One threshold each: the alert fires where the health check starts to warn."""
+    rules = yaml.safe_load((MONITORING / "prometheus/rules/alerts.yml").read_text())
+    alerts = {rule["alert"]: rule["expr"] for group in rules["groups"] for rule in group["rules"]}
+    defaults = Settings.model_fields
+    disk_free = defaults["disk_warning_free_percent"].default / 100
+    memory_used = defaults["memory_warning_percent"].default / 100
+    assert alerts["DiskSpaceLow"].endswith(f"(system_disk_free_ratio) < {disk_free:.2f}")
+    assert alerts["MemoryHigh"].endswith(f"(system_memory_used_ratio) >= {memory_used:.2f}")
 
 
 def test_amtool_accepts_the_config_and_routes_each_severity() -> None:

@@ -8,7 +8,7 @@ from datetime import UTC, datetime
 
 import structlog
 from pydantic import BaseModel, Field
-from quart import Blueprint, Response, current_app, jsonify, request
+from quart import Blueprint, Response, jsonify, request
 from quart_auth import current_user, login_required, login_user, logout_user
 from quart_rate_limiter import rate_limit
 from quart_schema import validate_request
@@ -159,7 +159,7 @@ def create_blueprint(settings: Settings, sessions: SessionStore, metrics: Metric
     @login_required
     async def me() -> Response:
         user_id = await _current_user_id()
-        profile = await _cached_profile(user_id)
+        profile = await _cached_profile(user_id, settings.profile_cache_ttl)
         if profile is None:
             logout_user()
             raise APIError(401, "unauthorized", "Authentication is required.")
@@ -218,7 +218,7 @@ def _profile_key(user_id: int) -> str:
     return f"profile:{user_id}"
 
 
-async def _cached_profile(user_id: int) -> dict[str, object] | None:
+async def _cached_profile(user_id: int, ttl: int) -> dict[str, object] | None:
     """Read-through: the cache first; on a miss (or a cache outage) the database."""
     cache = get_cache()
     try:
@@ -234,9 +234,8 @@ async def _cached_profile(user_id: int) -> dict[str, object] | None:
     if user is None:
         return None
     profile = _profile(user).model_dump(mode="json")
-    settings: Settings = current_app.extensions["settings"]
     try:
-        await cache.set(_profile_key(user_id), json.dumps(profile), settings.profile_cache_ttl)
+        await cache.set(_profile_key(user_id), json.dumps(profile), ttl)
     except CacheError:
         logger.warning("cache_unavailable", operation="set")
     return profile

@@ -4,9 +4,10 @@ from __future__ import annotations
 
 from quart import Blueprint, Response, jsonify
 
+from service.observability.context import HEALTH_PATH
 from service.observability.health import get_health
 
-blueprint = Blueprint("health", __name__, url_prefix="/api/health")
+blueprint = Blueprint("health", __name__, url_prefix=HEALTH_PATH)
 
 _NO_STORE = {"Cache-Control": "no-store"}
 

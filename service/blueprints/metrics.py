@@ -9,29 +9,31 @@ from quart import Blueprint, Response, current_app, request
 
 from service.errors import APIError
 from service.observability import exposition
-from service.observability.metrics import get_metrics
+from service.observability.context import METRICS_PATH
+from service.observability.metrics import Metrics
 from service.observability.multiprocess import get_worker_snapshots
 from service.settings import Settings
 
-blueprint = Blueprint("metrics", __name__)
 
+def create_blueprint(settings: Settings, collected: Metrics) -> Blueprint:
+    blueprint = Blueprint("metrics", __name__)
 
-@blueprint.get("/metrics")
-async def metrics() -> Response:
-    settings: Settings = current_app.extensions["settings"]
-    if settings.metrics_token is not None:
-        _require_token(settings.metrics_token.get_secret_value())
-    collected = get_metrics()
-    await collected.refresh_scrape_time_values(current_app)
-    families = collected.snapshot()
-    sharing = get_worker_snapshots(current_app)
-    if sharing is not None:  # several hypercorn workers: report all of them
-        families = await sharing.collect(families)
-    # Formatting is CPU work proportional to the series count: keep it off the event loop.
-    body = await asyncio.to_thread(exposition.render, families)
-    return Response(
-        body, content_type=exposition.CONTENT_TYPE, headers={"Cache-Control": "no-store"}
-    )
+    @blueprint.get(METRICS_PATH)
+    async def metrics() -> Response:
+        if settings.metrics_token is not None:
+            _require_token(settings.metrics_token.get_secret_value())
+        await collected.refresh_scrape_time_values()
+        families = collected.snapshot()
+        sharing = get_worker_snapshots(current_app)
+        if sharing is not None:  # several hypercorn workers: report all of them
+            families = await sharing.collect(families)
+        # Formatting is CPU work proportional to the series count: keep it off the event loop.
+        body = await asyncio.to_thread(exposition.render, families)
+        return Response(
+            body, content_type=exposition.CONTENT_TYPE, headers={"Cache-Control": "no-store"}
+        )
+
+    return blueprint
 
 
 def _require_token(expected: str) -> None:

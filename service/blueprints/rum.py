@@ -2,58 +2,47 @@
 
 from __future__ import annotations
 
-from quart import Blueprint, Quart, Response, current_app, request
+from quart import Blueprint, Quart, Response, request
 
 from service.errors import APIError
 from service.observability.context import request_client_ip
-from service.observability.rum import BeaconReceiver, Rejected
+from service.observability.metrics import Metrics
+from service.observability.rum import REJECTIONS, BeaconReceiver, Rejected
 from service.settings import Settings
 
-blueprint = Blueprint("rum", __name__)
 
-_MESSAGES = {
-    "body_too_large": "The beacon is larger than 16 KB.",
-    "malformed": "The beacon is not a JSON object of the documented shape.",
-    "too_many_entries": "The beacon holds more than 50 entries.",
-    "foreign_origin": "Beacons from this origin are not accepted.",
-    "rate_limited": "Too many beacons from this client; retry later.",
-}
+def create_blueprint(app: Quart, settings: Settings, metrics: Metrics) -> Blueprint:
+    """`POST /api/rum` and the demo page; the receiver is built once every route of `app` is
+    registered, because API timings are labelled by those templates."""
+    blueprint = Blueprint("rum", __name__)
+    receivers: list[BeaconReceiver] = []
 
-
-def init_rum(app: Quart, settings: Settings) -> None:
     @app.before_serving
     async def _receiver() -> None:
-        # Built once every route is registered: API timings are labelled by these templates.
-        rules = app.url_map.bind("localhost")
-        app.extensions["rum"] = BeaconReceiver(app.extensions["metrics"], settings, rules)
+        receivers[:] = [BeaconReceiver(metrics, settings, app.url_map.bind("localhost"))]
 
+    @blueprint.post("/api/rum")
+    async def beacon() -> Response:
+        receiver = receivers[0]
+        client = request_client_ip(settings.trusted_proxies)
+        try:
+            receiver.admit(client, request.headers.get("Origin"), request.content_length)
+            body = await request.get_data(cache=False, as_text=False, parse_form_data=False)
+            receiver.receive(body)
+        except Rejected as rejected:
+            headers = {"Retry-After": "1"} if rejected.status == 429 else None
+            raise APIError(
+                rejected.status, rejected.reason, REJECTIONS[rejected.reason], headers
+            ) from None
+        return Response(status=204)
 
-@blueprint.post("/api/rum")
-async def beacon() -> Response:
-    receiver: BeaconReceiver = current_app.extensions["rum"]
-    settings: Settings = current_app.extensions["settings"]
-    client = request_client_ip(settings.trusted_proxies)
-    try:
-        receiver.admit(client, request.headers.get("Origin"), request.content_length)
-        receiver.receive(await request.get_data(cache=False, as_text=False, parse_form_data=False))
-    except Rejected as rejected:
-        headers = {"Retry-After": "1"} if rejected.status == 429 else None
-        raise APIError(
-            rejected.status, rejected.reason, _message(rejected.reason), headers
-        ) from None
-    return Response(status=204)
+    @blueprint.get("/rum/demo")
+    async def demo() -> Response:
+        if not settings.rum_demo:
+            raise APIError(404, "not_found", "No such resource.")
+        return Response(_DEMO_PAGE, content_type="text/html; charset=utf-8")
 
-
-@blueprint.get("/rum/demo")
-async def demo() -> Response:
-    settings: Settings = current_app.extensions["settings"]
-    if not settings.rum_demo:
-        raise APIError(404, "not_found", "No such resource.")
-    return Response(_DEMO_PAGE, content_type="text/html; charset=utf-8")
-
-
-def _message(reason: str) -> str:
-    return _MESSAGES.get(reason, "The beacon was refused.")
+    return blueprint
 
 
 _DEMO_PAGE = """<!doctype html>

@@ -27,11 +27,18 @@ from sqlalchemy.ext.asyncio import (
 )
 from sqlalchemy.pool import NullPool
 
-from service.errors import ServiceUnavailable
 from service.settings import Settings
+from service.unavailable import DependencyUnavailable
 
 ALEMBIC_DIR = Path(__file__).resolve().parents[2] / "alembic"
 _EXTENSION = "database"
+
+
+class DatabaseUnavailable(DependencyUnavailable):
+    """The database could not be reached (down, hung, or every pooled connection busy)."""
+
+    def __init__(self) -> None:
+        super().__init__("A backing service is unavailable; retry later.")
 
 
 @dataclass
@@ -41,13 +48,14 @@ class Database:
 
     @asynccontextmanager
     async def transaction(self) -> AsyncIterator[AsyncSession]:
-        """A session committed on success; a dead database becomes a 503, never a hang."""
+        """A session committed on success; a database that cannot be reached raises
+        DatabaseUnavailable (the HTTP layer answers 503), never a hang."""
         try:
             async with self.sessions.begin() as session:
                 yield session
         except Exception as exc:
             if is_unavailable(exc):
-                raise ServiceUnavailable() from exc
+                raise DatabaseUnavailable() from exc
             raise
 
 

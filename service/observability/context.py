@@ -22,6 +22,17 @@ from quart import request
 from structlog.types import EventDict, WrappedLogger
 
 REQUEST_ID_HEADER = "X-Request-ID"
+# The paths pollers hit (Prometheus, load balancers): served by their blueprints under these
+# prefixes, and kept out of the request metrics and log unless asked (METRICS_TRACK_PROBES,
+# LOG_HEALTH_REQUESTS).
+METRICS_PATH = "/metrics"
+HEALTH_PATH = "/api/health"
+
+
+def is_probe(path: str) -> bool:
+    return path == METRICS_PATH or path.startswith(HEALTH_PATH)
+
+
 _SAFE_REQUEST_ID = re.compile(r"[A-Za-z0-9._-]{8,128}")
 
 

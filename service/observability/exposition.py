@@ -41,13 +41,17 @@ class Family:
 Snapshot = dict[str, Family]
 
 
-def snapshot(registry: Registry, merge: dict[str, Merge] | None = None) -> Snapshot:
-    """Copy every collector's current values; runs on the loop, so nothing changes meanwhile."""
-    merge = merge or {}
+def snapshot(registry: Registry, gauge_merge: dict[str, Merge]) -> Snapshot:
+    """Copy every collector's current values; runs on the loop, so nothing changes meanwhile.
+
+    Every gauge needs its merge mode: summing a gauge that each worker reports whole (a global
+    count) would multiply it by the number of workers, so there is no default."""
     families: Snapshot = {}
     for collector in registry.get_all():
         kind = _kind(collector)
-        family = Family(collector.name, kind, collector.doc, merge.get(collector.name, "sum"))
+        if kind == "gauge" and collector.name not in gauge_merge:
+            raise ValueError(f"gauge {collector.name} was declared without a merge mode")
+        family = Family(collector.name, kind, collector.doc, gauge_merge.get(collector.name, "sum"))
         for raw_key, value in list(collector.values.store.items()):
             labels = _decode_labels(raw_key)
             if kind == "histogram":

@@ -27,10 +27,10 @@ from quart import Quart, current_app
 from sqlalchemy import text
 from sqlalchemy.ext.asyncio import AsyncEngine
 
-from service.cache import InstrumentedCache
+from service.cache import InstrumentedCache, get_cache
 from service.db.engine import create_probe_engine
 from service.observability.metrics import Metrics
-from service.settings import Settings
+from service.settings import CheckName, Settings
 
 logger = structlog.get_logger(__name__)
 
@@ -61,8 +61,8 @@ class CheckResult:
 
 @dataclass(slots=True)
 class HealthReport:
-    checks: dict[str, CheckResult]
-    critical: tuple[str, ...]
+    checks: dict[CheckName, CheckResult]
+    critical: tuple[CheckName, ...]
     checked_at: datetime
 
     @property
@@ -88,25 +88,27 @@ class HealthReport:
 
 
 class HealthMonitor:
-    def __init__(self, app: Quart, settings: Settings, metrics: Metrics) -> None:
-        self.app = app
+    def __init__(self, settings: Settings, metrics: Metrics) -> None:
+        self.cache: InstrumentedCache | None = None
         self.settings = settings
         self.metrics = metrics
         self.probe_engine: AsyncEngine | None = None
         self._report: HealthReport | None = None
         self._report_at = 0.0
         self._inflight: asyncio.Future[HealthReport] | None = None
-        self._last_state: dict[str, tuple[Status, str | None]] = {}
+        self._last_state: dict[CheckName, tuple[Status, str | None]] = {}
         self._refresher: asyncio.Task[None] | None = None
         self._disposals: set[asyncio.Future[None]] = set()
-        self._checks: dict[str, Callable[[], Awaitable[CheckResult]]] = {
+        self._checks: dict[CheckName, Callable[[], Awaitable[CheckResult]]] = {
             "database": self._check_database,
             "cache": self._check_cache,
             "disk": self._check_disk,
             "memory": self._check_memory,
         }
 
-    async def start(self) -> None:
+    async def start(self, cache: InstrumentedCache) -> None:
+        """Begin checking, with the app's cache (handed in once it is open)."""
+        self.cache = cache
         self.probe_engine = create_probe_engine(self.settings)
         if self.settings.health_refresh_seconds > 0:
             self._refresher = asyncio.create_task(self._refresh_forever())
@@ -156,7 +158,7 @@ class HealthMonitor:
         finally:
             self._inflight = None
 
-    async def _timed(self, name: str) -> CheckResult:
+    async def _timed(self, name: CheckName) -> CheckResult:
         started = time.perf_counter()
         error: BaseException | None = None
         try:
@@ -175,7 +177,9 @@ class HealthMonitor:
             self._reset_probe_engine()
         return result
 
-    def _log_change(self, name: str, result: CheckResult, error: BaseException | None) -> None:
+    def _log_change(
+        self, name: CheckName, result: CheckResult, error: BaseException | None
+    ) -> None:
         state = (result.status, result.reason)
         previous = self._last_state.get(name)
         self._last_state[name] = state
@@ -209,7 +213,8 @@ class HealthMonitor:
         return CheckResult("healthy", 0.0)
 
     async def _check_cache(self) -> CheckResult:
-        cache: InstrumentedCache = self.app.extensions["cache"]
+        cache = self.cache
+        assert cache is not None
         key = f"health:{uuid.uuid4().hex}"
         token = uuid.uuid4().hex
         await cache.write(key, token, 10, operation="health_set")
@@ -260,13 +265,13 @@ def classify(exc: BaseException) -> str:
 
 
 def init_health(app: Quart, settings: Settings, metrics: Metrics) -> HealthMonitor:
-    monitor = HealthMonitor(app, settings, metrics)
+    monitor = HealthMonitor(settings, metrics)
     app.extensions[_EXTENSION] = monitor
 
     # while_serving: starts once every resource is open, stops before any is closed.
     @app.while_serving
     async def _running() -> AsyncGenerator[None, None]:
-        await monitor.start()
+        await monitor.start(get_cache())
         yield
         await monitor.stop()
 

@@ -23,8 +23,8 @@ from quart import Quart, current_app
 from quart.signals import got_request_exception
 from sqlalchemy import event
 from sqlalchemy.ext.asyncio import AsyncEngine
+from sqlalchemy.pool import QueuePool
 
-from service.cache import CacheError
 from service.observability import exposition
 from service.settings import Settings
 from service.version import VERSION
@@ -56,7 +56,6 @@ LogoutScope = Literal["session", "all"]
 LOGOUT_SCOPES: tuple[LogoutScope, ...] = get_args(LogoutScope)
 _STATUS_TEXT = {status: str(status) for status in range(100, 600)}
 _EXTENSION = "metrics"
-_ACTIVE_USERS_KEY = "active_users"
 
 
 class Series:
@@ -148,6 +147,7 @@ class Metrics:
     def __init__(self, settings: Settings) -> None:
         self.settings = settings
         self.registry = r = Registry()
+        self._gauge_merge: dict[str, exposition.Merge] = {}
         self.http_requests = Counter(
             "http_requests_total", "HTTP requests answered, by route template.", registry=r
         )
@@ -157,8 +157,8 @@ class Metrics:
             registry=r,
             buckets=HTTP_DURATION_BUCKETS,
         )
-        self.http_in_progress = Gauge(
-            "http_requests_in_progress", "HTTP requests being handled now.", registry=r
+        self.http_in_progress = self._gauge(
+            "http_requests_in_progress", "HTTP requests being handled now.", merge="sum"
         )
         self.app_errors = Counter(
             "app_errors_total", "Unhandled exceptions, by exception class.", registry=r
@@ -173,8 +173,8 @@ class Metrics:
         self.db_errors = Counter(
             "db_query_errors_total", "Database statements that failed.", registry=r
         )
-        self.db_pool = Gauge(
-            "db_pool_connections", "Database pool connections by state.", registry=r
+        self.db_pool = self._gauge(
+            "db_pool_connections", "Database pool connections by state.", merge="sum"
         )
         self.cache_requests = Counter(
             "cache_requests_total", "Cache operations; reads are a hit or a miss.", registry=r
@@ -182,15 +182,15 @@ class Metrics:
         self.cache_errors = Counter(
             "cache_errors_total", "Cache operations that failed.", registry=r
         )
-        self.active_users = Gauge(
+        self.active_users = self._gauge(
             "active_users",
             "Distinct authenticated users seen recently (global; aggregate with max).",
-            registry=r,
+            merge="max",
         )
-        self.auth_sessions_active = Gauge(
+        self.auth_sessions_active = self._gauge(
             "auth_sessions_active",
             "Live sign-in sessions in the shared store (global; aggregate with max).",
-            registry=r,
+            merge="max",
         )
         self.auth_logins = Counter(
             "auth_logins_total",
@@ -210,8 +210,8 @@ class Metrics:
         self.rate_limited = Counter(
             "rate_limited_requests_total", "Requests answered 429, by route.", registry=r
         )
-        self.health_status = Gauge(
-            "health_check_status", "1 healthy, 0 unhealthy or warning, per check.", registry=r
+        self.health_status = self._gauge(
+            "health_check_status", "1 healthy, 0 unhealthy or warning, per check.", merge="min"
         )
         self.health_duration = Histogram(
             "health_check_duration_seconds",
@@ -219,15 +219,15 @@ class Metrics:
             registry=r,
             buckets=HEALTH_DURATION_BUCKETS,
         )
-        self.disk_free = Gauge(
+        self.disk_free = self._gauge(
             "system_disk_free_ratio",
             "Free fraction of the data filesystem, read by the health check.",
-            registry=r,
+            merge="min",
         )
-        self.memory_used = Gauge(
+        self.memory_used = self._gauge(
             "system_memory_used_ratio",
             "Used fraction of the machine's memory, read by the health check.",
-            registry=r,
+            merge="max",
         )
         self.frontend_vitals = Histogram(
             "frontend_web_vital_seconds",
@@ -265,37 +265,32 @@ class Metrics:
         self.process_cpu = Counter(
             "process_cpu_seconds_total", "User and system CPU time of the process.", registry=r
         )
-        self.process_memory = Gauge(
-            "process_resident_memory_bytes", "Resident memory of the process.", registry=r
+        self.process_memory = self._gauge(
+            "process_resident_memory_bytes", "Resident memory of the process.", merge="sum"
         )
-        self.process_fds = Gauge("process_open_fds", "Open file descriptors.", registry=r)
-        self.process_start = Gauge(
-            "process_start_time_seconds", "Process start, seconds since the epoch.", registry=r
+        self.process_fds = self._gauge("process_open_fds", "Open file descriptors.", merge="sum")
+        self.process_start = self._gauge(
+            "process_start_time_seconds", "Process start, seconds since the epoch.", merge="min"
         )
-        self.app_info = Gauge("app_info", "Version and environment of the service.", registry=r)
+        self.app_info = self._gauge(
+            "app_info", "Version and environment of the service.", merge="max"
+        )
         self.app_info.set({"version": VERSION, "environment": settings.environment.value}, 1)
-        # How each gauge combines across worker processes.
-        self.gauge_merge: dict[str, exposition.Merge] = {
-            "http_requests_in_progress": "sum",
-            "db_pool_connections": "sum",
-            "active_users": "max",
-            "auth_sessions_active": "max",
-            "health_check_status": "min",
-            "system_disk_free_ratio": "min",
-            "system_memory_used_ratio": "max",
-            "process_resident_memory_bytes": "sum",
-            "process_open_fds": "sum",
-            "process_start_time_seconds": "min",
-            "app_info": "max",
-        }
         self._requests = Series(self.http_requests, "method", "endpoint", "status")
         self._durations = Series(self.http_duration, "method", "endpoint")
         self._in_progress = Series(self.http_in_progress, "method")
         self._finished_keys: dict[tuple[str, str, int], tuple[Any, Any, Any]] = {}
         self._process = psutil.Process(os.getpid())
-        self._active_seen: dict[int, float] = {}
         self._last_cpu = 0.0
         self._scrape_readers: list[Callable[[], Awaitable[None]]] = []
+        self._pool: QueuePool | None = None
+
+    def _gauge(self, name: str, doc: str, *, merge: exposition.Merge) -> Gauge:
+        """A gauge and how it combines across worker processes: summed (each worker holds a
+        part), or the max or min (each worker sees the same global value, or any worker's low
+        value matters)."""
+        self._gauge_merge[name] = merge
+        return Gauge(name, doc, registry=self.registry)
 
     def add_scrape_reader(self, reader: Callable[[], Awaitable[None]]) -> None:
         """A part's own values to read when a scrape comes (it sets its gauges itself)."""
@@ -339,40 +334,23 @@ class Metrics:
         self.app_errors.inc({"type": error_type_label(exception)})
 
     def snapshot(self) -> exposition.Snapshot:
-        return exposition.snapshot(self.registry, self.gauge_merge)
+        return exposition.snapshot(self.registry, self._gauge_merge)
 
-    async def refresh_scrape_time_values(self, app: Quart) -> None:
-        """Values that are read rather than counted: process, pool and active users."""
+    def watch_pool(self, engine: AsyncEngine) -> None:
+        """The engine whose connection pool `db_pool_connections` reports (handed in by the
+        database when it opens)."""
+        pool = engine.sync_engine.pool
+        self._pool = pool if isinstance(pool, QueuePool) else None
+
+    async def refresh_scrape_time_values(self) -> None:
+        """Values that are read rather than counted: the process, the pool, and what the other
+        parts registered with `add_scrape_reader`."""
         await asyncio.to_thread(self._read_process)
+        if self._pool is not None:
+            self.db_pool.set({"state": "in_use"}, self._pool.checkedout())
+            self.db_pool.set({"state": "idle"}, self._pool.checkedin())
         for reader in self._scrape_readers:
             await reader()
-        database = app.extensions.get("database")
-        if database is not None:
-            pool: Any = database.engine.sync_engine.pool
-            if hasattr(pool, "checkedout"):
-                self.db_pool.set({"state": "in_use"}, pool.checkedout())
-                self.db_pool.set({"state": "idle"}, pool.checkedin())
-        cache = app.extensions.get("cache")
-        if cache is not None:
-            since = time.time() - self.settings.active_user_window_seconds
-            try:
-                count = await cache.count_seen(_ACTIVE_USERS_KEY, since)
-            except CacheError:  # counted by the cache wrapper; keep the last value
-                return
-            self.active_users.set({}, count)
-
-    async def mark_active_user(self, user_id: int) -> None:
-        """Remember a user as active in the shared store, at most once a minute per worker."""
-        now = time.time()
-        last = self._active_seen.get(user_id)
-        if last is not None and now - last < 60:
-            return
-        if len(self._active_seen) > 100_000:
-            self._active_seen.clear()
-        self._active_seen[user_id] = now
-        cache = current_app.extensions.get("cache")
-        if cache is not None:
-            await cache.mark_seen(_ACTIVE_USERS_KEY, str(user_id), now)
 
     def _read_process(self) -> None:
         with self._process.oneshot():
@@ -415,6 +393,7 @@ def get_metrics() -> Metrics:
 
 def instrument_engine(engine: AsyncEngine, metrics: Metrics) -> None:
     """Count and time every statement through SQLAlchemy's engine events (any backend)."""
+    metrics.watch_pool(engine)
     sync_engine = engine.sync_engine
 
     def before(

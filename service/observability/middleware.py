@@ -19,6 +19,7 @@ from service.observability.context import (
     REQUEST_ID_HEADER,
     accept_request_id,
     client_ip,
+    is_probe,
     start_request,
 )
 from service.observability.logging import redact_url
@@ -57,7 +58,7 @@ class RequestObserver:
         peer = scope.get("client")
         client = client_ip(peer[0] if peer else None, forwarded_for, self.settings.trusted_proxies)
         path: str = scope["path"]
-        is_poll = path == "/metrics" or path.startswith("/api/health")
+        is_poll = is_probe(path)
         track = self.settings.metrics_track_probes or not is_poll
         method = method_label(scope["method"])
         # Every log line carries the path unredacted (see logging.configure_logging): the client

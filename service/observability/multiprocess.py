@@ -96,7 +96,7 @@ class WorkerSnapshots:
         return await asyncio.to_thread(self._collect, next(self._sequence), own)
 
     async def _publish(self) -> None:
-        await self.metrics.refresh_scrape_time_values(self.app)
+        await self.metrics.refresh_scrape_time_values()
         sequence, own = next(self._sequence), self.metrics.snapshot()
         await asyncio.to_thread(self._write_own, sequence, own)
 

@@ -12,7 +12,6 @@ import math
 import re
 import time
 from collections import OrderedDict
-from dataclasses import dataclass
 from typing import Any, TypeGuard
 
 import orjson
@@ -38,10 +37,17 @@ ERROR_KINDS = frozenset(
         "unhandledrejection",
     }
 )  # fmt: skip
-REJECTION_REASONS = (
-    "body_too_large", "malformed", "too_many_entries", "unknown_metric", "invalid_value",
-    "foreign_origin", "rate_limited",
-)  # fmt: skip
+# Why a beacon, or an entry of one, is refused: the `reason` label and the client's message.
+REJECTIONS: dict[str, str] = {
+    "body_too_large": f"The beacon is larger than {MAX_BODY_BYTES // 1024} KB.",
+    "malformed": "The beacon is not a JSON object of the documented shape.",
+    "too_many_entries": f"The beacon holds more than {MAX_ENTRIES} entries.",
+    "unknown_metric": "An entry names a metric this service does not record.",
+    "invalid_value": "An entry holds a value out of range.",
+    "foreign_origin": "Beacons from this origin are not accepted.",
+    "rate_limited": "Too many beacons from this client; retry later.",
+}
+REJECTION_REASONS = tuple(REJECTIONS)
 _EMAIL = re.compile(r"[\w.+-]+@[\w-]+\.[\w.-]+")
 _LONG_NUMBER = re.compile(r"\d{4,}")
 _URL = re.compile(r"\b[a-z][a-z0-9+.-]*://\S+", re.IGNORECASE)
@@ -57,12 +63,6 @@ class Rejected(Exception):
         super().__init__(reason)
         self.reason = reason
         self.status = status
-
-
-@dataclass(slots=True)
-class Accepted:
-    recorded: int
-    dropped: int
 
 
 class BeaconReceiver:
@@ -89,7 +89,8 @@ class BeaconReceiver:
         if length is not None and length > MAX_BODY_BYTES:
             raise self.reject("body_too_large", 413)
 
-    def receive(self, body: bytes) -> Accepted:
+    def receive(self, body: bytes) -> None:
+        """Record what a beacon holds; entries that fail validation are counted and dropped."""
         if len(body) > MAX_BODY_BYTES:
             raise self.reject("body_too_large", 413)
         try:
@@ -105,7 +106,6 @@ class BeaconReceiver:
             raise self.reject("too_many_entries", 413)
         page = self._page(beacon.get("page"))
         metrics, errors, api = lists
-        recorded = dropped = 0
         for items, record in (
             (metrics, self._metric),
             (errors, self._error),
@@ -113,12 +113,8 @@ class BeaconReceiver:
         ):
             for item in items:
                 reason = record(page, item) if isinstance(item, dict) else "malformed"
-                if reason is None:
-                    recorded += 1
-                else:
-                    dropped += 1
+                if reason is not None:
                     self.metrics.frontend_rejected.inc({"reason": reason})
-        return Accepted(recorded, dropped)
 
     def _metric(self, page: str, item: dict[str, Any]) -> str | None:
         name, value = item.get("name"), item.get("value")
