@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import hashlib
 import math
+import re
 import time
 from datetime import datetime, timedelta
 from typing import Any
@@ -21,11 +22,13 @@ from quart_rate_limiter import RateLimit, RateLimiter, RateLimitExceeded
 from quart_rate_limiter.store import RateLimiterStoreABC
 
 from service.cache import CacheError, get_cache
+from service.db.users import USERNAME_PATTERN
 from service.observability.context import request_client_ip
 from service.settings import Settings
 from service.unavailable import DependencyUnavailable
 
 _KEY_PREFIX = "ratelimit:"
+_USERNAME = re.compile(USERNAME_PATTERN)
 
 
 class RateLimitsUnavailable(DependencyUnavailable):
@@ -130,12 +133,21 @@ def init_rate_limits(app: Quart, settings: Settings) -> RateLimiter:
     return _RateLimiter(app, key_function=ip_key, store=CacheStore())
 
 
-async def username_key() -> str:
-    """The submitted username, hashed so the key length does not depend on client input."""
+async def submitted_username() -> str | None:
+    """The username a request's JSON body names, lower-cased, when it is a well-formed one (so
+    safe to log); None otherwise. The one reading of it, for the limit key and the log."""
     body = await request.get_json(silent=True)
     username = body.get("username") if isinstance(body, dict) else None
-    normalized = username.strip().lower() if isinstance(username, str) else ""
-    return "user:" + hashlib.sha256(normalized.encode()).hexdigest()[:32]
+    if isinstance(username, str) and _USERNAME.fullmatch(username):
+        return username.lower()
+    return None
+
+
+async def username_key() -> str:
+    """The submitted username, hashed so the key length does not depend on client input;
+    malformed ones (answered 400) share one key."""
+    username = await submitted_username() or ""
+    return "user:" + hashlib.sha256(username.encode()).hexdigest()[:32]
 
 
 def login_limits(settings: Settings) -> list[RateLimit]:

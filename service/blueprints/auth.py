@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import json
-import re
 from datetime import UTC, datetime
 
 import structlog
@@ -17,6 +16,7 @@ from service.cache import CacheError, get_cache
 from service.db import get_database
 from service.db.models import User
 from service.db.users import (
+    USERNAME_PATTERN,
     UsernameTaken,
     insert_user,
     select_user,
@@ -27,13 +27,11 @@ from service.errors import APIError
 from service.observability.context import bind_user
 from service.observability.metrics import LoginResult, Metrics
 from service.passwords import check_new_password, hash_password, needs_rehash, verify_password
-from service.rate_limits import login_limits, register_limits
+from service.rate_limits import login_limits, register_limits, submitted_username
 from service.sessions import SessionStore, SessionUser, current_session, keep_cookie
 from service.settings import MAX_PASSWORD_LENGTH, Settings
 
 logger = structlog.get_logger(__name__)
-
-USERNAME_PATTERN = r"^[A-Za-z0-9_.-]{3,32}$"
 
 
 class NewAccount(BaseModel):
@@ -120,7 +118,7 @@ def create_blueprint(settings: Settings, sessions: SessionStore, metrics: Metric
     async def log_rejected_login(response: Response) -> Response:
         reason = _REJECTED_LOGIN_REASONS.get(response.status_code)
         if request.endpoint == "auth.login" and request.method == "POST" and reason is not None:
-            username = await _submitted_username() if response.status_code != 413 else None
+            username = await submitted_username() if response.status_code != 413 else None
             metrics.login_answered(reason)
             logger.warning("login_failed", username=username, reason=reason)
         return response
@@ -173,15 +171,6 @@ _REJECTED_LOGIN_REASONS: dict[int, LoginResult] = {
     413: "invalid_input",
     429: "rate_limited",
 }
-
-
-async def _submitted_username() -> str | None:
-    """The username of a rejected login, only when it is a well-formed one (safe to log)."""
-    body = await request.get_json(silent=True)
-    username = body.get("username") if isinstance(body, dict) else None
-    if isinstance(username, str) and re.fullmatch(USERNAME_PATTERN, username):
-        return username.lower()
-    return None
 
 
 async def _current_user_id() -> int:
