@@ -38,7 +38,7 @@ import httpx
 
 from bench.machine import write
 from bench.serving import ROOT, wait_ready
-from tests.server import to_toml
+from tests.support.server import to_toml
 
 FEW, MANY = 200, 1_200
 # Through hypercorn the count still moves by a few thousand instructions per request between

@@ -19,7 +19,7 @@ from quart_auth.extension import _AuthSerializer
 
 from bench.machine import write
 from bench.serving import hypercorn, wrk
-from tests.metrics_helpers import parse
+from tests.support.metrics_helpers import parse
 
 USERS = 1000
 PATHS = 1000

@@ -20,7 +20,7 @@ from typing import Any
 import httpx
 import psutil
 
-from tests.server import stop, to_toml
+from tests.support.server import stop, to_toml
 
 ROOT = Path(__file__).resolve().parents[1]
 SERVER_CPU, LOAD_CPU = "0", "1"

@@ -21,8 +21,8 @@ from sqlalchemy.engine import make_url
 
 from service.app import create_app
 from service.settings import Settings, load_settings
+from tests.support import ROOT
 
-ROOT = Path(__file__).resolve().parents[1]
 PG_ADMIN_URL = os.environ.get("TEST_POSTGRES_URL", "postgresql://postgres@127.0.0.1:5432/postgres")
 REDIS_URL = os.environ.get("TEST_REDIS_URL", "redis://127.0.0.1:6379/0")
 BACKENDS = ["postgres", "embedded"]

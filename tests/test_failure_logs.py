@@ -14,8 +14,8 @@ from sqlalchemy.engine import make_url
 
 from service.sessions import SESSION_COOKIE_NAME, SESSION_COOKIE_SALT, stored_id
 from tests.conftest import PG_ADMIN_URL, REDIS_URL, _admin, _in_thread, in_database, run_alembic
-from tests.server import PRODUCTION_ENV, Server, running_server
-from tests.stack import ThreadedProxy
+from tests.support.server import PRODUCTION_ENV, Server, running_server
+from tests.support.stack import ThreadedProxy
 
 PASSWORD = "quartz meridian lantern sorbet"  # a passphrase, spaces and all
 USER = {"username": "walter", "password": PASSWORD}

@@ -13,8 +13,8 @@ from sqlalchemy.engine import make_url
 from service.app import create_app
 from service.settings import Settings
 from tests.conftest import REDIS_URL, Client, login, register
-from tests.faults import HungServer, TcpProxy
-from tests.metrics_helpers import parse, value
+from tests.support.faults import HungServer, TcpProxy
+from tests.support.metrics_helpers import parse, value
 
 HANG_GUARD = 30  # seconds: only catches a hang; never a performance assertion
 

@@ -17,7 +17,7 @@ import structlog
 
 from service.observability.logging import configure_logging, redact, redact_url
 from service.settings import load_settings
-from tests.server import PRODUCTION_ENV, Server, running_server
+from tests.support.server import PRODUCTION_ENV, Server, running_server
 
 PASSWORD = "Sup3r-secret-passphrase!"
 SENTINEL_ENV = "SENTINEL_ENV_VALUE_4821"
@@ -53,7 +53,7 @@ def production_run(tmp_path_factory: pytest.TempPathFactory) -> tuple[Server, di
     seen: dict[str, Any] = {}
     # hypercorn's access log is off in hypercorn.toml; enabled here to check what it may write.
     access_log = {"accesslog": "-"}
-    with running_server(tmp_path, env, app="tests.apps:app", config=access_log) as server:
+    with running_server(tmp_path, env, app="tests.support.apps:app", config=access_log) as server:
         with httpx.Client(base_url=server.base_url, timeout=10) as client:
             headers = {"User-Agent": SENTINEL_HEADER, "Referer": SENTINEL_HEADER}
             credentials = {"username": "alice", "password": PASSWORD}

@@ -16,8 +16,8 @@ from service.observability import exposition
 from service.observability.metrics import HTTP_DURATION_BUCKETS, Metrics
 from service.settings import Settings, load_settings
 from tests.conftest import Client, login, register
-from tests.metrics_helpers import parse, promtool_check, value
-from tests.server import running_server
+from tests.support.metrics_helpers import parse, promtool_check, value
+from tests.support.server import running_server
 
 
 async def _scrape(client: Client) -> str:

@@ -17,8 +17,8 @@ import yaml
 
 from service.settings import Settings
 from tests.conftest import REDIS_URL
-from tests.server import Server, running_server
-from tests.stack import (
+from tests.support.server import Server, running_server
+from tests.support.stack import (
     MONITORING,
     ThreadedProxy,
     Webhook,
@@ -175,7 +175,7 @@ def _background_traffic(
 
 def test_every_dashboard_panel_returns_data(tmp_path: Path, postgres_url: str) -> None:
     env = _service_env(postgres_url, LOGIN_LIMIT_PER_USERNAME="3")
-    with running_server(tmp_path, env, app="tests.apps:app") as server:
+    with running_server(tmp_path, env, app="tests.support.apps:app") as server:
         target = server.base_url.removeprefix("http://")
         config = prometheus_config(tmp_path, target, None, shorten=False)
         with prometheus(tmp_path, config) as prom, httpx.Client(base_url=server.base_url) as client:
@@ -228,7 +228,7 @@ def test_alerts_fire_route_inhibit_and_resolve(tmp_path: Path, postgres_url: str
     )
     try:
         with (
-            running_server(tmp_path, env, app="tests.apps:app") as server,
+            running_server(tmp_path, env, app="tests.support.apps:app") as server,
             Webhook() as webhook,
             alertmanager(tmp_path, webhook.url) as am,
         ):

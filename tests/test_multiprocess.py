@@ -13,8 +13,8 @@ import pytest
 from service.observability import exposition
 from service.observability.metrics import Metrics
 from service.settings import load_settings
-from tests.metrics_helpers import parse, value
-from tests.server import PRODUCTION_ENV, Server, running_server
+from tests.support.metrics_helpers import parse, value
+from tests.support.server import PRODUCTION_ENV, Server, running_server
 
 TOTAL = 3000
 SYNC_INTERVAL = 0.2

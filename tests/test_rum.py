@@ -18,11 +18,11 @@ from quart import Quart
 from service.app import create_app
 from service.observability.rum import ERROR_KINDS, REJECTION_REASONS, VITALS
 from service.settings import Settings
-from tests.browser import chromium, open_page
 from tests.conftest import Client
-from tests.metrics_helpers import Samples, parse, value
-from tests.server import Server, running_server
-from tests.stack import wait_until
+from tests.support.browser import chromium, open_page
+from tests.support.metrics_helpers import Samples, parse, value
+from tests.support.server import Server, running_server
+from tests.support.stack import wait_until
 
 BOOKS = "/books/<int:book_id>"
 

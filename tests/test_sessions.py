@@ -34,9 +34,9 @@ from tests.conftest import (
     make_settings,
     register,
 )
-from tests.faults import TcpProxy
-from tests.metrics_helpers import parse, value
-from tests.server import PRODUCTION_ENV, running_server
+from tests.support.faults import TcpProxy
+from tests.support.metrics_helpers import parse, value
+from tests.support.server import PRODUCTION_ENV, running_server
 
 
 @pytest.fixture
@@ -295,12 +295,12 @@ def test_two_workers_refuse_a_logged_out_cookie_and_keep_sessions_over_a_restart
         }
     config = {"workers": 2}
     credentials = {"username": f"two-{backend}", "password": "correct horse battery"}
-    with running_server(tmp_path, env, app="tests.apps:app", config=config) as server:
+    with running_server(tmp_path, env, app="tests.support.apps:app", config=config) as server:
         httpx.post(server.base_url + "/api/auth/register", json=credentials, timeout=10)
         login = httpx.post(server.base_url + "/api/auth/login", json=credentials, timeout=10)
         cookie = {"Cookie": f"{SESSION_COOKIE_NAME}={login.cookies[SESSION_COOKIE_NAME]}"}
         assert _answers_by_worker(server.base_url, cookie) == {200}
-    with running_server(tmp_path, env, app="tests.apps:app", config=config) as server:
+    with running_server(tmp_path, env, app="tests.support.apps:app", config=config) as server:
         assert _answers_by_worker(server.base_url, cookie) == {200}  # survived the restart
         logout = httpx.post(server.base_url + "/api/auth/logout", headers=cookie, timeout=10)
         assert logout.status_code == 204

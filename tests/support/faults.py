@@ -5,7 +5,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 
-from tests.server import free_port
+from tests.support.server import free_port
 
 
 class TcpProxy:

@@ -10,7 +10,7 @@ from quart import Response
 
 from service.app import create_app
 
-logger = structlog.get_logger("tests.apps")
+logger = structlog.get_logger("tests.support.apps")
 
 app = create_app()
 

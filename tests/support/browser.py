@@ -15,7 +15,7 @@ from typing import Any
 
 from websockets.sync.client import ClientConnection, connect
 
-from tests.server import stop
+from tests.support.server import stop
 
 CHROMIUM_FLAGS = [
     "--headless",

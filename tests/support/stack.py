@@ -18,9 +18,9 @@ from typing import Any
 import httpx
 import yaml
 
-from tests.conftest import ROOT
-from tests.faults import TcpProxy
-from tests.server import free_port, stop
+from tests.support import ROOT
+from tests.support.faults import TcpProxy
+from tests.support.server import free_port, stop
 
 MONITORING = ROOT / "monitoring"
 

@@ -17,7 +17,7 @@ from typing import Any
 
 import httpx
 
-from tests.conftest import ROOT
+from tests.support import ROOT
 
 PRODUCTION_ENV = {
     "ENVIRONMENT": "production",
