@@ -5,6 +5,8 @@ from __future__ import annotations
 import argparse
 import importlib
 
+from bench import machine
+
 BENCHMARKS = {
     "logging": "bench.logging_cost",
     "metrics": "bench.metrics_cost",
@@ -24,7 +26,14 @@ BENCHMARKS = {
 def main() -> None:
     parser = argparse.ArgumentParser(prog="python -m bench")
     parser.add_argument("name", choices=sorted(BENCHMARKS))
+    parser.add_argument(
+        "--save",
+        action="store_true",
+        help="write the results to bench/results/NAME.{json,md} (tracked files); "
+        "without it they are only printed",
+    )
     args = parser.parse_args()
+    machine.SAVE = args.save
     module, _, function = BENCHMARKS[args.name].partition(":")
     getattr(importlib.import_module(module), function or "run")()
 

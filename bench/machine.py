@@ -14,6 +14,8 @@ from pathlib import Path
 from typing import Any
 
 RESULTS = Path(__file__).resolve().parent / "results"
+# Set by `python -m bench NAME --save`: only then are the tracked result files rewritten.
+SAVE = False
 PACKAGES = ("quart", "hypercorn", "structlog", "aioprometheus", "orjson", "sqlalchemy")
 
 
@@ -52,17 +54,21 @@ def spread(row: dict[str, float], digits: int) -> str:
 
 
 def write(name: str, results: dict[str, Any], table: str) -> None:
-    RESULTS.mkdir(exist_ok=True)
+    """Print the results; with --save also write bench/results/NAME.{json,md}."""
     machine = describe()
-    (RESULTS / f"{name}.json").write_text(
-        json.dumps({"machine": machine, "results": results}, indent=2) + "\n"
-    )
     header = (
         f"Measured {machine['date']} on {machine['cores']} cores, {machine['cpu']}, "
         f"Python {machine['python']}; command `{machine['command']}`.\n\n"
     )
-    (RESULTS / f"{name}.md").write_text(header + table + "\n")
     print(header + table)
+    if not SAVE:
+        print(f"(not saved: `python -m bench {name} --save` writes bench/results/{name}.*)")
+        return
+    RESULTS.mkdir(exist_ok=True)
+    (RESULTS / f"{name}.json").write_text(
+        json.dumps({"machine": machine, "results": results}, indent=2) + "\n"
+    )
+    (RESULTS / f"{name}.md").write_text(header + table + "\n")
 
 
 def _version(name: str) -> str:
