@@ -17,6 +17,7 @@ import structlog
 from bench.machine import summary, write
 from service.observability.context import bind_route, bind_user, start_request
 from service.observability.logging import configure_logging
+from service.request_record import REQUEST_LOGGER
 from service.settings import load_settings
 
 ITERATIONS = 20_000
@@ -27,7 +28,7 @@ def run() -> None:
     with TemporaryDirectory() as tmp, open(os.devnull, "w") as devnull:
         settings = load_settings(environment="production", secret_key="x" * 40, data_dir=Path(tmp))
         configure_logging(settings, devnull)
-        logger = structlog.get_logger("service.request")
+        logger = structlog.get_logger(REQUEST_LOGGER)
         bind_only = [_measure(lambda: _bind(), ITERATIONS) for _ in range(RUNS)]
         full = [_measure(lambda: _request(logger), ITERATIONS) for _ in range(RUNS)]
     results = {"bind_context_us": summary(bind_only), "bind_and_log_line_us": summary(full)}

@@ -20,7 +20,7 @@ from service.observability import exposition, middleware
 from service.observability.context import bind_route
 from service.observability.logging import configure_logging
 from service.observability.metrics import Metrics
-from service.observability.middleware import RequestObserver
+from service.request_record import REQUEST_LOGGER, RequestObserver
 from service.settings import Settings, load_settings
 
 REQUESTS = 20_000
@@ -92,7 +92,7 @@ def _time_ms(step: Any, repeat: int = 5) -> list[float]:
 def _configure(settings: Settings, stream: Any) -> None:
     configure_logging(settings, stream)
     # Production caches loggers on first use; a fresh proxy picks up the new level.
-    middleware.logger = structlog.get_logger("service.request")
+    middleware.logger = structlog.get_logger(REQUEST_LOGGER)
 
 
 def run() -> None:

@@ -2,38 +2,34 @@
 
 from __future__ import annotations
 
-from contextlib import suppress
-from types import TracebackType
-
-import structlog
 from quart import Quart
 from quart.ctx import RequestContext
 from quart.globals import request_ctx
 from quart.typing import ResponseReturnValue
-from quart.wrappers import Request
 from quart_schema import QuartSchema
 
 from service.active_users import ActiveUsers, init_active_users
 from service.blueprints import auth, health, meta, rum
 from service.blueprints import metrics as metrics_blueprint
-from service.cache import CacheError, init_cache
+from service.cache import init_cache
 from service.db import init_db
 from service.errors import register_error_handlers
-from service.observability.context import bind_route, bind_user, current_context
 from service.observability.health import init_health
 from service.observability.logging import configure_logging
 from service.observability.metrics import init_metrics, instrument_engine
-from service.observability.middleware import RequestObserver
 from service.observability.multiprocess import init_worker_snapshots
 from service.passwords import init_passwords
+from service.proxy_fix import ProxyFix
 from service.rate_limits import init_rate_limits
-from service.sessions import SESSION_COOKIE_NAME, current_session, expire_cookie, init_sessions
+from service.request_record import (
+    ExcInfo,
+    RequestObserver,
+    bind_route_and_user,
+    log_request_failure,
+)
+from service.sessions import init_sessions
 from service.settings import Settings, load_settings
 from service.version import VERSION
-
-logger = structlog.get_logger("service.request")
-
-_ExcInfo = tuple[type[BaseException], BaseException, TracebackType] | tuple[None, None, None]
 
 
 class ServiceApp(Quart):
@@ -48,12 +44,11 @@ class ServiceApp(Quart):
         # binding itself on every request (bench/README.md, Instructions).
         if self.active_users is not None:
             request = (request_context or request_ctx).request
-            await _bind_request_context(request, self.active_users)
+            await bind_route_and_user(request, self.active_users)
         return await super().preprocess_request(request_context)
 
-    def log_exception(self, exc_info: _ExcInfo) -> None:
-        # The one server-side record of an unhandled exception; the client only sees a 500.
-        logger.error("request_failed", exc_info=exc_info)
+    def log_exception(self, exc_info: ExcInfo) -> None:
+        log_request_failure(exc_info)
 
 
 def create_app(settings: Settings | None = None) -> ServiceApp:
@@ -91,28 +86,7 @@ def create_app(settings: Settings | None = None) -> ServiceApp:
     app.register_blueprint(auth.create_blueprint(settings, sessions, metrics))
     if settings.request_observability:
         app.asgi_app = RequestObserver(app.asgi_app, settings, metrics)  # type: ignore[method-assign]
+    if settings.trusted_proxies:
+        # Outermost: everything inside, the request record included, sees the client's address.
+        app.asgi_app = ProxyFix(app.asgi_app, settings.trusted_proxies)  # type: ignore[method-assign]
     return app
-
-
-async def _bind_request_context(request: Request, active_users: ActiveUsers) -> None:
-    context = current_context()
-    if context is None:
-        return
-    rule = request.url_rule
-    if rule is not None:
-        bind_route(rule.rule)
-    if context.has_cookies and SESSION_COOKIE_NAME in request.cookies:
-        # Any route may carry the cookie; its user is logged when the session can be looked up.
-        # A lookup that fails must not fail a route that needs no session: the routes that do
-        # need one meet the same failure (sessions.SessionUser remembers it) and answer 503.
-        try:
-            session = await current_session()
-        except Exception:
-            return
-        if session is None:
-            expire_cookie()  # a dead or forged cookie: tell the browser to stop sending it
-            return
-        bind_user(session.user_id)
-        # A cache failure is counted by the cache wrapper; it must not fail the request.
-        with suppress(CacheError):
-            await active_users.mark(session.user_id)

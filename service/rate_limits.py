@@ -23,7 +23,6 @@ from quart_rate_limiter.store import RateLimiterStoreABC
 
 from service.cache import CacheError, get_cache
 from service.db.users import USERNAME_PATTERN
-from service.observability.context import request_client_ip
 from service.settings import Settings
 from service.unavailable import DependencyUnavailable
 
@@ -128,7 +127,7 @@ def _headers(limit: RateLimit, until_whole: float) -> dict[str, str]:
 
 def init_rate_limits(app: Quart, settings: Settings) -> RateLimiter:
     async def ip_key() -> str:
-        return request_client_ip(settings.trusted_proxies)
+        return request.remote_addr or "unknown"  # the client behind trusted proxies: proxy_fix
 
     return _RateLimiter(app, key_function=ip_key, store=CacheStore())
 

@@ -34,10 +34,18 @@ LAYERS: list[tuple[str, tuple[str, ...]]] = [
             "service.observability.health",
             "service.observability.multiprocess",
             "service.observability.rum",
-            "service.observability.middleware",
         ),
     ),
-    ("http", ("service.errors", "service.rate_limits", "service.blueprints")),
+    (
+        "http",
+        (
+            "service.errors",
+            "service.rate_limits",
+            "service.proxy_fix",
+            "service.request_record",
+            "service.blueprints",
+        ),
+    ),
     ("app", ("service.app", "service.asgi", "service")),
 ]
 

@@ -5,7 +5,6 @@ from __future__ import annotations
 from quart import Blueprint, Quart, Response, request
 
 from service.errors import APIError
-from service.observability.context import request_client_ip
 from service.observability.metrics import Metrics
 from service.observability.rum import REJECTIONS, BeaconReceiver, Rejected
 from service.settings import Settings
@@ -24,7 +23,7 @@ def create_blueprint(app: Quart, settings: Settings, metrics: Metrics) -> Bluepr
     @blueprint.post("/api/rum")
     async def beacon() -> Response:
         receiver = receivers[0]
-        client = request_client_ip(settings.trusted_proxies)
+        client = request.remote_addr or "unknown"  # behind trusted proxies: service.proxy_fix
         try:
             receiver.admit(client, request.headers.get("Origin"), request.content_length)
             body = await request.get_data(cache=False, as_text=False, parse_form_data=False)

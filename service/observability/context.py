@@ -10,15 +10,11 @@ context on every line, and binding a key there costs a ContextVar per key.
 
 from __future__ import annotations
 
-import ipaddress
 import random
 import re
-from collections.abc import Sequence
 from contextvars import ContextVar
 from dataclasses import dataclass
-from functools import lru_cache
 
-from quart import request
 from structlog.types import EventDict, WrappedLogger
 
 REQUEST_ID_HEADER = "X-Request-ID"
@@ -107,44 +103,3 @@ def accept_request_id(incoming: str | None) -> str:
     # every request (a request id needs to be unique, not unguessable) and without a format spec
     # (a third of the cost).
     return random.getrandbits(128).to_bytes(16).hex()
-
-
-def client_ip(remote_addr: str | None, forwarded_for: str | None, trusted: Sequence[str]) -> str:
-    """The client's address: `X-Forwarded-For` is believed only when sent by a trusted proxy.
-
-    Walks the forwarded chain from the right and returns the first hop that is not itself a
-    trusted proxy, so a client cannot choose its own address by sending the header.
-    """
-    address = remote_addr or "unknown"
-    if not forwarded_for or not trusted or not _is_trusted(address, tuple(trusted)):
-        return address
-    hops = [hop.strip() for hop in forwarded_for.split(",") if hop.strip()]
-    for hop in reversed(hops):
-        if not _is_valid_ip(hop):
-            return address
-        if not _is_trusted(hop, tuple(trusted)):
-            return hop
-        address = hop
-    return address
-
-
-def request_client_ip(trusted: Sequence[str]) -> str:
-    """`client_ip` of the Quart request being handled."""
-    return client_ip(request.remote_addr, request.headers.get("X-Forwarded-For"), trusted)
-
-
-def _is_valid_ip(value: str) -> bool:
-    try:
-        ipaddress.ip_address(value)
-    except ValueError:
-        return False
-    return True
-
-
-@lru_cache(maxsize=1024)
-def _is_trusted(address: str, trusted: tuple[str, ...]) -> bool:
-    try:
-        ip = ipaddress.ip_address(address)
-    except ValueError:
-        return False
-    return any(ip in ipaddress.ip_network(network, strict=False) for network in trusted)

@@ -1,0 +1,188 @@
+"""The record of each HTTP request, owned here from its first byte to its last.
+
+`RequestObserver` (ASGI, outside Quart, so it sees the whole exchange) starts the request's
+context (`context.py`), counts it in the metrics, echoes the request id on every response (500s
+included) and writes the one canonical `request_finished` line once the body has been sent.
+Inside Quart, `bind_route_and_user` adds what only routing and the session know; an unhandled
+exception is logged once, by `log_request_failure`.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Awaitable
+from contextlib import suppress
+from logging import ERROR, INFO, WARNING
+from types import TracebackType
+from typing import Any
+
+import structlog
+from hypercorn.typing import (
+    ASGIFramework,
+    ASGIReceiveCallable,
+    ASGISendCallable,
+    HTTPScope,
+    Scope,
+)
+from quart.wrappers import Request
+
+from service.active_users import ActiveUsers
+from service.cache import CacheError
+from service.observability.context import (
+    REQUEST_ID_HEADER,
+    RequestContext,
+    accept_request_id,
+    bind_route,
+    bind_user,
+    current_context,
+    is_probe,
+    start_request,
+)
+from service.observability.logging import redact_url
+from service.observability.metrics import UNMATCHED, Metrics, method_label
+from service.sessions import SESSION_COOKIE_NAME, current_session, expire_cookie
+from service.settings import Settings
+
+REQUEST_LOGGER = "service.request"
+ExcInfo = tuple[type[BaseException], BaseException, TracebackType] | tuple[None, None, None]
+
+_REQUEST_ID_HEADER = REQUEST_ID_HEADER.lower().encode()
+_FALLBACK_BODY = b'{"error": {"code": "internal_error", "message": "An internal error occurred."}}'
+_logger = structlog.get_logger(REQUEST_LOGGER)
+
+
+class RequestObserver:
+    def __init__(self, app: ASGIFramework, settings: Settings, metrics: Metrics) -> None:
+        self.app = app
+        self.settings = settings
+        self.metrics = metrics
+        # Bound once (create_app configures logging first): a module-level structlog logger is a
+        # lazy proxy that looks its configuration up again on every call.
+        self.logger = structlog.get_logger(REQUEST_LOGGER).bind()
+
+    async def __call__(
+        self, scope: Scope, receive: ASGIReceiveCallable, send: ASGISendCallable
+    ) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        context = self._start(scope)
+        is_poll = is_probe(scope["path"])
+        track = self.settings.metrics_track_probes or not is_poll
+        method = method_label(scope["method"])
+        id_header = (_REQUEST_ID_HEADER, context.request_id.encode())
+        status = 500
+        sent_bytes = 0
+        response_started = False
+        started_at = time.perf_counter()
+        if track:
+            self.metrics.request_started(method)
+
+        # A plain function handing back `send`'s awaitable: no coroutine of its own per message.
+        def observed_send(message: Any) -> Awaitable[None]:
+            nonlocal status, sent_bytes, response_started
+            kind = message["type"]
+            if kind == "http.response.body":
+                sent_bytes += len(message.get("body", b""))
+            elif kind == "http.response.start":
+                response_started = True
+                status = message["status"]
+                headers = message.get("headers")
+                if type(headers) is list:  # a list made for this message (Quart's): append
+                    headers.append(id_header)
+                else:
+                    message = {**message, "headers": [*(headers or ()), id_header]}
+            return send(message)
+
+        try:
+            await self.app(scope, receive, observed_send)
+        except Exception:
+            # Quart answers its own failures (log_request_failure); this is one that escaped it.
+            self.logger.exception("request_failed")
+            if not response_started:
+                await _send_fallback_500(observed_send)
+        finally:
+            elapsed = time.perf_counter() - started_at
+            if track:
+                self.metrics.request_finished(method, context.route or UNMATCHED, status, elapsed)
+            if self.settings.log_health_requests or not is_poll:
+                self._log_finished(context, status, elapsed, sent_bytes)
+
+    def _start(self, scope: HTTPScope) -> RequestContext:
+        """The request's context, from the one pass over its headers this module makes."""
+        incoming_id = None
+        has_cookies = False
+        for name, value in scope["headers"]:
+            if name == _REQUEST_ID_HEADER:
+                incoming_id = value.decode("latin-1")
+            elif name == b"cookie":
+                has_cookies = True
+        peer = scope.get("client")  # the client behind trusted proxies: see service.proxy_fix
+        # Every log line carries the path unredacted (see logging.configure_logging): the client
+        # chooses it, so credentials in it are masked here, once.
+        return start_request(
+            accept_request_id(incoming_id),
+            scope["method"],
+            redact_url(scope["path"]),
+            peer[0] if peer else "unknown",
+            has_cookies=has_cookies,
+        )
+
+    def _log_finished(
+        self, context: RequestContext, status: int, elapsed: float, sent_bytes: int
+    ) -> None:
+        # Whole microseconds: round(x, 3) formats the float as text internally.
+        duration_ms = int(elapsed * 1_000_000) / 1000
+        level = ERROR if status >= 500 else WARNING if status >= 400 else INFO
+        self.logger.log(
+            level,
+            "request_finished",
+            status=status,
+            duration_ms=duration_ms,
+            response_bytes=sent_bytes,
+            route=context.route,
+            user_id=context.user_id,
+        )
+
+
+async def bind_route_and_user(request: Request, active_users: ActiveUsers) -> None:
+    """Add the route template and the signed-in user to the request's context (called by the
+    app before the route runs; only routing and the session know them)."""
+    context = current_context()
+    if context is None:
+        return
+    rule = request.url_rule
+    if rule is not None:
+        bind_route(rule.rule)
+    # `has_cookies` lets most requests (API clients, probes) skip cookie parsing altogether.
+    if context.has_cookies and SESSION_COOKIE_NAME in request.cookies:
+        # Any route may carry the cookie; its user is logged when the session can be looked up.
+        # A lookup that fails must not fail a route that needs no session: the routes that do
+        # need one meet the same failure (sessions.SessionUser remembers it) and answer 503.
+        try:
+            session = await current_session()
+        except Exception:
+            return
+        if session is None:
+            expire_cookie()  # a dead or forged cookie: tell the browser to stop sending it
+            return
+        bind_user(session.user_id)
+        # A cache failure is counted by the cache wrapper; it must not fail the request.
+        with suppress(CacheError):
+            await active_users.mark(session.user_id)
+
+
+def log_request_failure(exc_info: ExcInfo) -> None:
+    """The one server-side record of an exception a route raised; the client only sees a 500."""
+    _logger.error("request_failed", exc_info=exc_info)
+
+
+async def _send_fallback_500(send: ASGISendCallable) -> None:
+    headers = [
+        (b"content-type", b"application/json"),
+        (b"content-length", b"%d" % len(_FALLBACK_BODY)),
+    ]
+    await send(
+        {"type": "http.response.start", "status": 500, "headers": headers, "trailers": False}
+    )
+    await send({"type": "http.response.body", "body": _FALLBACK_BODY, "more_body": False})
