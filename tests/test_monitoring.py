@@ -81,6 +81,18 @@ def test_every_alert_is_documented_and_unit_tested() -> None:
     assert "histogram_quantile(0.95" in (PROMETHEUS_DIR / "rules" / "recording.yml").read_text()
 
 
+def test_every_recording_rule_is_used() -> None:
+    """A recorded series that no alert, panel, other rule or runbook reads is cost without use."""
+    rules = yaml.safe_load((MONITORING / "prometheus/rules/recording.yml").read_text())
+    recorded = [rule for group in rules["groups"] for rule in group["rules"] if "record" in rule]
+    readers = (MONITORING / "prometheus/rules/alerts.yml").read_text()
+    readers += (MONITORING / "grafana/dashboards/scene-packer.json").read_text()
+    readers += (MONITORING / "README.md").read_text()
+    readers += " ".join(rule["expr"] for rule in recorded)
+    unused = [rule["record"] for rule in recorded if readers.count(rule["record"]) == 0]
+    assert not unused, unused
+
+
 def test_resource_alerts_use_the_health_check_thresholds() -> None:
     """One threshold each: the alert fires where the health check starts to warn."""
     rules = yaml.safe_load((MONITORING / "prometheus/rules/alerts.yml").read_text())
