@@ -1,8 +1,9 @@
 """The request context: request id, method, path, client, route and user, in one ContextVar.
 
-The ASGI middleware starts a `RequestContext` for each request. Quart runs the handler in a child
-task, which inherits the context: `bind_route` and `bind_user` there change the one shared object,
-so every later log line of the request, the middleware's last one included, carries them.
+The request observer (`service/request_record.py`) starts a `RequestContext` for each request.
+Quart runs the handler in a child task, which inherits the context: `bind_route` and `bind_user`
+there change the one shared object, so every later log line of the request, the observer's last
+one included, carries them.
 `add_request_context` is the processor that puts the fields on each log line. One ContextVar
 holding one object keeps that O(1): structlog's `merge_contextvars` walks every variable of the
 context on every line, and binding a key there costs a ContextVar per key.
@@ -40,7 +41,7 @@ class RequestContext:
     client_ip: str
     route: str | None = None
     user_id: int | None = None
-    # Not logged: lets the route and user binding (`ServiceApp.preprocess_request`) skip cookie
+    # Not logged: lets the route and user binding (`request_record.bind_route_and_user`) skip cookie
     # parsing (and the session lookup) when the request carries no cookie at all, as most API
     # and probe requests do.
     has_cookies: bool = False
