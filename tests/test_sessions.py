@@ -178,27 +178,37 @@ async def test_session_metrics(client: Client, app: Quart) -> None:
     assert ("auth_logouts_total", frozenset({("scope", "all")})) in samples  # 0, not absent
 
 
-async def test_the_session_store_down_fails_closed(postgres_url: str, tmp_path: Path) -> None:
-    proxy = TcpProxy(make_url(postgres_url).port or 5432)
+@asynccontextmanager
+async def _serving_through(
+    proxied: str, postgres_url: str, tmp_path: Path, **extra: Any
+) -> AsyncIterator[tuple[Quart, TcpProxy]]:
+    """The app on PostgreSQL and Redis, one of them (`database_url` or `redis_url`) reached
+    through a proxy the test can cut and restore."""
+    target = make_url(postgres_url if proxied == "database_url" else REDIS_URL)
+    proxy = TcpProxy(target.port or 0)
     await proxy.start()
-    url = make_url(postgres_url).set(port=proxy.port).render_as_string(hide_password=False)
-    settings = make_settings(
-        "postgres", postgres_url, tmp_path, database_url=url, db_pool_timeout=1
-    )
+    via_proxy = target.set(port=proxy.port).render_as_string(hide_password=False)
+    settings = make_settings("postgres", postgres_url, tmp_path, **{proxied: via_proxy}, **extra)
     app = create_app(settings)
     try:
         async with app.test_app() as test_app:
-            client = test_app.test_client()
-            await register(client, "ivan")
-            await login(client, "ivan")
-            await proxy.cut()
-            response = await client.get("/api/auth/me")
-            assert response.status_code == 503
-            assert (await response.get_json())["error"]["code"] == "service_unavailable"
-            # A route that needs no session still answers with the cookie sent.
-            assert (await client.get("/")).status_code == 200
+            yield test_app, proxy
     finally:
         await proxy.cut()
+
+
+async def test_the_session_store_down_fails_closed(postgres_url: str, tmp_path: Path) -> None:
+    serving = _serving_through("database_url", postgres_url, tmp_path, db_pool_timeout=1)
+    async with serving as (test_app, proxy):
+        client = test_app.test_client()
+        await register(client, "ivan")
+        await login(client, "ivan")
+        await proxy.cut()
+        response = await client.get("/api/auth/me")
+        assert response.status_code == 503
+        assert (await response.get_json())["error"]["code"] == "service_unavailable"
+        # A route that needs no session still answers with the cookie sent.
+        assert (await client.get("/")).status_code == 200
 
 
 async def test_a_logout_the_cache_missed_is_a_503_and_a_retry_lands(
@@ -206,55 +216,39 @@ async def test_a_logout_the_cache_missed_is_a_503_and_a_retry_lands(
 ) -> None:
     """Redis holds live sessions for a while: a revocation that cannot reach it must not claim
     success, and the retry must end the session."""
-    proxy = TcpProxy(make_url(REDIS_URL).port or 6379)
-    await proxy.start()
-    redis_url = make_url(REDIS_URL).set(port=proxy.port).render_as_string(hide_password=False)
-    settings = make_settings("postgres", postgres_url, tmp_path, redis_url=redis_url)
-    app = create_app(settings)
-    try:
-        async with app.test_app() as test_app:
-            client = test_app.test_client()
-            await register(client, "heidi")
-            await login(client, "heidi")
-            assert (await client.get("/api/auth/me")).status_code == 200  # now cached
-            await proxy.cut()
-            assert (await client.get("/api/auth/me")).status_code == 200  # the database answers
-            response = await client.post("/api/auth/logout")
-            assert response.status_code == 503
-            await proxy.start()
-            assert (await client.post("/api/auth/logout")).status_code == 204
-            assert (await client.get("/api/auth/me")).status_code == 401
-    finally:
+    async with _serving_through("redis_url", postgres_url, tmp_path) as (test_app, proxy):
+        client = test_app.test_client()
+        await register(client, "heidi")
+        await login(client, "heidi")
+        assert (await client.get("/api/auth/me")).status_code == 200  # now cached
         await proxy.cut()
+        assert (await client.get("/api/auth/me")).status_code == 200  # the database answers
+        response = await client.post("/api/auth/logout")
+        assert response.status_code == 503
+        await proxy.start()
+        assert (await client.post("/api/auth/logout")).status_code == 204
+        assert (await client.get("/api/auth/me")).status_code == 401
 
 
 async def test_a_logout_all_the_cache_missed_ends_nothing_and_a_retry_ends_all(
     postgres_url: str, tmp_path: Path
 ) -> None:
-    proxy = TcpProxy(make_url(REDIS_URL).port or 6379)
-    await proxy.start()
-    redis_url = make_url(REDIS_URL).set(port=proxy.port).render_as_string(hide_password=False)
-    settings = make_settings("postgres", postgres_url, tmp_path, redis_url=redis_url)
-    app = create_app(settings)
-    try:
-        async with app.test_app() as test_app:
-            phone, laptop = test_app.test_client(), test_app.test_client()
-            await register(phone, "grace")
-            for device in (phone, laptop):
-                await login(device, "grace")
-                assert (await device.get("/api/auth/me")).status_code == 200  # both cached
-            await proxy.cut()
-            response = await phone.post("/api/auth/logout-all")
-            assert response.status_code == 503
-            assert (await response.get_json())["error"]["code"] == "service_unavailable"
-            await proxy.start()
-            response = await phone.post("/api/auth/logout-all")
-            assert response.status_code == 200
-            assert await response.get_json() == {"sessions_ended": 2}
-            assert (await laptop.get("/api/auth/me")).status_code == 401
-            assert (await phone.get("/api/auth/me")).status_code == 401
-    finally:
+    async with _serving_through("redis_url", postgres_url, tmp_path) as (test_app, proxy):
+        phone, laptop = test_app.test_client(), test_app.test_client()
+        await register(phone, "grace")
+        for device in (phone, laptop):
+            await login(device, "grace")
+            assert (await device.get("/api/auth/me")).status_code == 200  # both cached
         await proxy.cut()
+        response = await phone.post("/api/auth/logout-all")
+        assert response.status_code == 503
+        assert (await response.get_json())["error"]["code"] == "service_unavailable"
+        await proxy.start()
+        response = await phone.post("/api/auth/logout-all")
+        assert response.status_code == 200
+        assert await response.get_json() == {"sessions_ended": 2}
+        assert (await laptop.get("/api/auth/me")).status_code == 401
+        assert (await phone.get("/api/auth/me")).status_code == 401
 
 
 async def test_a_new_login_replaces_the_browser_s_old_session(
