@@ -13,14 +13,13 @@ from tempfile import TemporaryDirectory
 from typing import Any
 
 import prometheus_client
-import structlog
 
 from bench.machine import summary, write
-from service.observability import exposition, middleware
+from service.observability import exposition
 from service.observability.context import bind_route
 from service.observability.logging import configure_logging
 from service.observability.metrics import Metrics
-from service.request_record import REQUEST_LOGGER, RequestObserver
+from service.request_record import RequestObserver
 from service.settings import Settings, load_settings
 
 REQUESTS = 20_000
@@ -90,9 +89,8 @@ def _time_ms(step: Any, repeat: int = 5) -> list[float]:
 
 
 def _configure(settings: Settings, stream: Any) -> None:
+    # Each RequestObserver binds its logger when it is made, after this configuration.
     configure_logging(settings, stream)
-    # Production caches loggers on first use; a fresh proxy picks up the new level.
-    middleware.logger = structlog.get_logger(REQUEST_LOGGER)
 
 
 def run() -> None:

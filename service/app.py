@@ -14,7 +14,7 @@ from service.blueprints import metrics as metrics_blueprint
 from service.cache import init_cache
 from service.db import init_db
 from service.errors import register_error_handlers
-from service.observability.health import init_health
+from service.health import init_health
 from service.observability.logging import configure_logging
 from service.observability.metrics import init_metrics, instrument_engine
 from service.observability.multiprocess import init_worker_snapshots

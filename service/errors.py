@@ -84,7 +84,8 @@ async def _handle_api_error(error: APIError) -> Response:
 
 
 async def _handle_dependency_unavailable(error: DependencyUnavailable) -> Response:
-    return error_response(503, "service_unavailable", error.message, headers=None)
+    code, message = _HTTP_CODES[503]
+    return error_response(503, code, error.message or message, headers=None)
 
 
 async def _handle_validation_error(error: RequestSchemaValidationError) -> Response:

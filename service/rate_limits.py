@@ -33,9 +33,6 @@ _USERNAME = re.compile(USERNAME_PATTERN)
 class RateLimitsUnavailable(DependencyUnavailable):
     """The shared cache that holds the limits could not answer: fail closed."""
 
-    def __init__(self) -> None:
-        super().__init__("A backing service is unavailable; retry later.")
-
 
 class CacheStore(RateLimiterStoreABC):
     """Theoretical arrival times in the app's cache; a key expires when its TAT has passed."""
@@ -143,17 +140,27 @@ async def submitted_username() -> str | None:
 
 
 async def username_key() -> str:
-    """The submitted username, hashed so the key length does not depend on client input;
-    malformed ones (answered 400) share one key."""
+    """The submitted username, hashed so the key length does not depend on client input."""
     username = await submitted_username() or ""
     return "user:" + hashlib.sha256(username.encode()).hexdigest()[:32]
+
+
+async def no_username() -> bool:
+    """A login without a well-formed username (answered 400) spends no username's budget; the
+    per-address limit still counts it."""
+    return await submitted_username() is None
 
 
 def login_limits(settings: Settings) -> list[RateLimit]:
     window = timedelta(seconds=settings.rate_limit_window_seconds)
     return [
         RateLimit(settings.login_limit_per_ip, window),
-        RateLimit(settings.login_limit_per_username, window, key_function=username_key),
+        RateLimit(
+            settings.login_limit_per_username,
+            window,
+            key_function=username_key,
+            skip_function=no_username,
+        ),
     ]
 
 

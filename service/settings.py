@@ -142,10 +142,7 @@ class Settings(BaseSettings):
     )
     @classmethod
     def _comma_list(cls, value: Any) -> Any:
-        """A list setting may be given as comma-separated text in the environment."""
-        if isinstance(value, str):
-            return [part.strip() for part in value.split(",") if part.strip()]
-        return value
+        return _split_commas(value)
 
     @field_validator("trusted_proxies")
     @classmethod

@@ -15,6 +15,7 @@ from typing import Any
 
 import asyncpg
 import pytest
+import redis.asyncio as aioredis
 from quart import Quart
 from quart.typing import TestClientProtocol as Client
 from sqlalchemy.engine import make_url
@@ -75,11 +76,29 @@ def backend(request: pytest.FixtureRequest) -> str:
 
 
 @pytest.fixture
-async def settings(backend: str, request: pytest.FixtureRequest, tmp_path: Path) -> Settings:
+async def settings(
+    backend: str, request: pytest.FixtureRequest, tmp_path: Path
+) -> AsyncIterator[Settings]:
     postgres = request.getfixturevalue("postgres_url") if backend == "postgres" else None
     if postgres is not None:
         await _truncate(postgres)
-    return make_settings(backend, postgres, tmp_path)
+    settings = make_settings(backend, postgres, tmp_path)
+    yield settings
+    if postgres is not None:
+        # Everything the service writes to Redis expires: nothing piles up in a shared instance.
+        assert await _keys_without_ttl(settings.cache_key_prefix) == []
+
+
+async def _keys_without_ttl(prefix: str) -> list[str]:
+    client = aioredis.Redis.from_url(REDIS_URL)
+    try:
+        return [
+            key.decode()
+            async for key in client.scan_iter(match=f"{prefix}*")
+            if await client.pttl(key) == -1
+        ]
+    finally:
+        await client.aclose()
 
 
 @pytest.fixture

@@ -4,25 +4,18 @@ part reaches another's objects through that part's own accessor, never by a stri
 from __future__ import annotations
 
 import ast
+import importlib
 import subprocess
 import sys
 from pathlib import Path
 
-from tests.conftest import ROOT
+from tests.support import ROOT
 
 SERVICE = ROOT / "service"
 # Bottom to top. A module may import its own layer and the ones below, never one above.
 LAYERS: list[tuple[str, tuple[str, ...]]] = [
     ("foundation", ("service.settings", "service.version", "service.unavailable")),
-    (
-        "instruments",
-        (
-            "service.observability.context",
-            "service.observability.logging",
-            "service.observability.exposition",
-            "service.observability.metrics",
-        ),
-    ),
+    ("instruments", ("service.observability",)),
     ("backends", ("service.db", "service.cache")),
     (
         "features",
@@ -31,9 +24,7 @@ LAYERS: list[tuple[str, tuple[str, ...]]] = [
             "service.active_users",
             "service.passwords",
             "service.password_policy",
-            "service.observability.health",
-            "service.observability.multiprocess",
-            "service.observability.rum",
+            "service.health",
         ),
     ),
     (
@@ -46,8 +37,10 @@ LAYERS: list[tuple[str, tuple[str, ...]]] = [
             "service.blueprints",
         ),
     ),
-    ("app", ("service.app", "service.asgi", "service")),
+    ("app", ("service.app", "service.asgi")),
 ]
+# The package's own __init__ (it exports create_app) stands above everything.
+_ROOT_MODULE = "service"
 
 
 def _module_name(path: Path) -> str:
@@ -80,6 +73,8 @@ def _imports(tree: ast.Module) -> set[str]:
 
 
 def _layer(module: str) -> int:
+    if module == _ROOT_MODULE:
+        return len(LAYERS)
     best: tuple[int, int] | None = None  # (length of the matching prefix, layer)
     for index, (_, prefixes) in enumerate(LAYERS):
         for prefix in prefixes:
@@ -123,6 +118,19 @@ def test_no_cycle_between_packages() -> None:
 
     cycles = sorted(unit_ for unit_ in edges if reaches(unit_, unit_, {unit_}))
     assert not cycles, f"packages in an import cycle: {cycles}"
+
+
+def test_neither_bench_nor_the_harness_imports_the_fixtures() -> None:
+    """`tests/conftest.py` is pytest's: benchmarks and the harness share tests/support/ instead."""
+    for path in [*(ROOT / "bench").rglob("*.py"), *(ROOT / "tests" / "support").rglob("*.py")]:
+        assert "tests.conftest" not in _imports(ast.parse(path.read_text())), path
+
+
+def test_every_benchmark_module_imports() -> None:
+    from bench.__main__ import BENCHMARKS
+
+    for target in BENCHMARKS.values():
+        importlib.import_module(target.partition(":")[0])
 
 
 def test_extensions_are_read_only_by_their_owner() -> None:

@@ -202,3 +202,17 @@ async def test_auth_answers_are_never_cached(client: Client) -> None:
     responses.append(await login(client, password="a wrong password"))
     for response in responses:
         assert response.headers["Cache-Control"] == "no-store"
+
+
+async def test_malformed_usernames_spend_no_username_budget(settings: Settings) -> None:
+    limits = {"login_limit_per_username": 2, "login_limit_per_ip": 100}
+    app = create_app(settings.model_copy(update=limits))
+    async with app.test_app() as test_app:
+        client = test_app.test_client()
+        await register(client, "carol")
+        for malformed in (" carol", "CAROL!", "c" * 40, " carol", "x y"):
+            response = await login(client, malformed, "correct horse battery")
+            assert (await response.get_json())["error"]["code"] == "invalid_body"
+        assert (await login(client, "carol")).status_code == 200
+        assert (await login(client, "carol")).status_code == 200
+        assert (await login(client, "carol")).status_code == 429  # its own budget still holds

@@ -37,6 +37,24 @@ def test_every_setting_is_in_the_settings_table() -> None:
     assert not missing, f"settings missing from README: {missing}"
 
 
+def test_the_settings_table_gives_each_plain_default() -> None:
+    """Numbers, flags and words: the default column says what Settings says."""
+    rows = [line for line in _section("Settings").splitlines() if line.startswith("| `")]
+    wrong = []
+    for name, field in Settings.model_fields.items():
+        default = field.default
+        if default is None or not isinstance(default, int | float | str):
+            continue
+        if isinstance(default, bool):
+            text = "true" if default else "false"
+        else:
+            text = f"{default:g}" if isinstance(default, float) else str(default)
+        (row,) = [row for row in rows if f"`{name.upper()}`" in _CELL_BORDER.split(row)[1]]
+        if f"`{text}`" not in _CELL_BORDER.split(row)[2]:
+            wrong.append(f"{name.upper()}: README does not say `{text}`")
+    assert not wrong, wrong
+
+
 def test_every_endpoint_is_in_the_endpoints_table(tmp_path: Path) -> None:
     documented = _table_cells(_section("Endpoints"))
     app = create_app(load_settings(data_dir=tmp_path, database_url="", redis_url=""))

@@ -184,8 +184,9 @@ async def _serving_through(
 ) -> AsyncIterator[tuple[Quart, TcpProxy]]:
     """The app on PostgreSQL and Redis, one of them (`database_url` or `redis_url`) reached
     through a proxy the test can cut and restore."""
-    target = make_url(postgres_url if proxied == "database_url" else REDIS_URL)
-    proxy = TcpProxy(target.port or 0)
+    database = proxied == "database_url"
+    target = make_url(postgres_url if database else REDIS_URL)
+    proxy = TcpProxy(target.port or (5432 if database else 6379))
     await proxy.start()
     via_proxy = target.set(port=proxy.port).render_as_string(hide_password=False)
     settings = make_settings("postgres", postgres_url, tmp_path, **{proxied: via_proxy}, **extra)

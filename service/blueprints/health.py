@@ -4,8 +4,8 @@ from __future__ import annotations
 
 from quart import Blueprint, Response, jsonify
 
+from service.health import get_health
 from service.observability.context import HEALTH_PATH
-from service.observability.health import get_health
 
 blueprint = Blueprint("health", __name__, url_prefix=HEALTH_PATH)
 

@@ -37,9 +37,6 @@ _EXTENSION = "database"
 class DatabaseUnavailable(DependencyUnavailable):
     """The database could not be reached (down, hung, or every pooled connection busy)."""
 
-    def __init__(self) -> None:
-        super().__init__("A backing service is unavailable; retry later.")
-
 
 @dataclass
 class Database:

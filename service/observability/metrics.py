@@ -19,7 +19,7 @@ from typing import Any, Literal, get_args
 
 import psutil
 from aioprometheus.collectors import Counter, Gauge, Histogram, Registry
-from quart import Quart, current_app
+from quart import Quart
 from quart.signals import got_request_exception
 from sqlalchemy import event
 from sqlalchemy.ext.asyncio import AsyncEngine
@@ -55,7 +55,6 @@ LOGIN_RESULTS: tuple[LoginResult, ...] = get_args(LoginResult)
 LogoutScope = Literal["session", "all"]
 LOGOUT_SCOPES: tuple[LogoutScope, ...] = get_args(LogoutScope)
 _STATUS_TEXT = {status: str(status) for status in range(100, 600)}
-_EXTENSION = "metrics"
 
 
 class Series:
@@ -377,17 +376,11 @@ def error_type_label(exception: BaseException) -> str:
 
 def init_metrics(app: Quart, settings: Settings) -> Metrics:
     metrics = Metrics(settings)
-    app.extensions[_EXTENSION] = metrics
 
     async def _record_exception(sender: Quart, exception: BaseException, **_: Any) -> None:
         metrics.record_error(exception)
 
     got_request_exception.connect(_record_exception, app, weak=False)
-    return metrics
-
-
-def get_metrics() -> Metrics:
-    metrics: Metrics = current_app.extensions[_EXTENSION]
     return metrics
 
 

@@ -30,7 +30,7 @@ from sqlalchemy.ext.asyncio import AsyncEngine
 from service.cache import InstrumentedCache, get_cache
 from service.db.engine import create_probe_engine
 from service.observability.metrics import Metrics
-from service.settings import CheckName, Settings
+from service.settings import HEALTH_CHECKS, CheckName, Settings
 
 logger = structlog.get_logger(__name__)
 
@@ -99,11 +99,10 @@ class HealthMonitor:
         self._last_state: dict[CheckName, tuple[Status, str | None]] = {}
         self._refresher: asyncio.Task[None] | None = None
         self._disposals: set[asyncio.Future[None]] = set()
+        # One method per name of settings.CheckName: a name without its `_check_<name>` fails here,
+        # when the app is built.
         self._checks: dict[CheckName, Callable[[], Awaitable[CheckResult]]] = {
-            "database": self._check_database,
-            "cache": self._check_cache,
-            "disk": self._check_disk,
-            "memory": self._check_memory,
+            name: getattr(self, f"_check_{name}") for name in HEALTH_CHECKS
         }
 
     async def start(self, cache: InstrumentedCache) -> None:
