@@ -23,10 +23,8 @@ import re
 import threading
 import unicodedata
 from dataclasses import dataclass
+from functools import cache
 from typing import Literal
-
-from zxcvbn import zxcvbn
-from zxcvbn.matching import L33T_TABLE
 
 WeaknessReason = Literal["too_short", "contains_username", "guessable"]
 MIN_GUESSES_LOG10 = 8.0  # zxcvbn's score 3
@@ -38,7 +36,6 @@ _CAPPED_WINDOW = 16
 _MIN_USERNAME_TO_SEARCH = 4
 # Words an attacker would try first against this service in particular.
 _SERVICE_WORDS = ("scene", "packer", "scenepacker", "ebook")
-_LEET_CHARACTERS = frozenset(char for subs in L33T_TABLE.values() for char in subs)
 _REPEATED = re.compile(r"(.+?)\1+", re.DOTALL)
 # zxcvbn() writes the caller's words into a module-level dictionary: one call at a time.
 _ZXCVBN_LOCK = threading.Lock()
@@ -73,7 +70,7 @@ def _estimate(text: str, words: list[str]) -> tuple[float, str]:
         piece = repeated.group(1)
         guesses_log10, warning = _estimate(piece, words)
         return guesses_log10 + math.log10(len(text) // len(piece)), warning
-    leet = len(set(text) & _LEET_CHARACTERS)
+    leet = len(set(text) & _leet_characters())
     if leet <= _FULL_ANALYSIS_MAX_LEET or len(text) <= _CAPPED_WINDOW:
         return _zxcvbn(text, words)
     guesses_log10, warning = _zxcvbn(text[:_CAPPED_WINDOW], words)
@@ -81,6 +78,18 @@ def _estimate(text: str, words: list[str]) -> tuple[float, str]:
 
 
 def _zxcvbn(text: str, words: list[str]) -> tuple[float, str]:
+    from zxcvbn import zxcvbn  # see _leet_characters
+
     with _ZXCVBN_LOCK:
         result = zxcvbn(text, user_inputs=words)
     return float(result["guesses_log10"]), str(result["feedback"]["warning"])
+
+
+@cache
+def _leet_characters() -> frozenset[str]:
+    # zxcvbn is imported on the first registration, not with the service: its word lists are
+    # hundreds of thousands of objects that every full garbage collection of a worker would
+    # walk (measured: +1.6 % instructions on every request, bench/README.md).
+    from zxcvbn.matching import L33T_TABLE
+
+    return frozenset(char for subs in L33T_TABLE.values() for char in subs)

@@ -4,8 +4,8 @@ Behind a load balancer every connection comes from the proxy; the client is name
 `X-Forwarded-For`. That header is believed only when the connection comes from a trusted proxy
 (`TRUSTED_PROXIES`), and the chain is walked from the right, so a client cannot choose its own
 address by sending the header. The answer is written into the ASGI scope's `client`: the request
-log, the rate limits and the beacon limits all read `request.remote_addr` and nothing downstream
-parses the header again.
+log, the rate limits and the beacon limits all read it through `client_address`, and nothing
+downstream parses the header again.
 """
 
 from __future__ import annotations
@@ -14,7 +14,14 @@ import ipaddress
 from collections.abc import Sequence
 from functools import lru_cache
 
-from hypercorn.typing import ASGIFramework, ASGIReceiveCallable, ASGISendCallable, Scope
+from hypercorn.typing import (
+    ASGIFramework,
+    ASGIReceiveCallable,
+    ASGISendCallable,
+    HTTPScope,
+    Scope,
+    WebsocketScope,
+)
 
 _FORWARDED_FOR = b"x-forwarded-for"
 
@@ -39,6 +46,12 @@ class ProxyFix:
                     scope = scope.copy()  # the server's own scope stays as it received it
                     scope["client"] = (address, 0)
         await self.app(scope, receive, send)
+
+
+def client_address(scope: HTTPScope | WebsocketScope) -> str:
+    """The client's address as every part reads it (after ProxyFix, when it is installed)."""
+    client = scope.get("client")
+    return client[0] if client else "unknown"
 
 
 def client_ip(remote_addr: str, forwarded_for: str, trusted: tuple[str, ...]) -> str:

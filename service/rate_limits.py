@@ -23,6 +23,7 @@ from quart_rate_limiter.store import RateLimiterStoreABC
 
 from service.cache import CacheError, get_cache
 from service.db.users import USERNAME_PATTERN
+from service.proxy_fix import client_address
 from service.settings import Settings
 from service.unavailable import DependencyUnavailable
 
@@ -81,13 +82,13 @@ class _RateLimiter(RateLimiter):
         return limits
 
     async def _before_request(self) -> None:
-        # Only real attempts spend a budget: a CORS preflight (Quart answers OPTIONS on every
-        # route) must not use up the logins of the address or the username it names.
-        if request.method == "OPTIONS":
-            return
         endpoint = request.endpoint
         limits = self._limits(endpoint)
         if not limits or not current_app.config["QUART_RATE_LIMITER_ENABLED"]:
+            return
+        # Only real attempts spend a budget: a CORS preflight (Quart answers OPTIONS on every
+        # route) must not use up the logins of the address or the username it names.
+        if request.method == "OPTIONS":
             return
         assert endpoint is not None
         # The headers describe the shortest-period limit, as quart-rate-limiter's do.
@@ -124,7 +125,7 @@ def _headers(limit: RateLimit, until_whole: float) -> dict[str, str]:
 
 def init_rate_limits(app: Quart, settings: Settings) -> RateLimiter:
     async def ip_key() -> str:
-        return request.remote_addr or "unknown"  # the client behind trusted proxies: proxy_fix
+        return client_address(request.scope)
 
     return _RateLimiter(app, key_function=ip_key, store=CacheStore())
 

@@ -9,6 +9,7 @@ exception is logged once, by `log_request_failure`.
 
 from __future__ import annotations
 
+import sys
 import time
 from collections.abc import Awaitable
 from contextlib import suppress
@@ -40,6 +41,7 @@ from service.observability.context import (
 )
 from service.observability.logging import redact_url
 from service.observability.metrics import UNMATCHED, Metrics, method_label
+from service.proxy_fix import client_address
 from service.sessions import SESSION_COOKIE_NAME, current_session, expire_cookie
 from service.settings import Settings
 
@@ -98,7 +100,7 @@ class RequestObserver:
             await self.app(scope, receive, observed_send)
         except Exception:
             # Quart answers its own failures (log_request_failure); this is one that escaped it.
-            self.logger.exception("request_failed")
+            log_request_failure(sys.exc_info())
             if not response_started:
                 await _send_fallback_500(observed_send)
         finally:
@@ -117,14 +119,13 @@ class RequestObserver:
                 incoming_id = value.decode("latin-1")
             elif name == b"cookie":
                 has_cookies = True
-        peer = scope.get("client")  # the client behind trusted proxies: see service.proxy_fix
         # Every log line carries the path unredacted (see logging.configure_logging): the client
         # chooses it, so credentials in it are masked here, once.
         return start_request(
             accept_request_id(incoming_id),
             scope["method"],
             redact_url(scope["path"]),
-            peer[0] if peer else "unknown",
+            client_address(scope),
             has_cookies=has_cookies,
         )
 

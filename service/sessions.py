@@ -292,14 +292,18 @@ class RevocationIncomplete(DependencyUnavailable):
 class SessionUser(AuthUser):
     """quart-auth's user: the cookie's token, resolved once per request to a live session."""
 
+    # Defaults on the class: quart-auth makes one user per request, most of them anonymous.
+    _session: ActiveSession | None = None
+    _failure: Exception | None = None
+    _resolved = False
+
     def __init__(
         self, auth_id: str | None, action: Action = Action.PASS, store: SessionStore | None = None
     ) -> None:
-        super().__init__(auth_id, action)
+        # AuthUser.__init__ sets just these two; calling it costs more than setting them.
+        self._auth_id = auth_id
+        self.action = action
         self._store = store
-        self._session: ActiveSession | None = None
-        self._failure: Exception | None = None
-        self._resolved = False
 
     @property
     async def is_authenticated(self) -> bool:
@@ -327,9 +331,9 @@ class _SessionAuth(QuartAuth):
         super().__init__(app, user_class=SessionUser)
 
     def resolve_user(self) -> AuthUser:
-        auth_id: object = self.load_cookie() if self.mode == "cookie" else self.load_bearer()
+        auth_id: object = self.load_cookie()  # cookie mode only (QUART_AUTH_MODE is not set)
         # A signed payload is whatever was signed: only our own tokens are strings.
-        return SessionUser(auth_id if isinstance(auth_id, str) else None, store=self.store)
+        return SessionUser(auth_id if type(auth_id) is str else None, Action.PASS, self.store)
 
 
 def stored_id(token: str) -> str:

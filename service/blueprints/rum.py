@@ -7,6 +7,7 @@ from quart import Blueprint, Quart, Response, request
 from service.errors import APIError
 from service.observability.metrics import Metrics
 from service.observability.rum import REJECTIONS, BeaconReceiver, Rejected
+from service.proxy_fix import client_address
 from service.settings import Settings
 
 
@@ -23,7 +24,7 @@ def create_blueprint(app: Quart, settings: Settings, metrics: Metrics) -> Bluepr
     @blueprint.post("/api/rum")
     async def beacon() -> Response:
         receiver = receivers[0]
-        client = request.remote_addr or "unknown"  # behind trusted proxies: service.proxy_fix
+        client = client_address(request.scope)
         try:
             receiver.admit(client, request.headers.get("Origin"), request.content_length)
             body = await request.get_data(cache=False, as_text=False, parse_form_data=False)
