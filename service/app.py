@@ -30,9 +30,11 @@ from service.request_record import (
 from service.sessions import init_sessions
 from service.settings import Settings, load_settings
 from service.version import VERSION
+from service.wrappers import ServiceRequest
 
 
 class ServiceApp(Quart):
+    request_class = ServiceRequest
     # Set by create_app when REQUEST_OBSERVABILITY is on: who to tell about a signed-in user.
     active_users: ActiveUsers | None = None
 

@@ -34,6 +34,7 @@ LAYERS: list[tuple[str, tuple[str, ...]]] = [
             "service.rate_limits",
             "service.proxy_fix",
             "service.request_record",
+            "service.wrappers",
             "service.blueprints",
         ),
     ),

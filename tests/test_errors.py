@@ -198,3 +198,28 @@ def _secret(value: str) -> object:
     from pydantic import SecretStr
 
     return SecretStr(value)
+
+
+@pytest.mark.parametrize("path", ["/api/auth/login", "/api/auth/register"])
+@pytest.mark.parametrize(
+    ("body", "content_type"),
+    [
+        (b"\xff", "application/json"),  # not UTF-8
+        (b'{"username": "bob\xff", "password": "x"}', "application/json"),
+        (b"[" * 5000 + b"]" * 5000, "application/json"),  # nested deeper than any parser allows
+        (b'{"username": "bob", "password": 1e999}', "application/json"),  # infinity
+        (b'"\\ud800"', "application/json"),  # a lone surrogate
+        (
+            '{"username": "bob", "password": "x"}'.encode("utf-16"),
+            "application/json; charset=utf-16",
+        ),
+    ],
+)
+async def test_undecodable_json_is_400_not_500(
+    client: Client, path: str, body: bytes, content_type: str
+) -> None:
+    response = await client.post(path, data=body, headers={"Content-Type": content_type})
+    assert response.status_code == 400
+    error = await _error(response)
+    assert error["code"] == "bad_request"
+    assert error["request_id"] == response.headers["X-Request-ID"]
