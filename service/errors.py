@@ -50,6 +50,11 @@ _HTTP_CODES = {
 }
 
 
+# A backing service that failed is usually back within seconds (a restart, a failover); clients
+# and proxies that honour it wait this long before trying again.
+_RETRY_SOON = {"Retry-After": "1"}
+
+
 def error_response(
     status: int,
     code: str,
@@ -85,7 +90,7 @@ async def _handle_api_error(error: APIError) -> Response:
 
 async def _handle_dependency_unavailable(error: DependencyUnavailable) -> Response:
     code, message = _HTTP_CODES[503]
-    return error_response(503, code, error.message or message, headers=None)
+    return error_response(503, code, error.message or message, headers=_RETRY_SOON)
 
 
 async def _handle_validation_error(error: RequestSchemaValidationError) -> Response:

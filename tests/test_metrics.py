@@ -224,6 +224,7 @@ async def test_metrics_token_is_required_when_set(settings: Settings) -> None:
         assert (await client.get("/metrics")).status_code == 401
         wrong = await client.get("/metrics", headers={"Authorization": "Bearer nope"})
         assert wrong.status_code == 401
+        assert wrong.headers["WWW-Authenticate"] == 'Bearer realm="metrics"'
         right = await client.get("/metrics", headers={"Authorization": "Bearer s3cret-token"})
         assert right.status_code == 200
 

@@ -208,6 +208,7 @@ async def test_the_session_store_down_fails_closed(postgres_url: str, tmp_path: 
         response = await client.get("/api/auth/me")
         assert response.status_code == 503
         assert (await response.get_json())["error"]["code"] == "service_unavailable"
+        assert response.headers["Retry-After"] == "1"
         # A route that needs no session still answers with the cookie sent.
         assert (await client.get("/")).status_code == 200
 

@@ -40,4 +40,9 @@ def _require_token(expected: str) -> None:
     supplied = request.headers.get("Authorization", "")
     scheme, _, token = supplied.partition(" ")
     if scheme.lower() != "bearer" or not hmac.compare_digest(token.encode(), expected.encode()):
-        raise APIError(401, "unauthorized", "A valid bearer token is required for /metrics.")
+        raise APIError(
+            401,
+            "unauthorized",
+            "A valid bearer token is required for /metrics.",
+            {"WWW-Authenticate": 'Bearer realm="metrics"'},
+        )
