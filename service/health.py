@@ -28,7 +28,12 @@ from sqlalchemy import text
 from sqlalchemy.ext.asyncio import AsyncEngine
 
 from service.cache import InstrumentedCache, get_cache
-from service.db.engine import create_probe_engine
+from service.db.engine import (
+    SchemaRevisions,
+    create_probe_engine,
+    schema_revisions,
+    select_schema_revision,
+)
 from service.observability.metrics import Metrics
 from service.settings import HEALTH_CHECKS, CheckName, Settings
 
@@ -69,6 +74,14 @@ class HealthReport:
     def ready(self) -> bool:
         return all(self.checks[name].status == "healthy" for name in self.critical)
 
+    def failing(self) -> dict[str, str]:
+        """The critical checks that are not healthy, with their reason codes."""
+        return {
+            name: self.checks[name].reason or self.checks[name].status
+            for name in self.critical
+            if self.checks[name].status != "healthy"
+        }
+
     def as_json(self) -> dict[str, Any]:
         disk, memory = self.checks["disk"], self.checks["memory"]
         return {
@@ -90,6 +103,7 @@ class HealthReport:
 class HealthMonitor:
     def __init__(self, settings: Settings, metrics: Metrics) -> None:
         self.cache: InstrumentedCache | None = None
+        self.schema: SchemaRevisions | None = None  # PostgreSQL: compared with the database's
         self.settings = settings
         self.metrics = metrics
         self.probe_engine: AsyncEngine | None = None
@@ -108,6 +122,8 @@ class HealthMonitor:
     async def start(self, cache: InstrumentedCache) -> None:
         """Begin checking, with the app's cache (handed in once it is open)."""
         self.cache = cache
+        if not self.settings.uses_embedded_database:
+            self.schema = await asyncio.to_thread(schema_revisions)
         self.probe_engine = create_probe_engine(self.settings)
         if self.settings.health_refresh_seconds > 0:
             self._refresher = asyncio.create_task(self._refresh_forever())
@@ -208,7 +224,13 @@ class HealthMonitor:
     async def _check_database(self) -> CheckResult:
         assert self.probe_engine is not None
         async with self.probe_engine.connect() as connection:
-            await connection.execute(text("SELECT 1"))
+            if self.schema is None:  # the embedded database migrates itself at start
+                await connection.execute(text("SELECT 1"))
+                return CheckResult("healthy", 0.0)
+            revision = await select_schema_revision(connection)
+        if self.schema.is_behind(revision):
+            # Reachable, but every write would fail: not ready (`alembic upgrade head`).
+            return CheckResult("unhealthy", 0.0, reason="schema_outdated")
         return CheckResult("healthy", 0.0)
 
     async def _check_cache(self) -> CheckResult:

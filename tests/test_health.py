@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import asyncio
+import uuid
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -12,7 +14,17 @@ from sqlalchemy.engine import make_url
 
 from service.app import create_app
 from service.settings import Settings
-from tests.conftest import REDIS_URL, Client, login, register
+from tests.conftest import (
+    PG_ADMIN_URL,
+    REDIS_URL,
+    Client,
+    _admin,
+    _in_thread,
+    login,
+    make_settings,
+    register,
+    run_alembic,
+)
 from tests.support.faults import HungServer, TcpProxy
 from tests.support.metrics_helpers import parse, value
 
@@ -257,3 +269,32 @@ async def test_polls_are_not_logged_or_counted_by_default(client: Client) -> Non
     assert len(finished) == 1
     samples = parse(await (await client.get("/metrics")).get_data(as_text=True))
     assert not [k for k in samples if dict(k[1]).get("endpoint", "").startswith("/api/health")]
+
+
+@pytest.mark.parametrize("revision", [None, "0001"])
+async def test_a_database_behind_the_code_is_not_ready(
+    revision: str | None, tmp_path: Path
+) -> None:
+    """Reachable but not migrated (or migrated to an older revision): every write would fail,
+    so readiness says so, with the reason."""
+    name = f"scene_packer_schema_{uuid.uuid4().hex[:10]}"
+    _in_thread(_admin(f'CREATE DATABASE "{name}"'))
+    url = make_url(PG_ADMIN_URL).set(drivername="postgresql+asyncpg", database=name)
+    url_text = url.render_as_string(hide_password=False)
+    try:
+        if revision is not None:
+            run_alembic(url_text, "upgrade", revision)
+        app = create_app(make_settings("postgres", url_text, tmp_path, health_cache_ttl=0))
+        async with app.test_app() as test_app:
+            client = test_app.test_client()
+            ready = await client.get("/api/health/ready")
+            assert ready.status_code == 503
+            assert (await ready.get_json())["reasons"] == {"database": "schema_outdated"}
+            report = await (await client.get("/api/health")).get_json()
+            assert report["checks"]["database"]["reason"] == "schema_outdated"
+        run_alembic(url_text, "upgrade", "head")
+        app = create_app(make_settings("postgres", url_text, tmp_path, health_cache_ttl=0))
+        async with app.test_app() as test_app:
+            assert (await test_app.test_client().get("/api/health/ready")).status_code == 200
+    finally:
+        _in_thread(_admin(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'))

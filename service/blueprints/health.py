@@ -29,10 +29,13 @@ async def live() -> Response:
 async def ready() -> Response:
     """Readiness: 200 only when every critical check passes."""
     report = await get_health().report()
-    status = "ready" if report.ready else "not_ready"
-    return _json(
-        {"status": status, "timestamp": report.as_json()["timestamp"]}, 200 if report.ready else 503
-    )
+    body: dict[str, object] = {
+        "status": "ready" if report.ready else "not_ready",
+        "timestamp": report.as_json()["timestamp"],
+    }
+    if not report.ready:
+        body["reasons"] = report.failing()
+    return _json(body, 200 if report.ready else 503)
 
 
 def _json(body: dict[str, object], status: int) -> Response:

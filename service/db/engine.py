@@ -15,11 +15,12 @@ from pathlib import Path
 from typing import Any
 
 from quart import Quart, current_app
-from sqlalchemy import event
+from sqlalchemy import event, text
 from sqlalchemy.engine import Connection
-from sqlalchemy.exc import DBAPIError, InterfaceError, OperationalError
+from sqlalchemy.exc import DBAPIError, InterfaceError, OperationalError, ProgrammingError
 from sqlalchemy.exc import TimeoutError as PoolTimeoutError
 from sqlalchemy.ext.asyncio import (
+    AsyncConnection,
     AsyncEngine,
     AsyncSession,
     async_sessionmaker,
@@ -63,6 +64,47 @@ def is_unavailable(exc: BaseException) -> bool:
     ):
         return True
     return isinstance(exc, DBAPIError) and exc.connection_invalidated
+
+
+@dataclass(frozen=True)
+class SchemaRevisions:
+    """What the code's migrations know: their head, and every revision on the way to it."""
+
+    head: str
+    known: frozenset[str]
+
+    def is_behind(self, revision: str | None) -> bool:
+        """True for a database never migrated, or at a revision older than the head. A revision
+        the code does not know is newer (a later release migrated already): not behind."""
+        return revision is None or (revision != self.head and revision in self.known)
+
+
+def schema_revisions() -> SchemaRevisions:
+    """Read the migration scripts (file work: call it off the event loop, once)."""
+    from alembic.config import Config
+    from alembic.script import ScriptDirectory
+
+    config = Config()
+    config.set_main_option("script_location", str(ALEMBIC_DIR))
+    script = ScriptDirectory.from_config(config)
+    head = script.get_current_head()
+    assert head is not None, "alembic/versions holds no migration"
+    return SchemaRevisions(head, frozenset(rev.revision for rev in script.walk_revisions()))
+
+
+async def select_schema_revision(connection: AsyncConnection) -> str | None:
+    """The database's alembic revision; None when it was never migrated."""
+    try:
+        result = await connection.execute(text("SELECT version_num FROM alembic_version"))
+    except ProgrammingError as exc:
+        if getattr(exc.orig, "sqlstate", None) == _UNDEFINED_TABLE:
+            return None
+        raise
+    revision: str | None = result.scalar_one_or_none()
+    return revision
+
+
+_UNDEFINED_TABLE = "42P01"
 
 
 def create_engine(settings: Settings) -> AsyncEngine:
