@@ -25,6 +25,7 @@ from service.request_record import (
     ExcInfo,
     RequestObserver,
     bind_route_and_user,
+    init_lifecycle_lines,
     log_request_failure,
 )
 from service.sessions import init_sessions
@@ -91,4 +92,5 @@ def create_app(settings: Settings | None = None) -> ServiceApp:
     if settings.trusted_proxies:
         # Outermost: everything inside, the request record included, sees the client's address.
         app.asgi_app = ProxyFix(app.asgi_app, settings.trusted_proxies)  # type: ignore[method-assign]
+    init_lifecycle_lines(app, settings)
     return app

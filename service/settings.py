@@ -196,6 +196,22 @@ class Settings(BaseSettings):
                 )
         return self
 
+    def changed(self) -> dict[str, Any]:
+        """The settings that differ from their defaults, by environment name; secrets as
+        `[REDACTED]` (URLs keep their scheme and host, their password masked by the log)."""
+        changed: dict[str, Any] = {}
+        for name, field in type(self).model_fields.items():
+            value = getattr(self, name)
+            if value == field.get_default(call_default_factory=True):
+                continue
+            if isinstance(value, SecretStr):
+                secret = value.get_secret_value()
+                value = secret if name.endswith("_url") else "[REDACTED]"
+            elif isinstance(value, Path | StrEnum):
+                value = str(value)
+            changed[name.upper()] = value
+        return changed
+
     @property
     def is_production(self) -> bool:
         return self.environment is Environment.PRODUCTION

@@ -353,3 +353,39 @@ def test_secret_shaped_values_are_masked_in_messages_and_tracebacks(
     assert output.count("[REDACTED]") >= 9
     assert "user=bob" in output
     assert "ValueError" in output and "insert failed" in output  # the failure itself stays
+
+
+def test_start_line_says_what_runs_and_hides_secrets(production_run: Any) -> None:
+    server, _ = production_run
+    (started,) = [e for e in _events(server) if e["event"] == "service_started"]
+    assert started["environment"] == "production"
+    assert started["database"] == "sqlite+aiosqlite" and started["cache"] == "in-process"
+    assert started["settings_changed"]["ENVIRONMENT"] == "production"
+    assert started["settings_changed"]["SECRET_KEY"] == "[REDACTED]"
+    assert started["settings_changed"]["LOGIN_LIMIT_PER_IP"] == 1000
+    assert PRODUCTION_ENV["SECRET_KEY"] not in server.output.read_text()
+
+
+async def test_start_and_stop_lines_mask_the_database_password(tmp_path: Path) -> None:
+    from service.app import create_app
+
+    settings = load_settings(
+        data_dir=tmp_path,
+        database_url=f"sqlite+aiosqlite:///{tmp_path / 'x.db'}",
+        redis_url="",
+        metrics_token="tok-12345678",
+    )
+    app = create_app(settings)
+    with structlog.testing.capture_logs() as events:
+        async with app.test_app():
+            pass
+    (started,) = [e for e in events if e["event"] == "service_started"]
+    assert started["settings_changed"]["METRICS_TOKEN"] == "[REDACTED]"
+    assert "tok-12345678" not in str(events)
+    (stopped,) = [e for e in events if e["event"] == "service_stopped"]
+    assert stopped["served_seconds"] >= 0
+    # Through the real pipeline a URL keeps its host and loses its password.
+    line = {"event": "x", "settings_changed": {"DATABASE_URL": "postgresql://app:pw-9@db/x"}}
+    assert redact(None, "info", line)["settings_changed"]["DATABASE_URL"] == (
+        "postgresql://app:***@db/x"
+    )
