@@ -8,6 +8,7 @@ from pathlib import Path
 
 import httpx
 import pytest
+import structlog
 from aioprometheus.collectors import Histogram
 from quart import Quart
 
@@ -221,7 +222,12 @@ async def test_metrics_token_is_required_when_set(settings: Settings) -> None:
     app = create_app(settings.model_copy(update={"metrics_token": _secret("s3cret-token")}))
     async with app.test_app() as test_app:
         client = test_app.test_client()
-        assert (await client.get("/metrics")).status_code == 401
+        with structlog.testing.capture_logs() as events:
+            assert (await client.get("/metrics")).status_code == 401
+            assert (await client.get("/metrics")).status_code == 401
+        # Refused scrapes are logged, at most once a minute per worker.
+        refused = [e for e in events if e["event"] == "metrics_scrape_refused"]
+        assert [(e["reason"], e["refused"]) for e in refused] == [("missing_token", 1)]
         wrong = await client.get("/metrics", headers={"Authorization": "Bearer nope"})
         assert wrong.status_code == 401
         assert wrong.headers["WWW-Authenticate"] == 'Bearer realm="metrics"'

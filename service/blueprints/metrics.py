@@ -4,7 +4,10 @@ from __future__ import annotations
 
 import asyncio
 import hmac
+import math
+import time
 
+import structlog
 from quart import Blueprint, Response, current_app, request
 
 from service.errors import APIError
@@ -14,14 +17,18 @@ from service.observability.metrics import Metrics
 from service.observability.multiprocess import get_worker_snapshots
 from service.settings import Settings
 
+logger = structlog.get_logger(__name__)
+REFUSAL_LOG_SECONDS = 60
+
 
 def create_blueprint(settings: Settings, collected: Metrics) -> Blueprint:
     blueprint = Blueprint("metrics", __name__)
+    refusals = _RefusalLog()
 
     @blueprint.get(METRICS_PATH)
     async def metrics() -> Response:
         if settings.metrics_token is not None:
-            _require_token(settings.metrics_token.get_secret_value())
+            _require_token(settings.metrics_token.get_secret_value(), refusals)
         await collected.refresh_scrape_time_values()
         families = collected.snapshot()
         sharing = get_worker_snapshots(current_app)
@@ -36,10 +43,28 @@ def create_blueprint(settings: Settings, collected: Metrics) -> Blueprint:
     return blueprint
 
 
-def _require_token(expected: str) -> None:
+class _RefusalLog:
+    """Refused scrapes are not in the request log (probes are left out of it), yet a Prometheus
+    with a stale token is exactly what an on-call must see: one `metrics_scrape_refused` line at
+    most every REFUSAL_LOG_SECONDS per worker, with how many were refused since the last."""
+
+    def __init__(self) -> None:
+        self._logged_at = -math.inf
+        self._refused = 0
+
+    def refused(self, reason: str) -> None:
+        self._refused += 1
+        now = time.monotonic()
+        if now - self._logged_at >= REFUSAL_LOG_SECONDS:
+            logger.warning("metrics_scrape_refused", reason=reason, refused=self._refused)
+            self._logged_at, self._refused = now, 0
+
+
+def _require_token(expected: str, refusals: _RefusalLog) -> None:
     supplied = request.headers.get("Authorization", "")
     scheme, _, token = supplied.partition(" ")
     if scheme.lower() != "bearer" or not hmac.compare_digest(token.encode(), expected.encode()):
+        refusals.refused("missing_token" if not supplied else "wrong_token")
         raise APIError(
             401,
             "unauthorized",
