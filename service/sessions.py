@@ -33,6 +33,7 @@ from sqlalchemy.ext.asyncio import AsyncSession
 
 from service.cache import CacheError, InstrumentedCache, get_cache
 from service.db import Database, get_database
+from service.db.models import LoginSession
 from service.db.sessions import (
     count_live_sessions,
     delete_expired_sessions,
@@ -75,6 +76,10 @@ class ActiveSession:
     user_id: int
     expires_at: float  # seconds since the epoch
     last_seen_at: float
+
+    @classmethod
+    def from_row(cls, row: LoginSession) -> ActiveSession:
+        return cls(row.id, row.user_id, _epoch(row.expires_at), _epoch(row.last_seen_at))
 
 
 class SessionStore:
@@ -119,9 +124,7 @@ class SessionStore:
             if row is None:
                 await self._bury([session_id])
                 return None
-            session = ActiveSession(
-                row.id, row.user_id, _epoch(row.expires_at), _epoch(row.last_seen_at)
-            )
+            session = ActiveSession.from_row(row)
         if not self._live(session, now):
             await self._bury([session_id])
             return None
@@ -142,9 +145,7 @@ class SessionStore:
             row = await select_session(db, stored_id(token))
         if row is None:
             return None
-        session = ActiveSession(
-            row.id, row.user_id, _epoch(row.expires_at), _epoch(row.last_seen_at)
-        )
+        session = ActiveSession.from_row(row)
         return session.user_id if self._live(session, time.time()) else None
 
     async def end(self, token: str) -> int | None:
@@ -259,25 +260,23 @@ class SessionStore:
 
     async def _bury(self, session_ids: list[str]) -> None:
         """Remember that these sessions are gone, so their cookies cost no more database reads."""
-        if self._cache is None:
-            return
+        # A failure is counted by the cache; such cookies then read the database again.
         with suppress(CacheError):
-            await self._cache.set_many(
-                [_KEY_PREFIX + session_id for session_id in session_ids],
-                _TOMBSTONE,
-                _TOMBSTONE_SECONDS,
-            )
+            await self._write_tombstones(session_ids)
 
     async def _revoke_cached(self, session_ids: list[str]) -> None:
-        if self._cache is None or not session_ids:
-            return
-        keys = [_KEY_PREFIX + session_id for session_id in session_ids]
         try:
-            await self._cache.set_many(keys, _TOMBSTONE, _TOMBSTONE_SECONDS)
+            await self._write_tombstones(session_ids)
         except CacheError as exc:
             raise RevocationIncomplete(
                 "The sign-out could not reach the session cache; nothing was ended. Retry."
             ) from exc
+
+    async def _write_tombstones(self, session_ids: list[str]) -> None:
+        if self._cache is None or not session_ids:
+            return
+        keys = [_KEY_PREFIX + session_id for session_id in session_ids]
+        await self._cache.set_many(keys, _TOMBSTONE, _TOMBSTONE_SECONDS)
 
     def _db(self) -> Database:
         if self._database is None:

@@ -12,7 +12,7 @@ from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from quart import Quart, current_app
 from sqlalchemy import event, text
@@ -30,6 +30,9 @@ from sqlalchemy.pool import NullPool
 
 from service.settings import Settings
 from service.unavailable import DependencyUnavailable
+
+if TYPE_CHECKING:
+    from alembic.config import Config
 
 ALEMBIC_DIR = Path(__file__).resolve().parents[2] / "alembic"
 _EXTENSION = "database"
@@ -81,12 +84,9 @@ class SchemaRevisions:
 
 def schema_revisions() -> SchemaRevisions:
     """Read the migration scripts (file work: call it off the event loop, once)."""
-    from alembic.config import Config
     from alembic.script import ScriptDirectory
 
-    config = Config()
-    config.set_main_option("script_location", str(ALEMBIC_DIR))
-    script = ScriptDirectory.from_config(config)
+    script = ScriptDirectory.from_config(_alembic_config())
     head = script.get_current_head()
     assert head is not None, "alembic/versions holds no migration"
     return SchemaRevisions(head, frozenset(rev.revision for rev in script.walk_revisions()))
@@ -201,14 +201,20 @@ async def migrate_embedded(engine: AsyncEngine, data_dir: Path) -> None:
 
 
 def _upgrade_to_head(connection: Connection) -> None:
-    from alembic.config import Config
-
     from alembic import command
+
+    config = _alembic_config()
+    config.attributes["connection"] = connection
+    command.upgrade(config, "head")
+
+
+def _alembic_config() -> Config:
+    """The repository's migrations, without an alembic.ini (pyproject.toml holds alembic's)."""
+    from alembic.config import Config
 
     config = Config()
     config.set_main_option("script_location", str(ALEMBIC_DIR))
-    config.attributes["connection"] = connection
-    command.upgrade(config, "head")
+    return config
 
 
 def _sqlite_pragmas(dbapi_connection: Any, _record: Any) -> None:
