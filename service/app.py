@@ -2,10 +2,13 @@
 
 from __future__ import annotations
 
+import asyncio
+
+import structlog
 from quart import Quart
 from quart.ctx import RequestContext
 from quart.globals import request_ctx
-from quart.typing import ResponseReturnValue
+from quart.typing import ResponseReturnValue, ResponseTypes
 from quart_schema import QuartSchema
 
 from service.active_users import ActiveUsers, init_active_users
@@ -13,7 +16,7 @@ from service.blueprints import auth, health, meta, rum
 from service.blueprints import metrics as metrics_blueprint
 from service.cache import init_cache
 from service.db import init_db
-from service.errors import register_error_handlers
+from service.errors import deadline_exceeded, register_error_handlers
 from service.health import init_health
 from service.observability.logging import configure_logging
 from service.observability.metrics import init_metrics, instrument_engine
@@ -33,11 +36,31 @@ from service.settings import Settings, load_settings
 from service.version import VERSION
 from service.wrappers import ServiceRequest
 
+_logger = structlog.get_logger("service.request")
+
 
 class ServiceApp(Quart):
     request_class = ServiceRequest
     # Set by create_app when REQUEST_OBSERVABILITY is on: who to tell about a signed-in user.
     active_users: ActiveUsers | None = None
+    request_timeout: float = 5.0  # REQUEST_TIMEOUT
+
+    async def full_dispatch_request(
+        self, request_context: RequestContext | None = None
+    ) -> ResponseTypes:
+        # One deadline for everything a request waits on (pool, connect, statement, Redis, the
+        # hashing queue), instead of their own timeouts adding up. Past it the work is cancelled
+        # (connections are returned or discarded by their context managers) and the client is
+        # told to retry.
+        try:
+            async with asyncio.timeout(self.request_timeout) as deadline:
+                return await super().full_dispatch_request(request_context)
+        except TimeoutError:
+            if not deadline.expired():
+                raise
+        _logger.warning("request_deadline_exceeded", timeout_seconds=self.request_timeout)
+        result = await self.handle_user_exception(deadline_exceeded())
+        return await self.finalize_request(result, request_context)
 
     async def preprocess_request(
         self, request_context: RequestContext | None = None
@@ -71,6 +94,7 @@ def create_app(settings: Settings | None = None) -> ServiceApp:
     active_users = init_active_users(app, settings, metrics)
     if settings.request_observability:
         app.active_users = active_users
+    app.request_timeout = settings.request_timeout
     init_rate_limits(app, settings)
     init_passwords(app, settings)
     sessions = init_sessions(app, settings, metrics)

@@ -52,7 +52,17 @@ _HTTP_CODES = {
 
 # A backing service that failed is usually back within seconds (a restart, a failover); clients
 # and proxies that honour it wait this long before trying again.
-_RETRY_SOON = {"Retry-After": "1"}
+RETRY_SOON = {"Retry-After": "1"}
+
+
+def deadline_exceeded() -> APIError:
+    """The answer to a request that outlived REQUEST_TIMEOUT (whatever it was waiting on)."""
+    return APIError(
+        503,
+        "dependency_timeout",
+        "The request took too long: a backing service is slow; retry later.",
+        RETRY_SOON,
+    )
 
 
 def error_response(
@@ -90,7 +100,7 @@ async def _handle_api_error(error: APIError) -> Response:
 
 async def _handle_dependency_unavailable(error: DependencyUnavailable) -> Response:
     code, message = _HTTP_CODES[503]
-    return error_response(503, code, error.message or message, headers=_RETRY_SOON)
+    return error_response(503, code, error.message or message, headers=RETRY_SOON)
 
 
 async def _handle_validation_error(error: RequestSchemaValidationError) -> Response:

@@ -112,7 +112,7 @@ class HealthMonitor:
         self._inflight: asyncio.Future[HealthReport] | None = None
         self._last_state: dict[CheckName, tuple[Status, str | None]] = {}
         self._refresher: asyncio.Task[None] | None = None
-        self._disposals: set[asyncio.Future[None]] = set()
+        self._disposals: set[asyncio.Future[Any]] = set()  # unwinding in the background
         # One method per name of settings.CheckName: a name without its `_check_<name>` fails here,
         # when the app is built.
         self._checks: dict[CheckName, Callable[[], Awaitable[CheckResult]]] = {
@@ -176,9 +176,16 @@ class HealthMonitor:
     async def _timed(self, name: CheckName) -> CheckResult:
         started = time.perf_counter()
         error: BaseException | None = None
+        # The check runs as its own task and is abandoned at its timeout, not awaited until it
+        # has unwound: a cancelled connect or query may take as long again to clean up (the
+        # report waited 1 s on a 0.5 s timeout), and the load balancer must not wait for that.
+        check = asyncio.ensure_future(self._checks[name]())
+        await asyncio.wait((check,), timeout=self.settings.health_check_timeout)
         try:
-            async with asyncio.timeout(self.settings.health_check_timeout):
-                result = await self._checks[name]()
+            if not check.done():
+                self._abandon(check)
+                raise TimeoutError(f"{name} check took over {self.settings.health_check_timeout}s")
+            result = check.result()
         except TimeoutError as exc:
             result, error = CheckResult("unhealthy", 0.0, reason="timeout"), exc
         except Exception as exc:
@@ -211,6 +218,13 @@ class HealthMonitor:
             logger.warning("health_check_warning", check=name, **result.values)
         elif previous is not None:
             logger.info("health_check_recovered", check=name)
+
+    def _abandon(self, check: asyncio.Future[CheckResult]) -> None:
+        """Cancel a check that overran; it unwinds in the background (awaited by `stop`)."""
+        check.cancel()
+        self._disposals.add(check)
+        check.add_done_callback(self._disposals.discard)
+        check.add_done_callback(_retrieve_result)
 
     def _reset_probe_engine(self) -> None:
         # A timed-out or broken probe connection is dropped, so the next run starts afresh.
@@ -310,6 +324,12 @@ async def _dispose_quietly(engine: AsyncEngine) -> None:
             await engine.dispose()
     except Exception:
         logger.debug("probe_engine_dispose_failed", exc_info=True)
+
+
+def _retrieve_result(future: asyncio.Future[Any]) -> None:
+    # An abandoned check's late failure was already reported as a timeout.
+    if not future.cancelled():
+        future.exception()
 
 
 def _causes(exc: BaseException) -> Iterator[BaseException]:

@@ -58,6 +58,7 @@ class Settings(BaseSettings):
     profile_cache_ttl: int = Field(default=300, ge=1, le=86400)
 
     max_body_bytes: int = Field(default=64 * 1024, ge=1024, le=64 * 1024 * 1024)
+    request_timeout: float = Field(default=5.0, gt=0, le=300)
     session_cookie_secure: bool | None = None
     session_duration_seconds: int = Field(default=7 * 86400, ge=60, le=366 * 86400)
     session_idle_seconds: int | None = Field(default=None, ge=60, le=366 * 86400)

@@ -3,10 +3,12 @@
 from __future__ import annotations
 
 import asyncio
+import time
 import uuid
 from pathlib import Path
 from typing import Any
 
+import httpx
 import pytest
 import structlog
 from pydantic import SecretStr
@@ -27,6 +29,7 @@ from tests.conftest import (
 )
 from tests.support.faults import HungServer, TcpProxy
 from tests.support.metrics_helpers import parse, value
+from tests.support.server import PRODUCTION_ENV, running_server
 
 HANG_GUARD = 30  # seconds: only catches a hang; never a performance assertion
 
@@ -298,3 +301,39 @@ async def test_a_database_behind_the_code_is_not_ready(
             assert (await test_app.test_client().get("/api/health/ready")).status_code == 200
     finally:
         _in_thread(_admin(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'))
+
+
+async def test_health_answers_within_its_timeout_under_hypercorn_with_a_hung_database(
+    tmp_path: Path,
+) -> None:
+    """Two hypercorn workers, PostgreSQL accepting TCP and never answering: each check gives up
+    at its timeout and the endpoint answers right after, however long the cancelled connect takes
+    to unwind (it took as long again: 1,004 ms on a 0.5 s timeout)."""
+    hung = HungServer()
+    await hung.start()
+    timeout = 0.5
+    env = {
+        **PRODUCTION_ENV,
+        "DATABASE_URL": f"postgresql://x@127.0.0.1:{hung.port}/x",
+        "HEALTH_CHECK_TIMEOUT": str(timeout),
+    }
+    try:
+        with running_server(tmp_path, env, config={"workers": 2}) as server:
+            async with httpx.AsyncClient(base_url=server.base_url, timeout=HANG_GUARD) as client:
+                durations, elapsed = [], []
+                for _ in range(12):
+                    started = time.monotonic()
+                    response, *_ = await asyncio.gather(
+                        *(client.get("/api/health") for _ in range(5))
+                    )
+                    await asyncio.sleep(0.4)
+                    elapsed.append(time.monotonic() - started)
+                    assert response.status_code == 503
+                    check = response.json()["checks"]["database"]
+                    assert check["reason"] == "timeout"
+                    durations.append(check["duration_ms"] / 1000)
+    finally:
+        await hung.stop()
+    # Generous (a shared machine schedules late), yet well below the old doubling.
+    assert max(durations) < timeout * 1.6, durations
+    assert max(elapsed) < timeout * 1.6 + 0.3, elapsed

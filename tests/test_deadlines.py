@@ -1,0 +1,106 @@
+"""One deadline per request (REQUEST_TIMEOUT): a hung dependency costs a client a bounded wait and
+a 503 `dependency_timeout`, and the cancelled work gives back every connection it held."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from typing import Any
+
+import asyncpg
+import pytest
+import structlog
+from pydantic import SecretStr
+from sqlalchemy.engine import make_url
+
+from service.app import create_app
+from service.db.engine import get_database
+from service.settings import Settings
+from tests.conftest import login, register
+from tests.support.faults import HungServer
+
+# Generous: only tells "bounded by the deadline" from "waited for the client timeouts" (60 s).
+DEADLINE = 1.0
+BOUND = DEADLINE + 5
+
+
+def _hung(dependency: str, port: int) -> dict[str, Any]:
+    # Every timeout of the dependency's own client far beyond the deadline: only it can answer.
+    if dependency == "database":
+        url = f"postgresql+asyncpg://x@127.0.0.1:{port}/x"
+        return {
+            "database_url": SecretStr(url),
+            "db_connect_timeout": 60,
+            "db_pool_timeout": 60,
+            "db_statement_timeout": 60,
+        }
+    return {"redis_url": SecretStr(f"redis://127.0.0.1:{port}/0"), "redis_socket_timeout": 60}
+
+
+@pytest.mark.parametrize("backend", ["postgres"], indirect=True)
+@pytest.mark.parametrize("dependency", ["database", "cache"])
+async def test_a_hung_dependency_answers_503_dependency_timeout(
+    settings: Settings, dependency: str
+) -> None:
+    hung = HungServer()
+    await hung.start()
+    changes = {
+        "request_timeout": DEADLINE,
+        "health_refresh_seconds": 0,
+        **_hung(dependency, hung.port),
+    }
+    app = create_app(settings.model_copy(update=changes))
+    try:
+        async with app.test_app() as test_app:
+            client = test_app.test_client()
+            with structlog.testing.capture_logs() as logs:
+                started = time.monotonic()
+                response = await asyncio.wait_for(login(client), BOUND * 3)
+                elapsed = time.monotonic() - started
+            assert response.status_code == 503
+            body = await response.get_json()
+            assert body["error"]["code"] == "dependency_timeout"
+            assert body["error"]["request_id"] == response.headers["X-Request-ID"]
+            assert response.headers["Retry-After"] == "1"
+            assert elapsed < BOUND
+            assert [
+                line["timeout_seconds"]
+                for line in logs
+                if line["event"] == "request_deadline_exceeded"
+            ] == [DEADLINE]
+    finally:
+        await hung.stop()
+
+
+@pytest.mark.parametrize("backend", ["postgres"], indirect=True)
+async def test_a_statement_cut_by_the_deadline_gives_its_connection_back(
+    settings: Settings, postgres_url: str
+) -> None:
+    """A real PostgreSQL statement blocked on a lock: the deadline cancels it mid-flight, the
+    server stops running it, and the pool has every connection back for the next request."""
+    app = create_app(settings.model_copy(update={"request_timeout": DEADLINE}))
+    dsn = make_url(postgres_url).set(drivername="postgresql").render_as_string(hide_password=False)
+    async with app.test_app() as test_app:
+        client = test_app.test_client()
+        assert (await register(client)).status_code == 201
+        locker = await asyncpg.connect(dsn)
+        try:
+            transaction = locker.transaction()
+            await transaction.start()
+            await locker.execute("LOCK TABLE users IN ACCESS EXCLUSIVE MODE")
+            responses = await asyncio.wait_for(
+                asyncio.gather(*(login(client) for _ in range(3))), BOUND * 3
+            )
+            assert [r.status_code for r in responses] == [503, 503, 503]
+            await transaction.rollback()
+            # The server was told to stop the cancelled statements: none still waits on the lock.
+            waiting = await locker.fetchval(
+                "SELECT count(*) FROM pg_stat_activity WHERE application_name = 'scene-packer'"
+                " AND state = 'active' AND wait_event_type = 'Lock'"
+            )
+            assert waiting == 0
+        finally:
+            await locker.close()
+        async with test_app.app.app_context():
+            assert get_database().engine.sync_engine.pool.checkedout() == 0
+        assert (await login(client)).status_code == 200
