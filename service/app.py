@@ -18,6 +18,7 @@ from service.cache import init_cache
 from service.db import init_db
 from service.errors import deadline_exceeded, register_error_handlers
 from service.health import init_health
+from service.lifecycle import Lifecycle, StopReason, init_lifecycle
 from service.observability.logging import configure_logging
 from service.observability.metrics import init_metrics, instrument_engine
 from service.observability.multiprocess import init_worker_snapshots
@@ -28,7 +29,6 @@ from service.request_record import (
     ExcInfo,
     RequestObserver,
     bind_route_and_user,
-    init_lifecycle_lines,
     log_request_failure,
 )
 from service.sessions import init_sessions
@@ -44,6 +44,11 @@ class ServiceApp(Quart):
     # Set by create_app when REQUEST_OBSERVABILITY is on: who to tell about a signed-in user.
     active_users: ActiveUsers | None = None
     request_timeout: float = 5.0  # REQUEST_TIMEOUT
+    lifecycle: Lifecycle
+
+    def begin_draining(self, reason: StopReason, in_flight: int) -> None:
+        """Called by the supervisor (service/supervisor.py) when this worker is to stop."""
+        self.lifecycle.begin_draining(reason, in_flight)
 
     async def full_dispatch_request(
         self, request_context: RequestContext | None = None
@@ -89,7 +94,7 @@ def create_app(settings: Settings | None = None) -> ServiceApp:
     metrics = init_metrics(app, settings)
     init_db(app, settings, instrument=lambda engine: instrument_engine(engine, metrics))
     init_cache(app, settings, metrics.cache_requests, metrics.cache_errors)
-    init_health(app, settings, metrics)
+    health_monitor = init_health(app, settings, metrics)
     init_worker_snapshots(app, metrics, settings)
     active_users = init_active_users(app, settings, metrics)
     if settings.request_observability:
@@ -116,5 +121,5 @@ def create_app(settings: Settings | None = None) -> ServiceApp:
     if settings.trusted_proxies:
         # Outermost: everything inside, the request record included, sees the client's address.
         app.asgi_app = ProxyFix(app.asgi_app, settings.trusted_proxies)  # type: ignore[method-assign]
-    init_lifecycle_lines(app, settings)
+    app.lifecycle = init_lifecycle(app, settings, health_monitor)
     return app

@@ -107,6 +107,7 @@ class HealthMonitor:
         self.settings = settings
         self.metrics = metrics
         self.probe_engine: AsyncEngine | None = None
+        self.draining = False  # set by the lifecycle when this worker is about to stop
         self._report: HealthReport | None = None
         self._report_at = 0.0
         self._inflight: asyncio.Future[HealthReport] | None = None

@@ -9,10 +9,9 @@ exception is logged once, by `log_request_failure`.
 
 from __future__ import annotations
 
-import os
 import sys
 import time
-from collections.abc import AsyncGenerator, Awaitable
+from collections.abc import Awaitable
 from contextlib import suppress
 from logging import ERROR, INFO, WARNING
 from types import TracebackType
@@ -26,7 +25,6 @@ from hypercorn.typing import (
     HTTPScope,
     Scope,
 )
-from quart import Quart
 from quart.wrappers import Request
 
 from service.active_users import ActiveUsers
@@ -46,7 +44,6 @@ from service.observability.metrics import UNMATCHED, Metrics, method_label
 from service.proxy_fix import client_address
 from service.sessions import SESSION_COOKIE_NAME, current_session, expire_cookie
 from service.settings import Settings
-from service.version import VERSION
 
 REQUEST_LOGGER = "service.request"
 ExcInfo = tuple[type[BaseException], BaseException, TracebackType] | tuple[None, None, None]
@@ -174,28 +171,6 @@ async def bind_route_and_user(request: Request, active_users: ActiveUsers) -> No
         # A cache failure is counted by the cache wrapper; it must not fail the request.
         with suppress(CacheError):
             await active_users.mark(session.user_id)
-
-
-def init_lifecycle_lines(app: Quart, settings: Settings) -> None:
-    """One line when the app starts serving (what it runs on) and one when it stops: registered
-    last, so `service_started` means every part is open."""
-    lifecycle = structlog.get_logger("service.lifecycle")
-    started: list[float] = []
-
-    @app.while_serving
-    async def _lines() -> AsyncGenerator[None, None]:
-        started.append(time.monotonic())
-        lifecycle.info(
-            "service_started",
-            version=VERSION,
-            environment=settings.environment.value,
-            pid=os.getpid(),
-            database=settings.effective_database_url.split("://", 1)[0],
-            cache="redis" if settings.redis_url is not None else "in-process",
-            settings_changed=settings.changed(),
-        )
-        yield
-        lifecycle.info("service_stopped", served_seconds=round(time.monotonic() - started[0], 3))
 
 
 def log_request_failure(exc_info: ExcInfo) -> None:

@@ -192,8 +192,8 @@ class SessionStore:
         slow or failing database keeps the last value rather than delay the scrape past
         HEALTH_CHECK_TIMEOUT."""
         now = time.monotonic()
-        if now - self._counted_at < COUNT_INTERVAL_SECONDS:
-            return
+        if self._database is None or now - self._counted_at < COUNT_INTERVAL_SECONDS:
+            return  # not serving (a worker's first or last metrics snapshot), or counted lately
         self._counted_at = now
         try:
             async with asyncio.timeout(self.count_timeout):

@@ -32,6 +32,12 @@ class Environment(StrEnum):
 class SettingsError(ValueError):
     """Raised when the environment holds an invalid setting; the message names it."""
 
+    def __init__(self, problems: list[tuple[str, str]]) -> None:
+        super().__init__(
+            "invalid configuration: " + "; ".join(f"{name}: {text}" for name, text in problems)
+        )
+        self.problems = problems  # (environment variable, what is wrong with it)
+
 
 class Settings(BaseSettings):
     model_config = SettingsConfigDict(case_sensitive=False, extra="ignore", frozen=True)
@@ -59,6 +65,7 @@ class Settings(BaseSettings):
 
     max_body_bytes: int = Field(default=64 * 1024, ge=1024, le=64 * 1024 * 1024)
     request_timeout: float = Field(default=5.0, gt=0, le=300)
+    drain_seconds: float = Field(default=0.0, ge=0, le=600)
     session_cookie_secure: bool | None = None
     session_duration_seconds: int = Field(default=7 * 86400, ge=60, le=366 * 86400)
     session_idle_seconds: int | None = Field(default=None, ge=60, le=366 * 86400)
@@ -270,10 +277,12 @@ def _split_commas(value: Any) -> Any:
     return value
 
 
-def _describe(exc: ValidationError) -> str:
+def _describe(exc: ValidationError) -> list[tuple[str, str]]:
     problems = []
     for error in exc.errors():
         name = ".".join(str(part) for part in error["loc"]).upper()
         message = error["msg"].removeprefix("Value error, ")
-        problems.append(f"{name}: {message}" if name else message)
-    return "invalid configuration: " + "; ".join(problems)
+        if not name:  # a check across settings names its setting first: "SECRET_KEY: ..."
+            name, _, message = message.partition(": ")
+        problems.append((name, message))
+    return problems

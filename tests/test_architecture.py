@@ -36,9 +36,12 @@ LAYERS: list[tuple[str, tuple[str, ...]]] = [
             "service.request_record",
             "service.wrappers",
             "service.blueprints",
+            "service.lifecycle",
         ),
     ),
     ("app", ("service.app", "service.asgi")),
+    # Processes around the app: the master of the workers, and the command line.
+    ("serving", ("service.supervisor", "service.cli")),
 ]
 # The package's own __init__ (it exports create_app) stands above everything.
 _ROOT_MODULE = "service"

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import json
 import subprocess
 import sys
 from pathlib import Path
@@ -187,11 +188,30 @@ def test_bad_setting_fails_start_up_with_one_line_naming_it(
         text=True,
         timeout=60,
     )
-    assert result.returncode != 0
+    assert result.returncode == 2
     lines = result.stderr.strip().splitlines()
     assert len(lines) == 1, result.stderr
     assert setting in lines[0]
     assert "Traceback" not in result.stderr
+
+
+def test_a_bad_setting_in_production_is_one_json_line(tmp_path: Path) -> None:
+    env = {"PATH": "/usr/bin:/bin", "DATA_DIR": str(tmp_path), "ENVIRONMENT": "production"}
+    result = subprocess.run(
+        [sys.executable, "-c", "import service.asgi"],
+        cwd=ROOT,
+        env={**env, "DB_POOL_SIZE": "lots"},
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert result.returncode == 2
+    (line,) = result.stderr.splitlines()
+    event = json.loads(line)
+    assert event["event"] == "configuration_invalid"
+    assert event["level"] == "error"
+    names = [problem["setting"] for problem in event["problems"]]
+    assert names == ["DB_POOL_SIZE"]
 
 
 def _secret(value: str) -> object:

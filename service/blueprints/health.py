@@ -27,8 +27,12 @@ async def live() -> Response:
 
 @blueprint.get("/ready")
 async def ready() -> Response:
-    """Readiness: 200 only when every critical check passes."""
-    report = await get_health().report()
+    """Readiness: 200 only when every critical check passes and the worker is not stopping."""
+    monitor = get_health()
+    if monitor.draining:
+        # Stopping: the load balancer should send no more, though requests are still served.
+        return _json({"status": "not_ready", "reasons": {"service": "draining"}}, 503)
+    report = await monitor.report()
     body: dict[str, object] = {
         "status": "ready" if report.ready else "not_ready",
         "timestamp": report.as_json()["timestamp"],

@@ -194,10 +194,23 @@ async def migrate_embedded(engine: AsyncEngine, data_dir: Path) -> None:
     with lock_path.open("w") as lock:
         await asyncio.to_thread(fcntl.flock, lock, fcntl.LOCK_EX)
         try:
-            async with engine.begin() as connection:
-                await connection.run_sync(_upgrade_to_head)
+            await upgrade_to_head(engine)
         finally:
             fcntl.flock(lock, fcntl.LOCK_UN)
+
+
+async def upgrade_to_head(engine: AsyncEngine) -> tuple[str | None, str | None]:
+    """`alembic upgrade head` in one transaction: the revisions before and after."""
+    async with engine.begin() as connection:
+        before = await connection.run_sync(_current_revision)
+        await connection.run_sync(_upgrade_to_head)
+        return before, await connection.run_sync(_current_revision)
+
+
+def _current_revision(connection: Connection) -> str | None:
+    from alembic.runtime.migration import MigrationContext
+
+    return MigrationContext.configure(connection).get_current_revision()
 
 
 def _upgrade_to_head(connection: Connection) -> None:

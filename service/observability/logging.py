@@ -8,6 +8,7 @@ stdlib loggers (SQLAlchemy, alembic, asyncio, Quart, hypercorn) reach the same c
 from __future__ import annotations
 
 import logging
+import os
 import re
 import sys
 import time
@@ -20,7 +21,7 @@ import structlog
 from structlog.types import EventDict, Processor, WrappedLogger
 
 from service.observability.context import add_request_context
-from service.settings import Settings
+from service.settings import Environment, Settings, SettingsError
 
 REDACTED = "[REDACTED]"
 SENSITIVE_KEY_PARTS = (
@@ -128,6 +129,18 @@ def configure_logging(settings: Settings, stream: TextIO | None = None) -> None:
     # A record that fails to format must vanish, not be dumped with its arguments to stderr.
     logging.raiseExceptions = False
     logging.captureWarnings(True)
+
+
+def log_bad_configuration(error: SettingsError) -> None:
+    """A bad setting, on stderr through the same pipeline as every other line (JSON in
+    production, read from ENVIRONMENT alone since the settings as a whole are invalid)."""
+    production = os.environ.get("ENVIRONMENT", "").strip().lower() == Environment.PRODUCTION
+    environment = Environment.PRODUCTION if production else Environment.DEVELOPMENT
+    configure_logging(Settings.model_construct(environment=environment), stream=sys.stderr)
+    structlog.get_logger("service.settings").error(
+        "configuration_invalid",
+        problems=[{"setting": name, "problem": problem} for name, problem in error.problems],
+    )
 
 
 def render_exception_and_stack(

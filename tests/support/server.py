@@ -25,6 +25,10 @@ PRODUCTION_ENV = {
 }
 
 
+# The console script, run by this interpreter (the project's venv).
+SCENE_PACKER = [sys.executable, "-c", "from service.cli import run; run()"]
+
+
 @dataclass
 class Server:
     base_url: str
@@ -50,8 +54,10 @@ def running_server(
     app: str = "service.asgi:app",
     config: Mapping[str, Any] | None = None,
     ready_path: str = "/api/health/live",
+    supervised: bool = False,
 ) -> Iterator[Server]:
-    """Serve `app` with the repository's hypercorn.toml (bind and `config` overridden).
+    """Serve `app` with the repository's hypercorn.toml (bind and `config` overridden), by
+    hypercorn itself or, `supervised`, by `scene-packer serve` (the service's own app only).
 
     Output (stdout and stderr together) goes to a file; the server is stopped with SIGTERM,
     by its own process id, when the block ends.
@@ -69,7 +75,9 @@ def running_server(
     }
     with output.open("wb") as sink:
         process = subprocess.Popen(
-            [sys.executable, "-m", "hypercorn", "--config", str(config_path), app],
+            [*SCENE_PACKER, "serve", "--config", str(config_path)]
+            if supervised
+            else [sys.executable, "-m", "hypercorn", "--config", str(config_path), app],
             cwd=ROOT,
             env=full_env,
             stdout=sink,

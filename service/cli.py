@@ -1,0 +1,127 @@
+"""`scene-packer`: serve, check and migrate, with exit codes an init system can act on.
+
+- `serve` checks the settings, the backends and the schema, then runs the workers of
+  hypercorn.toml under the supervisor (`service/supervisor.py`).
+- `check` prints one line per check (settings, database, cache, disk, memory) and exits 0 only
+  when the service could serve.
+- `migrate` brings the database schema to the code's head (`alembic upgrade head`).
+
+Exit codes: 0 done; 1 stopped uncleanly (a worker crashed or was killed while stopping);
+2 bad configuration (a setting, the hypercorn file, the command line); 3 cannot serve (a critical
+backend unreachable, the schema behind, a worker that failed to start, a migration that failed).
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import sys
+from pathlib import Path
+
+import structlog
+from hypercorn.config import Config
+
+from service.cache import InstrumentedCache, create_cache
+from service.db.engine import create_engine, upgrade_to_head
+from service.health import HealthMonitor, HealthReport
+from service.observability.logging import configure_logging, log_bad_configuration
+from service.observability.metrics import Metrics
+from service.settings import Settings, SettingsError, load_settings
+from service.supervisor import EXIT_CANNOT_SERVE, EXIT_OK, serve
+
+EXIT_BAD_CONFIGURATION = 2
+APPLICATION = "service.asgi:app"
+# A check from the command line may wait on a cold connection a little longer than a poll.
+_CHECK_TIMEOUT_FLOOR = 2.0
+
+logger = structlog.get_logger("service.cli")
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="scene-packer", description=__doc__.split("\n\n")[0])
+    commands = parser.add_subparsers(dest="command", required=True)
+    serve_parser = commands.add_parser("serve", help="check, then serve with hypercorn")
+    serve_parser.add_argument(
+        "--config", default="hypercorn.toml", type=Path, help="hypercorn's TOML file"
+    )
+    commands.add_parser("check", help="settings, backends and schema: one line each")
+    commands.add_parser("migrate", help="bring the database schema to the code's head")
+    arguments = parser.parse_args(argv)
+
+    try:
+        settings = load_settings()
+    except SettingsError as error:
+        log_bad_configuration(error)
+        if arguments.command == "check":
+            for name, problem in error.problems:
+                print(f"settings: {name}: {problem}")
+        return EXIT_BAD_CONFIGURATION
+    if arguments.command == "check":
+        # stdout: one line per check; stderr: the log (a failed check's cause).
+        configure_logging(settings, stream=sys.stderr)
+        print("settings: ok")
+        return _print_checks(asyncio.run(_check(settings)), settings)
+    configure_logging(settings)
+    if arguments.command == "serve":
+        return _serve(settings, arguments.config)
+    return asyncio.run(_migrate(settings))
+
+
+def _serve(settings: Settings, config_path: Path) -> int:
+    try:
+        config = Config.from_toml(config_path)
+    except (OSError, ValueError) as error:
+        logger.error("configuration_invalid", file=str(config_path), problem=str(error))
+        return EXIT_BAD_CONFIGURATION
+    report = asyncio.run(_check(settings))
+    if not report.ready:
+        logger.error("cannot_serve", failing=report.failing())
+        return EXIT_CANNOT_SERVE
+    return serve(APPLICATION, config, settings.drain_seconds)
+
+
+async def _check(settings: Settings) -> HealthReport:
+    """The health report the service would give, from this process."""
+    timeout = max(settings.health_check_timeout, _CHECK_TIMEOUT_FLOOR)
+    settings = settings.model_copy(update={"health_check_timeout": timeout})
+    if settings.uses_embedded_database:
+        settings.data_dir.mkdir(parents=True, exist_ok=True)  # as the service does at start
+    metrics = Metrics(settings)
+    monitor = HealthMonitor(settings.model_copy(update={"health_refresh_seconds": 0}), metrics)
+    cache = InstrumentedCache(create_cache(settings), metrics.cache_requests, metrics.cache_errors)
+    try:
+        await monitor.start(cache)
+        return await monitor.report()
+    finally:
+        await monitor.stop()
+        await cache.close()
+
+
+def _print_checks(report: HealthReport, settings: Settings) -> int:
+    for name, result in report.checks.items():
+        line = result.status if result.reason is None else f"{result.status} ({result.reason})"
+        critical = " [critical]" if name in report.critical else ""
+        print(f"{name}: {line}{critical}")
+    if settings.uses_embedded_database:
+        print("schema: the embedded database is migrated when the service starts")
+    return EXIT_OK if report.ready else EXIT_CANNOT_SERVE
+
+
+async def _migrate(settings: Settings) -> int:
+    if settings.uses_embedded_database:
+        settings.data_dir.mkdir(parents=True, exist_ok=True)
+    engine = create_engine(settings)
+    try:
+        before, after = await upgrade_to_head(engine)
+    except Exception as error:
+        logger.error("migration_failed", exc_info=error)
+        return EXIT_CANNOT_SERVE
+    finally:
+        await engine.dispose()
+    logger.info("database_migrated", from_revision=before, to_revision=after)
+    return EXIT_OK
+
+
+def run() -> None:
+    """The console script's entry point."""
+    sys.exit(main())

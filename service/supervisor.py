@@ -1,0 +1,392 @@
+"""The master process of `scene-packer serve`: hypercorn's own workers, stopped without dropping
+a request.
+
+hypercorn's master (`hypercorn.run.run`, 0.18) drops requests on a bad day:
+- it `terminate()`s every other worker as soon as the first has stopped, mid-request;
+- its workers install no SIGTERM handler, so a signal to the whole process group (systemd's
+  default `KillMode`, Ctrl+C in a terminal) kills them at once;
+- a worker that fails to start leaves the master exiting 0 (hypercorn issue #269);
+- `max_requests` replaces a worker only after it has exited, and the connection that carried the
+  last request is closed under a keep-alive client.
+
+This module keeps hypercorn's worker (`hypercorn.asyncio.run.worker_serve`), its sockets
+(`Config.create_sockets`, made once here and inherited by every worker, so a successor accepts
+from the same queue) and its configuration file; it replaces only the master loop and the
+worker's shutdown trigger. A stop, on SIGTERM or SIGINT to the master or to every process:
+1. each worker's readiness turns 503 `draining` (`ServiceApp.begin_draining`) and HTTP/1
+   responses carry `Connection: close`;
+2. for DRAIN_SECONDS the worker keeps accepting, so a polling load balancer sees it leave first;
+3. it stops accepting, serves what already arrived on open connections for a moment, then hands
+   over to hypercorn: idle connections closed, in-flight requests finished (up to
+   `graceful_timeout`), the app's shutdown run (pools closed, metrics folded);
+4. the master waits for every worker and exits 0.
+Recycling (`max_requests` in hypercorn.toml) starts the successor first and retires the old
+worker once the successor accepts. SIGHUP recycles every worker the same way.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import importlib
+import os
+import random
+import signal
+import sys
+import time
+import traceback
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from multiprocessing import get_context
+from multiprocessing.connection import wait
+from multiprocessing.context import SpawnContext, SpawnProcess
+from multiprocessing.sharedctypes import Synchronized
+from multiprocessing.synchronize import Event
+from typing import Any
+
+import structlog
+from hypercorn.asyncio.run import worker_serve
+from hypercorn.config import Config, Sockets
+from hypercorn.typing import ASGIFramework, ASGIReceiveCallable, ASGISendCallable, Scope
+from hypercorn.utils import wrap_app
+
+# Exit codes of `scene-packer serve` (README.md, "Exit codes").
+EXIT_OK = 0
+EXIT_UNCLEAN = 1  # a worker crashed while stopping, or had to be killed
+EXIT_CANNOT_SERVE = 3  # a worker failed to start
+
+STOP_SIGNALS = {signal.SIGTERM: "sigterm", signal.SIGINT: "sigint"}
+_POLL_SECONDS = 0.1
+# A successor that failed to start is tried again after this long; the old worker serves on.
+_RETRY_SUCCESSOR_SECONDS = 10.0
+# After a stopping worker closes its listener: requests already on an open connection are still
+# served (with `Connection: close`) before hypercorn closes the idle ones.
+_CLOSE_GRACE_SECONDS = 1.0
+
+logger = structlog.get_logger("service.supervisor")
+
+
+@dataclass(frozen=True)
+class Plan:
+    """What every worker needs, handed over to the spawned process."""
+
+    application_path: str
+    config: Config
+    sockets: Sockets
+    drain_seconds: float
+    stop_signal: Synchronized[int]  # the signal the master received; 0 until then
+    shutdown: Event  # set by the master: every worker stops
+
+
+@dataclass
+class Worker:
+    process: SpawnProcess
+    ready: Event  # set by the worker once it accepts connections
+    retire: Event  # set by the master: make way for a successor
+    wants_successor: Event  # set by the worker: it has served its max_requests
+    retry_successor_at: float = 0.0
+    successor: Worker | None = field(default=None, repr=False)
+
+    @property
+    def alive(self) -> bool:
+        return self.process.exitcode is None
+
+
+def serve(application_path: str, config: Config, drain_seconds: float) -> int:
+    """Run `config.workers` workers (at least one) until SIGTERM or SIGINT; the exit code."""
+    context = get_context("spawn")
+    requests_per_worker = (config.max_requests, config.max_requests_jitter)
+    plan = Plan(
+        application_path,
+        _without_hypercorn_recycling(config),
+        config.create_sockets(),
+        drain_seconds,
+        context.Value("i", 0),
+        context.Event(),
+    )
+
+    def start_worker() -> Worker:
+        return _start(context, plan, requests_per_worker)
+
+    def on_stop_signal(signum: int, _frame: Any) -> None:
+        if not plan.shutdown.is_set():
+            plan.stop_signal.value = signum
+            plan.shutdown.set()
+
+    def on_reload(_signum: int, _frame: Any) -> None:
+        for worker in slots:
+            worker.wants_successor.set()
+
+    slots = [start_worker() for _ in range(max(1, config.workers))]
+    for signum in STOP_SIGNALS:
+        signal.signal(signum, on_stop_signal)
+    signal.signal(signal.SIGHUP, on_reload)
+    logger.info("server_started", workers=len(slots), bind=config.bind, pid=os.getpid())
+
+    retiring: list[Worker] = []
+    boot_failed = False
+    while not plan.shutdown.is_set():
+        _wait_for_any(slots, retiring)
+        retiring = [worker for worker in retiring if worker.alive]
+        for index, worker in enumerate(slots):
+            if not worker.alive:
+                if not worker.ready.is_set():
+                    logger.error("worker_failed_to_start", pid=worker.process.pid)
+                    boot_failed = True
+                    plan.shutdown.set()
+                    break
+                logger.error(
+                    "worker_exited", pid=worker.process.pid, exit_code=worker.process.exitcode
+                )
+                slots[index] = start_worker()
+            else:
+                slots[index] = _recycle(worker, start_worker, retiring)
+
+    return _stop(
+        plan, [*slots, *(w.successor for w in slots if w.successor), *retiring], boot_failed
+    )
+
+
+def _recycle(worker: Worker, start_worker: Callable[[], Worker], retiring: list[Worker]) -> Worker:
+    """One step of replacing a worker that asked for a successor: the worker in its slot now."""
+    successor = worker.successor
+    if successor is None:
+        if worker.wants_successor.is_set() and time.monotonic() >= worker.retry_successor_at:
+            worker.successor = start_worker()
+        return worker
+    if successor.ready.is_set():
+        worker.retire.set()
+        worker.successor = None
+        retiring.append(worker)
+        return successor
+    if not successor.alive:
+        logger.error(
+            "successor_failed_to_start", pid=successor.process.pid, serving=worker.process.pid
+        )
+        worker.successor = None
+        worker.retry_successor_at = time.monotonic() + _RETRY_SUCCESSOR_SECONDS
+    return worker
+
+
+def _stop(plan: Plan, workers: list[Worker], boot_failed: bool) -> int:
+    started = time.monotonic()
+    received = plan.stop_signal.value
+    reason = STOP_SIGNALS[signal.Signals(received)] if received else "worker_failed_to_start"
+    logger.info("server_stopping", reason=reason, workers=sum(w.alive for w in workers))
+    # From here no worker is started: the master's copies of the listening sockets are closed,
+    # so once the last worker closes its own, new connections are refused instead of queued.
+    _close(plan.sockets)
+    config = plan.config
+    deadline = started + plan.drain_seconds + _CLOSE_GRACE_SECONDS + config.graceful_timeout
+    deadline += config.shutdown_timeout + 5
+    killed = []
+    while any(worker.alive for worker in workers):
+        _wait_for_any(workers, [])
+        if time.monotonic() > deadline:
+            for worker in workers:
+                if worker.alive:
+                    killed.append(worker.process.pid)
+                    worker.process.kill()
+                    worker.process.join()
+    codes = [worker.process.exitcode for worker in workers]
+    if boot_failed:
+        code = EXIT_CANNOT_SERVE
+    elif killed or any(code != 0 for code in codes):
+        code = EXIT_UNCLEAN
+    else:
+        code = EXIT_OK
+    logger.log(
+        20 if code == EXIT_OK else 40,
+        "server_stopped",
+        exit_code=code,
+        stop_seconds=round(time.monotonic() - started, 3),
+        killed=killed or None,
+    )
+    return code
+
+
+def _start(
+    context: SpawnContext, plan: Plan, requests_per_worker: tuple[int | None, int]
+) -> Worker:
+    limit, jitter = requests_per_worker
+    max_requests = limit + random.randint(0, jitter) if limit else None
+    ready, retire, wants_successor = context.Event(), context.Event(), context.Event()
+    process = context.Process(
+        target=_worker_main,
+        args=(plan, ready, retire, wants_successor, max_requests),
+        daemon=False,
+    )
+    worker = Worker(process, ready, retire, wants_successor)
+    # The child inherits "ignore" for the stop signals (it survives exec), so a signal that
+    # arrives before the worker has installed its own handlers cannot kill it mid-start.
+    previous = {signum: signal.signal(signum, signal.SIG_IGN) for signum in STOP_SIGNALS}
+    try:
+        worker.process.start()
+    finally:
+        for signum, handler in previous.items():
+            signal.signal(signum, handler)
+    return worker
+
+
+def _wait_for_any(workers: list[Worker], more: list[Worker]) -> None:
+    sentinels = [w.process.sentinel for w in [*workers, *more] if w.alive]
+    sentinels += [
+        w.successor.process.sentinel for w in workers if w.successor and w.successor.alive
+    ]
+    wait(sentinels, timeout=_POLL_SECONDS * 2)
+
+
+def _without_hypercorn_recycling(config: Config) -> Config:
+    # Recycling is done here (successor first); hypercorn's own would close the connection of
+    # the request that reached the limit.
+    config.max_requests = None
+    return config
+
+
+def _close(sockets: Sockets) -> None:
+    for sock in [*sockets.secure_sockets, *sockets.insecure_sockets, *sockets.quic_sockets]:
+        sock.close()
+
+
+# ---- the worker process ----
+
+
+class _Gate:
+    """ASGI, outermost in a worker: counts requests (for recycling and the drain line) and, while
+    the worker drains, asks HTTP/1 clients to close their connection after the response."""
+
+    def __init__(self, app: ASGIFramework, max_requests: int | None, wants_successor: Event):
+        self.app = app
+        self.max_requests = max_requests
+        self.wants_successor = wants_successor
+        self.served = 0
+        self.in_flight = 0
+        self.draining = False
+
+    async def __call__(
+        self, scope: Scope, receive: ASGIReceiveCallable, send: ASGISendCallable
+    ) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        self.served += 1
+        if self.max_requests is not None and self.served == self.max_requests:
+            self.wants_successor.set()
+        self.in_flight += 1
+        try:
+            if self.draining and scope["http_version"] in ("1.0", "1.1"):
+                await self.app(scope, receive, _closing(send))
+            else:
+                await self.app(scope, receive, send)
+        finally:
+            self.in_flight -= 1
+
+
+def _closing(send: ASGISendCallable) -> ASGISendCallable:
+    async def send_closing(message: Any) -> None:
+        if message["type"] == "http.response.start":
+            message = {
+                **message,
+                "headers": [*message.get("headers", ()), (b"connection", b"close")],
+            }
+        await send(message)
+
+    return send_closing
+
+
+def _worker_main(
+    plan: Plan, ready: Event, retire: Event, wants_successor: Event, max_requests: int | None
+) -> None:
+    early: list[int] = []  # a stop signal before the event loop runs
+    for signum in STOP_SIGNALS:
+        signal.signal(signum, lambda received, _frame: early.append(received))
+    listeners = _capture_listeners()
+    try:
+        module_name, _, attribute = plan.application_path.partition(":")
+        app = getattr(importlib.import_module(module_name), attribute or "app")
+        gate = _Gate(app, max_requests, wants_successor)
+        asyncio.run(_serve_worker(plan, app, gate, listeners, early, ready, retire))
+    except BaseException:
+        if ready.is_set():
+            raise
+        # The cause is on stderr once (it went through the app's logging when it could); the
+        # master reports `worker_failed_to_start` and exits EXIT_CANNOT_SERVE.
+        traceback.print_exc()
+        sys.exit(EXIT_CANNOT_SERVE)
+
+
+async def _serve_worker(
+    plan: Plan,
+    app: Any,
+    gate: _Gate,
+    listeners: list[asyncio.Server],
+    early: list[int],
+    ready: Event,
+    retire: Event,
+) -> None:
+    loop = asyncio.get_running_loop()
+    signalled: list[int] = []
+    for signum in STOP_SIGNALS:
+        loop.add_signal_handler(signum, signalled.append, signum)
+    signalled.extend(early)
+    master = os.getppid()
+
+    async def shutdown_trigger() -> None:
+        # hypercorn awaits this once the app has started and every listener accepts.
+        ready.set()
+        reason = None
+        while reason is None:
+            await asyncio.sleep(_POLL_SECONDS)
+            reason = _stop_reason(plan, signalled, retire, master)
+        gate.draining = True
+        begin_draining = getattr(app, "begin_draining", None)
+        if begin_draining is not None:
+            begin_draining(reason, gate.in_flight)
+        if reason != "recycle":
+            await asyncio.sleep(plan.drain_seconds)  # still accepting: readiness says 503
+        for listener in listeners:
+            listener.close()
+        grace = plan.config.keep_alive_timeout if reason == "recycle" else _CLOSE_GRACE_SECONDS
+        await asyncio.sleep(min(grace, plan.config.keep_alive_timeout))
+        # Returning hands over to hypercorn: idle connections closed, in-flight requests
+        # finished (up to graceful_timeout), then the app's shutdown.
+
+    wrapped = wrap_app(gate, plan.config.wsgi_max_body_size, "asgi")
+    await worker_serve(
+        wrapped, plan.config, sockets=plan.sockets, shutdown_trigger=shutdown_trigger
+    )
+
+
+def _stop_reason(plan: Plan, signalled: list[int], retire: Event, master: int) -> str | None:
+    if signalled:
+        return STOP_SIGNALS[signal.Signals(signalled[0])]
+    if plan.shutdown.is_set():
+        received = plan.stop_signal.value
+        return STOP_SIGNALS[signal.Signals(received)] if received else "stopping"
+    if retire.is_set():
+        return "recycle"
+    if os.getppid() != master:
+        return "master_gone"
+    return None
+
+
+def _capture_listeners() -> list[asyncio.Server]:
+    """The servers hypercorn's worker_serve starts, so a stopping worker can stop accepting
+    before hypercorn closes idle connections (it does both at once). This process only."""
+    listeners: list[asyncio.Server] = []
+    start_server = asyncio.start_server
+
+    async def recording_start_server(*args: Any, **kwargs: Any) -> asyncio.Server:
+        server = await start_server(*args, **kwargs)
+        listeners.append(server)
+        if sys.version_info >= (3, 12, 1):
+            # From 3.12.1 wait_closed() waits for every connection, so hypercorn's
+            # graceful_timeout would never apply (hypercorn issue #308).
+            server.wait_closed = _closed  # type: ignore[method-assign]
+        return server
+
+    asyncio.start_server = recording_start_server
+    return listeners
+
+
+async def _closed() -> None:
+    return None

@@ -1,0 +1,159 @@
+"""`scene-packer serve` under a stop and under recycling: real processes, real signals, real
+PostgreSQL and Redis. Nothing in flight is dropped, every worker runs its own shutdown."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import os
+import signal
+import uuid
+from pathlib import Path
+from typing import Any
+
+import httpx
+import pytest
+
+from service.observability import exposition
+from tests.conftest import REDIS_URL
+from tests.support.metrics_helpers import parse
+from tests.support.server import PRODUCTION_ENV, Server, running_server
+
+LOGINS = 50
+HANG_GUARD = 60  # seconds: only catches a hang
+
+
+def _env(tmp_path: Path, postgres_url: str, **extra: str) -> dict[str, str]:
+    return {
+        **PRODUCTION_ENV,
+        "DATABASE_URL": postgres_url,
+        "REDIS_URL": REDIS_URL,
+        "CACHE_KEY_PREFIX": f"test-{uuid.uuid4().hex[:8]}:",
+        "METRICS_DIR": str(tmp_path / "metrics"),
+        "LOGIN_LIMIT_PER_IP": "100000",
+        "LOGIN_LIMIT_PER_USERNAME": "100000",
+        # One hashing thread: the logins queue up, so many are in flight when the signal lands
+        # (and the last one waits longer than the default deadline of a request).
+        "PASSWORD_HASH_THREADS": "1",
+        "REQUEST_TIMEOUT": "60",
+        **extra,
+    }
+
+
+def _events(server: Server) -> list[dict[str, Any]]:
+    return [json.loads(line) for line in server.lines() if line.startswith("{")]
+
+
+def _archived(tmp_path: Path) -> dict[Any, float]:
+    """What the stopped server's workers left: every worker folded into the archive."""
+    (run,) = (tmp_path / "metrics").glob("run-*")
+    assert sorted(path.name for path in run.glob("worker-*.json")) == []
+    archive = exposition.from_json((run / "archive.json").read_bytes())
+    return parse(exposition.render(archive).decode())
+
+
+def _logins_counted(samples: dict[Any, float]) -> float:
+    return sum(
+        count
+        for (name, labels), count in samples.items()
+        if name == "http_requests_total" and ("endpoint", "/api/auth/login") in labels
+    )
+
+
+@pytest.mark.parametrize("workers", [1, 2])
+@pytest.mark.parametrize("target", ["master", "group"])
+async def test_a_stop_under_load_answers_every_request_in_flight(
+    tmp_path: Path, postgres_url: str, workers: int, target: str
+) -> None:
+    env = _env(tmp_path, postgres_url, DRAIN_SECONDS="1")
+    with running_server(tmp_path, env, config={"workers": workers}, supervised=True) as server:
+        limits = httpx.Limits(max_connections=LOGINS)
+        async with httpx.AsyncClient(
+            base_url=server.base_url, timeout=HANG_GUARD, limits=limits
+        ) as client:
+            username = f"alice-{uuid.uuid4().hex[:8]}"
+            credentials = {"username": username, "password": "correct horse battery"}
+            assert (await client.post("/api/auth/register", json=credentials)).status_code == 201
+            logins = [
+                asyncio.ensure_future(client.post("/api/auth/login", json=credentials))
+                for _ in range(LOGINS)
+            ]
+            await asyncio.sleep(0.5)  # every request sent; most still queue for the hash
+            if target == "master":
+                os.kill(server.process.pid, signal.SIGTERM)
+            else:  # systemd's default KillMode, Ctrl+C in a terminal
+                os.killpg(server.process.pid, signal.SIGTERM)
+            answers = await asyncio.gather(*logins, return_exceptions=True)
+        exit_code = await asyncio.to_thread(server.process.wait, HANG_GUARD)
+
+    failed = [a for a in answers if isinstance(a, BaseException) or a.status_code != 200]
+    assert failed == []
+    assert exit_code == 0
+    events = _events(server)
+    draining = [e for e in events if e["event"] == "service_draining"]
+    assert [e["reason"] for e in draining] == ["sigterm"] * workers
+    assert sum(e["in_flight_requests"] for e in draining) > 0  # the signal did land under load
+    stopped = [e for e in events if e["event"] == "service_stopped"]
+    assert [e["reason"] for e in stopped] == ["sigterm"] * workers
+    (master,) = [e for e in events if e["event"] == "server_stopped"]
+    assert master["exit_code"] == 0
+    assert _logins_counted(_archived(tmp_path)) == LOGINS
+
+
+async def test_draining_keeps_serving_while_readiness_says_503(
+    tmp_path: Path, postgres_url: str
+) -> None:
+    env = _env(tmp_path, postgres_url, DRAIN_SECONDS="3")
+    with running_server(tmp_path, env, config={"workers": 2}, supervised=True) as server:
+        async with httpx.AsyncClient(base_url=server.base_url, timeout=HANG_GUARD) as client:
+            assert (await client.get("/api/health/ready")).status_code == 200
+            os.kill(server.process.pid, signal.SIGTERM)
+            await asyncio.sleep(0.5)
+            # New connections are still accepted and served; readiness tells the balancer to go.
+            async with httpx.AsyncClient(base_url=server.base_url, timeout=HANG_GUARD) as fresh:
+                ready = await fresh.get("/api/health/ready")
+                served = await fresh.get("/api/health/live")
+            assert ready.status_code == 503
+            assert ready.json()["reasons"] == {"service": "draining"}
+            assert ready.headers["Connection"] == "close"
+            assert served.status_code == 200
+        assert await asyncio.to_thread(server.process.wait, HANG_GUARD) == 0
+    # Once the drain is over the socket closes: nothing is accepted and then dropped.
+    with pytest.raises(httpx.ConnectError):
+        await asyncio.to_thread(httpx.get, server.base_url + "/api/health/live", timeout=5)
+
+
+@pytest.mark.parametrize("workers", [1, 2])
+async def test_recycling_drops_no_request(tmp_path: Path, postgres_url: str, workers: int) -> None:
+    """Keep-alive clients through successive replacements of every worker: at least 3,000
+    requests and two replacements (a successor takes a second or two to start), at most 15,000."""
+    clients, batch = 8, 1000
+    config = {"workers": workers, "max_requests": 200, "max_requests_jitter": 0}
+    env = _env(tmp_path, postgres_url)
+    with running_server(tmp_path, env, config=config, supervised=True) as server:
+
+        async def keep_alive_client(count: int) -> list[int | str]:
+            async with httpx.AsyncClient(base_url=server.base_url, timeout=HANG_GUARD) as client:
+                outcomes: list[int | str] = []
+                for _ in range(count):
+                    try:
+                        outcomes.append((await client.get("/")).status_code)
+                    except httpx.TransportError as error:
+                        outcomes.append(type(error).__name__)
+                return outcomes
+
+        def recycled() -> int:
+            return sum(
+                e["event"] == "service_draining" and e["reason"] == "recycle"
+                for e in _events(server)
+            )
+
+        outcomes: list[int | str] = []
+        while len(outcomes) < 3000 or (recycled() < 2 and len(outcomes) < 15_000):
+            results = await asyncio.gather(
+                *(keep_alive_client(batch // clients) for _ in range(clients))
+            )
+            outcomes += [outcome for result in results for outcome in result]
+        replacements = recycled()
+    assert [o for o in outcomes if o != 200] == []
+    assert replacements >= 2
