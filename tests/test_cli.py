@@ -1,0 +1,137 @@
+"""`scene-packer check|migrate|serve` as an operator runs them: real processes, real PostgreSQL and
+Redis, exit codes checked the way systemd or Kubernetes would read them."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import uuid
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+from sqlalchemy.engine import make_url
+
+from tests.conftest import PG_ADMIN_URL, REDIS_URL, _admin, _in_thread
+from tests.support import ROOT
+from tests.support.server import PRODUCTION_ENV, SCENE_PACKER, running_server, to_toml
+
+
+def scene_packer(*args: str, env: dict[str, str]) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [*SCENE_PACKER, *args],
+        cwd=ROOT,
+        env={"PATH": os.environ.get("PATH", "/usr/bin:/bin"), **env},
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+
+
+@pytest.fixture
+def empty_database() -> Iterator[str]:
+    """A PostgreSQL database that was never migrated."""
+    name = f"scene_packer_cli_{uuid.uuid4().hex[:12]}"
+    _in_thread(_admin(f'CREATE DATABASE "{name}"'))
+    try:
+        yield make_url(PG_ADMIN_URL).set(database=name).render_as_string(hide_password=False)
+    finally:
+        _in_thread(_admin(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'))
+
+
+def _backends(database_url: str, tmp_path: Path) -> dict[str, str]:
+    return {"DATABASE_URL": database_url, "REDIS_URL": REDIS_URL, "DATA_DIR": str(tmp_path)}
+
+
+def test_check_migrate_check_on_a_new_database(empty_database: str, tmp_path: Path) -> None:
+    env = _backends(empty_database, tmp_path)
+    before = scene_packer("check", env=env)
+    assert before.returncode == 3
+    lines = before.stdout.splitlines()
+    assert lines[0] == "settings: ok"
+    assert "database: unhealthy (schema_outdated) [critical]" in lines
+    assert "cache: healthy [critical]" in lines
+
+    migrated = scene_packer("migrate", env={**env, **PRODUCTION_ENV})
+    assert migrated.returncode == 0, migrated.stderr
+    events = [json.loads(line) for line in migrated.stdout.splitlines() if line.startswith("{")]
+    (done,) = [e for e in events if e["event"] == "database_migrated"]
+    assert done["from_revision"] is None and done["to_revision"]
+
+    after = scene_packer("check", env=env)
+    assert after.returncode == 0, after.stdout + after.stderr
+    assert "database: healthy [critical]" in after.stdout.splitlines()
+
+
+def test_check_names_a_cache_it_cannot_reach(empty_database: str, tmp_path: Path) -> None:
+    env = {**_backends(empty_database, tmp_path), "REDIS_URL": "redis://127.0.0.1:1/0"}
+    result = scene_packer("check", env=env)
+    assert result.returncode == 3
+    assert "cache: unhealthy (connection_refused) [critical]" in result.stdout.splitlines()
+
+
+def test_check_on_the_embedded_default(tmp_path: Path) -> None:
+    result = scene_packer("check", env={"DATA_DIR": str(tmp_path / "fresh")})
+    assert result.returncode == 0, result.stdout + result.stderr
+    assert result.stdout.splitlines()[:3] == [
+        "settings: ok",
+        "database: healthy [critical]",
+        "cache: healthy [critical]",
+    ]
+
+
+@pytest.mark.parametrize("command", ["check", "serve", "migrate"])
+def test_a_bad_setting_exits_2_naming_it(command: str, tmp_path: Path) -> None:
+    env = {"DATA_DIR": str(tmp_path), "ENVIRONMENT": "production", "DB_POOL_SIZE": "lots"}
+    result = scene_packer(command, env=env)
+    assert result.returncode == 2
+    (line,) = [line for line in result.stderr.splitlines() if line.startswith("{")]
+    event = json.loads(line)
+    assert event["event"] == "configuration_invalid"
+    assert [p["setting"] for p in event["problems"]] == ["DB_POOL_SIZE"]
+    assert "Traceback" not in result.stderr
+    if command == "check":
+        assert result.stdout.startswith("settings: DB_POOL_SIZE: ")
+
+
+def test_serve_refuses_an_unmigrated_database(empty_database: str, tmp_path: Path) -> None:
+    config = tmp_path / "hypercorn.toml"
+    config.write_text(to_toml({"bind": ["127.0.0.1:0"], "workers": 1}))
+    env = {**_backends(empty_database, tmp_path), **PRODUCTION_ENV}
+    result = scene_packer("serve", "--config", str(config), env=env)
+    assert result.returncode == 3
+    events = [json.loads(line) for line in result.stdout.splitlines() if line.startswith("{")]
+    (refusal,) = [e for e in events if e["event"] == "cannot_serve"]
+    assert refusal["failing"] == {"database": "schema_outdated"}
+
+
+def test_serve_with_an_unreadable_config_file_exits_2(tmp_path: Path) -> None:
+    config = tmp_path / "hypercorn.toml"
+    config.write_text("workers = [unterminated")
+    result = scene_packer("serve", "--config", str(config), env={"DATA_DIR": str(tmp_path)})
+    assert result.returncode == 2
+    assert "configuration_invalid" in result.stdout
+
+
+@pytest.mark.parametrize("workers", [1, 2])
+def test_a_worker_that_cannot_start_makes_serve_exit_3(tmp_path: Path, workers: int) -> None:
+    """METRICS_DIR that is not a directory: the settings are valid, the worker fails to start."""
+    (tmp_path / "not-a-dir").write_text("")
+    env = {**PRODUCTION_ENV, "METRICS_DIR": str(tmp_path / "not-a-dir" / "metrics")}
+    config = tmp_path / "hypercorn.toml"
+    config.write_text(to_toml({"bind": ["127.0.0.1:0"], "workers": workers}))
+    result = scene_packer(
+        "serve", "--config", str(config), env={**env, "DATA_DIR": str(tmp_path / "data")}
+    )
+    assert result.returncode == 3, result.stdout + result.stderr
+    events = [json.loads(line) for line in result.stdout.splitlines() if line.startswith("{")]
+    names = [e["event"] for e in events]
+    assert "worker_failed_to_start" in names
+    (stopped,) = [e for e in events if e["event"] == "server_stopped"]
+    assert stopped["exit_code"] == 3
+
+
+def test_plain_hypercorn_still_serves(tmp_path: Path) -> None:
+    with running_server(tmp_path, {}) as server:
+        assert server.process.poll() is None
