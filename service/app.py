@@ -9,9 +9,9 @@ from quart import Quart
 from quart.ctx import RequestContext
 from quart.globals import request_ctx
 from quart.typing import ResponseReturnValue, ResponseTypes
-from quart_schema import QuartSchema
 
 from service.active_users import ActiveUsers, init_active_users
+from service.api_docs import init_api_docs
 from service.blueprints import auth, health, meta, rum
 from service.blueprints import metrics as metrics_blueprint
 from service.cache import init_cache
@@ -33,7 +33,6 @@ from service.request_record import (
 )
 from service.sessions import init_sessions
 from service.settings import Settings, load_settings
-from service.version import VERSION
 from service.wrappers import ServiceRequest
 
 _logger = structlog.get_logger("service.request")
@@ -103,12 +102,7 @@ def create_app(settings: Settings | None = None) -> ServiceApp:
     init_rate_limits(app, settings)
     init_passwords(app, settings)
     sessions = init_sessions(app, settings, metrics)
-    QuartSchema(
-        app,
-        info={"title": "eBook Scene Packer API", "version": VERSION},
-        redoc_ui_path=None,
-        scalar_ui_path=None,
-    )
+    init_api_docs(app, settings)
     register_error_handlers(app)
 
     app.register_blueprint(meta.blueprint)

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 from typing import Any
 
+from pydantic import BaseModel
 from quart import Quart, Response, jsonify
 from quart_rate_limiter import RateLimitExceeded
 from quart_schema import RequestSchemaValidationError
@@ -15,6 +16,25 @@ from werkzeug.exceptions import HTTPException
 
 from service.observability.context import current_request_id
 from service.unavailable import DependencyUnavailable
+
+
+class ErrorDetail(BaseModel):
+    field: str
+    problem: str
+
+
+class ErrorInfo(BaseModel):
+    code: str
+    message: str
+    request_id: str | None  # None only with REQUEST_OBSERVABILITY off
+    reason: str | None = None
+    details: list[ErrorDetail] | None = None
+
+
+class ErrorBody(BaseModel):
+    """The shape of every error answer (the OpenAPI document declares it for each status)."""
+
+    error: ErrorInfo
 
 
 class APIError(Exception):

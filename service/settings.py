@@ -49,6 +49,7 @@ class Settings(BaseSettings):
     secret_key: SecretStr | None = None
     log_health_requests: bool = False
     request_observability: bool = True
+    api_docs: bool = True
 
     data_dir: Path = Path("var")
     database_url: SecretStr | None = None

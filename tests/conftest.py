@@ -66,7 +66,7 @@ def make_settings(backend: str, postgres_url: str | None, data_dir: Path, **extr
         }
     else:
         backing = {"database_url": "", "redis_url": ""}
-    return load_settings(data_dir=data_dir, environment="development", **{**backing, **extra})
+    return load_settings(**{"data_dir": data_dir, "environment": "development", **backing, **extra})
 
 
 @pytest.fixture(params=BACKENDS)

@@ -37,6 +37,7 @@ LAYERS: list[tuple[str, tuple[str, ...]]] = [
             "service.wrappers",
             "service.blueprints",
             "service.lifecycle",
+            "service.api_docs",
         ),
     ),
     ("app", ("service.app", "service.asgi")),

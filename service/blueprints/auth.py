@@ -10,8 +10,9 @@ from pydantic import BaseModel, Field
 from quart import Blueprint, Response, jsonify, request
 from quart_auth import current_user, login_required, login_user, logout_user
 from quart_rate_limiter import rate_limit
-from quart_schema import validate_request
+from quart_schema import document_response, validate_request
 
+from service.api_docs import NoContent, declare_errors
 from service.cache import CacheError, get_cache
 from service.db import get_database
 from service.db.models import User
@@ -57,6 +58,11 @@ class SessionsEnded(BaseModel):
     sessions_ended: int
 
 
+class SignedIn(BaseModel):
+    id: int
+    username: str
+
+
 def create_blueprint(settings: Settings, sessions: SessionStore, metrics: Metrics) -> Blueprint:
     """The auth routes; built per app because their rate limits come from settings."""
     blueprint = Blueprint("auth", __name__, url_prefix="/api/auth")
@@ -64,6 +70,8 @@ def create_blueprint(settings: Settings, sessions: SessionStore, metrics: Metric
     @blueprint.post("/register")
     @rate_limit(limits=register_limits(settings))
     @validate_request(NewAccount)
+    @document_response(Profile, 201)
+    @declare_errors(400, 409, 413, 429, 503)
     async def register(data: NewAccount) -> tuple[Response, int]:
         username = data.username.lower()
         weakness = await check_new_password(data.password, username, settings.password_min_length)
@@ -82,6 +90,8 @@ def create_blueprint(settings: Settings, sessions: SessionStore, metrics: Metric
     @blueprint.post("/login")
     @rate_limit(limits=login_limits(settings))
     @validate_request(Credentials)
+    @document_response(SignedIn, 200)
+    @declare_errors(400, 401, 413, 429, 503)
     async def login(data: Credentials) -> Response:
         username = data.username.lower()
         logger.info("login_attempt", username=username)
@@ -106,7 +116,7 @@ def create_blueprint(settings: Settings, sessions: SessionStore, metrics: Metric
         logger.info("login_success", user_id=user.id)
         if previous is not None:
             await _end_replaced_session(sessions, previous)
-        return jsonify({"id": user.id, "username": user.username})
+        return jsonify(SignedIn(id=user.id, username=user.username).model_dump())
 
     @blueprint.after_request
     async def no_store(response: Response) -> Response:
@@ -124,6 +134,8 @@ def create_blueprint(settings: Settings, sessions: SessionStore, metrics: Metric
         return response
 
     @blueprint.post("/logout")
+    @document_response(NoContent, 204)
+    @declare_errors(503)
     async def logout() -> Response:
         """End this session (if any) and clear the cookie; 204 either way. The cookie stays
         until the session has ended, so a logout that failed (503) can be retried."""
@@ -138,6 +150,8 @@ def create_blueprint(settings: Settings, sessions: SessionStore, metrics: Metric
         return Response(status=204)
 
     @blueprint.post("/logout-all")
+    @document_response(SessionsEnded, 200)
+    @declare_errors(401, 503)
     async def logout_all() -> Response:
         """End every session of the signed-in user, on every device. Its own session is checked
         in the database alone, so a logout-all that failed half-way can be retried."""
@@ -155,6 +169,8 @@ def create_blueprint(settings: Settings, sessions: SessionStore, metrics: Metric
 
     @blueprint.get("/me")
     @login_required
+    @document_response(Profile, 200)
+    @declare_errors(401, 503)
     async def me() -> Response:
         user_id = await _current_user_id()
         profile = await _cached_profile(user_id, settings.profile_cache_ttl)

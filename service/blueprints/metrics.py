@@ -9,6 +9,7 @@ import time
 
 import structlog
 from quart import Blueprint, Response, current_app, request
+from quart_schema import hide
 
 from service.errors import APIError
 from service.observability import exposition
@@ -26,6 +27,7 @@ def create_blueprint(settings: Settings, collected: Metrics) -> Blueprint:
     refusals = _RefusalLog()
 
     @blueprint.get(METRICS_PATH)
+    @hide  # Prometheus' text format, for Prometheus: described in README.md, not an API answer
     async def metrics() -> Response:
         if settings.metrics_token is not None:
             _require_token(settings.metrics_token.get_secret_value(), refusals)

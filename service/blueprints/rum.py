@@ -2,13 +2,43 @@
 
 from __future__ import annotations
 
+from pydantic import BaseModel
 from quart import Blueprint, Quart, Response, request
+from quart_schema import document_request, document_response, hide
 
+from service.api_docs import NoContent, declare_errors
 from service.errors import APIError
 from service.observability.metrics import Metrics
 from service.observability.rum import REJECTIONS, BeaconReceiver, Rejected
 from service.proxy_fix import client_address
 from service.settings import Settings
+
+
+class VitalEntry(BaseModel):
+    name: str  # FCP, LCP, INP, TTFB (milliseconds) or CLS (unitless)
+    value: float
+
+
+class ErrorEntry(BaseModel):
+    kind: str
+    message: str = ""
+
+
+class ApiEntry(BaseModel):
+    endpoint: str
+    method: str = "GET"
+    status: int
+    duration: float  # milliseconds
+
+
+class Beacon(BaseModel):
+    """A browser's beacon (README.md, Frontend monitoring), also accepted as text/plain as
+    `sendBeacon` sends it. An entry that does not fit is dropped and counted, not refused."""
+
+    page: str | None = None
+    metrics: list[VitalEntry] = []
+    errors: list[ErrorEntry] = []
+    api: list[ApiEntry] = []
 
 
 def create_blueprint(app: Quart, settings: Settings, metrics: Metrics) -> Blueprint:
@@ -22,6 +52,9 @@ def create_blueprint(app: Quart, settings: Settings, metrics: Metrics) -> Bluepr
         receivers[:] = [BeaconReceiver(metrics, settings, app.url_map.bind("localhost"))]
 
     @blueprint.post("/api/rum")
+    @document_request(Beacon)
+    @document_response(NoContent, 204)
+    @declare_errors(400, 403, 413, 429)
     async def beacon() -> Response:
         receiver = receivers[0]
         client = client_address(request.scope)
@@ -36,11 +69,12 @@ def create_blueprint(app: Quart, settings: Settings, metrics: Metrics) -> Bluepr
             ) from None
         return Response(status=204)
 
-    @blueprint.get("/rum/demo")
-    async def demo() -> Response:
-        if not settings.rum_demo:
-            raise APIError(404, "not_found", "No such resource.")
-        return Response(_DEMO_PAGE, content_type="text/html; charset=utf-8")
+    if settings.rum_demo:  # development only, unless RUM_DEMO_ENABLED: not in the API
+
+        @blueprint.get("/rum/demo")
+        @hide
+        async def demo() -> Response:
+            return Response(_DEMO_PAGE, content_type="text/html; charset=utf-8")
 
     return blueprint
 
