@@ -20,6 +20,7 @@ BENCHMARKS = {
     "login": "bench.login_instructions",
     "login_timing": "bench.login_timing",
     "password_policy": "bench.password_policy",
+    "failure_paths": "bench.failure_paths",
 }
 
 

@@ -20,7 +20,7 @@ from typing import Any
 import httpx
 import psutil
 
-from tests.support.server import stop, to_toml
+from tests.support.server import SCENE_PACKER, stop, to_toml
 
 ROOT = Path(__file__).resolve().parents[1]
 SERVER_CPU, LOAD_CPU = "0", "1"
@@ -32,6 +32,8 @@ class Server:
 
     url: str
     pid: int
+    process: subprocess.Popen[bytes] | None = None  # hypercorn() only: signal it, read its exit
+    log: Path | None = None  # hypercorn() only: stdout and stderr
 
     def cpu_seconds(self) -> float:
         """CPU time used so far by the server's processes (master and workers), user + system.
@@ -58,8 +60,10 @@ def hypercorn(
     workers: int = 1,
     config: Mapping[str, Any] | None = None,
     ready_path: str = "/api/health/live",
+    supervised: bool = False,
 ) -> Iterator[Server]:
-    """Serve `app` on a free loopback port, pinned to SERVER_CPU."""
+    """Serve `app` on a free loopback port, pinned to SERVER_CPU; `supervised`: the service
+    under `scene-packer serve` (its own app only) instead of hypercorn's master."""
     with socket.socket() as sock:
         sock.bind(("127.0.0.1", 0))
         port = sock.getsockname()[1]
@@ -69,7 +73,11 @@ def hypercorn(
     with tempfile.TemporaryDirectory() as tmp:
         config_path = Path(tmp) / "hypercorn.toml"
         config_path.write_text(to_toml(settings))
-        command = [sys.executable, "-m", "hypercorn", "--config", str(config_path), app]
+        command = (
+            [*SCENE_PACKER, "serve", "--config", str(config_path)]
+            if supervised
+            else [sys.executable, "-m", "hypercorn", "--config", str(config_path), app]
+        )
         if shutil.which("taskset"):
             command = ["taskset", "-c", SERVER_CPU, *command]
         full_env = {"PATH": os.environ["PATH"], "DATA_DIR": str(Path(tmp) / "data"), **env}
@@ -81,7 +89,7 @@ def hypercorn(
         base_url = f"http://127.0.0.1:{port}"
         try:
             wait_ready(base_url, process, path=ready_path)
-            yield Server(base_url, process.pid)
+            yield Server(base_url, process.pid, process, Path(tmp) / "server.log")
         finally:
             stop(process)
             log.close()

@@ -93,9 +93,11 @@ def running_server(
 
 
 def stop(process: subprocess.Popen[bytes]) -> None:
-    """End a process group this test started: SIGTERM, then SIGKILL if it does not exit."""
+    """End a server this test started: SIGTERM to its master (a plain hypercorn worker that gets
+    the signal itself dies at once, before it has written its last lines), then SIGKILL to the
+    whole group if it does not exit."""
     if process.poll() is None:
-        os.killpg(process.pid, signal.SIGTERM)
+        process.send_signal(signal.SIGTERM)
         try:
             process.wait(timeout=20)
         except subprocess.TimeoutExpired:
