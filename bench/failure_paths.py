@@ -15,6 +15,7 @@ from __future__ import annotations
 import asyncio
 import os
 import signal
+import subprocess
 import threading
 import time
 import uuid
@@ -22,17 +23,19 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from typing import Any
 
+import asyncpg
 import httpx
 
 from bench.machine import spread, summary, write
 from bench.serving import Server, hypercorn
 from tests.support.faults import HungServer
+from tests.support.server import SCENE_PACKER
 
 RUNS = 3
 LOGINS = 50
-DATABASE_URL = os.environ.get(
-    "BENCH_DATABASE_URL", "postgresql+asyncpg://postgres@127.0.0.1:5432/postgres"
-)
+ADMIN_DSN = os.environ.get("BENCH_ADMIN_DSN", "postgresql://postgres@127.0.0.1:5432/postgres")
+DATABASE = "scene_packer_bench_failures"
+DATABASE_URL = ADMIN_DSN.rsplit("/", 1)[0] + f"/{DATABASE}"
 REDIS_URL = os.environ.get("BENCH_REDIS_URL", "redis://127.0.0.1:6379/0")
 PRODUCTION = {
     "ENVIRONMENT": "production",
@@ -43,12 +46,38 @@ CREDENTIALS = {"password": "correct horse battery staple"}
 
 
 def run() -> None:
-    results: dict[str, Any] = {
-        "hung": _hung_dependencies(),
-        "stop": _stops(),
-        "recycling": _recycling(),
-    }
+    with _migrated_database():
+        results: dict[str, Any] = {
+            "hung": _hung_dependencies(),
+            "stop": _stops(),
+            "recycling": _recycling(),
+        }
     write("failure_paths", results, _table(results))
+
+
+@contextmanager
+def _migrated_database() -> Iterator[None]:
+    """A database of its own, migrated by `scene-packer migrate`, dropped afterwards."""
+
+    async def admin(sql: str) -> None:
+        connection = await asyncpg.connect(ADMIN_DSN)
+        try:
+            await connection.execute(sql)
+        finally:
+            await connection.close()
+
+    asyncio.run(admin(f'DROP DATABASE IF EXISTS "{DATABASE}" WITH (FORCE)'))
+    asyncio.run(admin(f'CREATE DATABASE "{DATABASE}"'))
+    try:
+        subprocess.run(
+            [*SCENE_PACKER, "migrate"],
+            env={**os.environ, "DATABASE_URL": DATABASE_URL, "LOG_LEVEL": "WARNING"},
+            check=True,
+            capture_output=True,
+        )
+        yield
+    finally:
+        asyncio.run(admin(f'DROP DATABASE IF EXISTS "{DATABASE}" WITH (FORCE)'))
 
 
 # ---- 1. hung dependencies ----

@@ -105,7 +105,7 @@ def create_app(settings: Settings | None = None) -> ServiceApp:
     init_api_docs(app, settings)
     register_error_handlers(app)
 
-    app.register_blueprint(meta.blueprint)
+    app.register_blueprint(meta.create_blueprint(settings))
     app.register_blueprint(metrics_blueprint.create_blueprint(settings, metrics))
     app.register_blueprint(health.blueprint)
     app.register_blueprint(rum.create_blueprint(app, settings, metrics))

@@ -15,6 +15,8 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import signal
+import socket
 import sys
 from pathlib import Path
 
@@ -31,6 +33,19 @@ from service.supervisor import EXIT_CANNOT_SERVE, EXIT_OK, serve
 
 EXIT_BAD_CONFIGURATION = 2
 APPLICATION = "service.asgi:app"
+_SERVER_NUMBERS = (
+    "workers",
+    "backlog",
+    "graceful_timeout",
+    "keep_alive_timeout",
+    "read_timeout",
+    "shutdown_timeout",
+    "startup_timeout",
+    "max_requests",
+    "max_requests_jitter",
+    "h11_max_incomplete_size",
+)
+_SERVER_OPTIONAL = {"read_timeout", "max_requests"}
 # A check from the command line may wait on a cold connection a little longer than a poll.
 _CHECK_TIMEOUT_FLOOR = 2.0
 
@@ -70,14 +85,56 @@ def main(argv: list[str] | None = None) -> int:
 def _serve(settings: Settings, config_path: Path) -> int:
     try:
         config = Config.from_toml(config_path)
-    except (OSError, ValueError) as error:
+        _check_server_config(config)
+    except (OSError, ValueError, TypeError) as error:
         logger.error("configuration_invalid", file=str(config_path), problem=str(error))
         return EXIT_BAD_CONFIGURATION
-    report = asyncio.run(_check(settings))
+    try:
+        sockets = config.create_sockets()
+    except socket.gaierror as error:
+        logger.error("configuration_invalid", file=str(config_path), problem=f"bind: {error}")
+        return EXIT_BAD_CONFIGURATION
+    except (TypeError, ValueError) as error:
+        logger.error("configuration_invalid", file=str(config_path), problem=f"bind: {error}")
+        return EXIT_BAD_CONFIGURATION
+    except OSError as error:  # in use, or not an address of this machine
+        logger.error("cannot_serve", bind=config.bind, problem=str(error))
+        return EXIT_CANNOT_SERVE
+    # A stop asked for while the backends are checked ends here, before any worker exists.
+    stop_now = signal.getsignal(signal.SIGINT)
+    for signum in (signal.SIGTERM, signal.SIGINT):
+        signal.signal(signum, _interrupt)
+    try:
+        report = asyncio.run(_check(settings))
+    except KeyboardInterrupt:
+        logger.info("server_stopped", reason="signal before serving", exit_code=EXIT_OK)
+        return EXIT_OK
+    finally:
+        signal.signal(signal.SIGINT, stop_now)
+        signal.signal(signal.SIGTERM, signal.SIG_DFL)
     if not report.ready:
         logger.error("cannot_serve", failing=report.failing())
         return EXIT_CANNOT_SERVE
-    return serve(APPLICATION, config, settings.drain_seconds)
+    return serve(APPLICATION, config, sockets, settings.drain_seconds)
+
+
+def _check_server_config(config: Config) -> None:
+    """hypercorn reads its file without checking types: a timeout given as text would only
+    fail on the first connection or at the stop."""
+    for name in _SERVER_NUMBERS:
+        value = getattr(config, name)
+        if value is None and name in _SERVER_OPTIONAL:
+            continue
+        if isinstance(value, bool) or not isinstance(value, int | float) or value < 0:
+            raise ValueError(f"{name} must be a number of at least 0, not {value!r}")
+    if not isinstance(config.bind, list) or not all(isinstance(b, str) for b in config.bind):
+        raise ValueError(
+            f"bind must be a list of addresses such as 127.0.0.1:8000, not {config.bind!r}"
+        )
+
+
+def _interrupt(_signum: int, _frame: object) -> None:
+    raise KeyboardInterrupt
 
 
 async def _check(settings: Settings) -> HealthReport:

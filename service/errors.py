@@ -9,7 +9,7 @@ from __future__ import annotations
 from typing import Any
 
 from pydantic import BaseModel
-from quart import Quart, Response, jsonify
+from quart import Quart, Response, jsonify, request
 from quart_rate_limiter import RateLimitExceeded
 from quart_schema import RequestSchemaValidationError
 from werkzeug.exceptions import HTTPException
@@ -124,12 +124,19 @@ async def _handle_dependency_unavailable(error: DependencyUnavailable) -> Respon
 
 
 async def _handle_validation_error(error: RequestSchemaValidationError) -> Response:
+    if not request.is_json:
+        code, message = _HTTP_CODES[415]
+        return error_response(415, code, message, headers=None)
     details = None
     inner = error.validation_error
     if hasattr(inner, "errors"):
-        # Only where and what: pydantic's `input` would echo the submitted values (passwords).
+        # Only where and what: pydantic's `input` would echo the submitted values (passwords),
+        # and its message for a body that is not an object names the model class.
         details = [
-            {"field": ".".join(str(part) for part in item["loc"]), "problem": item["msg"]}
+            {
+                "field": ".".join(str(part) for part in item["loc"]),
+                "problem": "must be a JSON object" if item["type"] == "model_type" else item["msg"],
+            }
             for item in inner.errors()
         ]
     return error_response(

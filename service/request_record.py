@@ -46,6 +46,7 @@ from service.sessions import SESSION_COOKIE_NAME, current_session, expire_cookie
 from service.settings import Settings
 
 REQUEST_LOGGER = "service.request"
+CLIENT_CLOSED_REQUEST = 499
 ExcInfo = tuple[type[BaseException], BaseException, TracebackType] | tuple[None, None, None]
 
 _REQUEST_ID_HEADER = REQUEST_ID_HEADER.lower().encode()
@@ -98,6 +99,10 @@ class RequestObserver:
 
         try:
             await self.app(scope, receive, observed_send)
+            if not response_started:
+                # The app ended without answering: the client went away first (Quart stops
+                # the handler when it disconnects). Not a server error: nginx's 499.
+                status = CLIENT_CLOSED_REQUEST
         except Exception:
             # Quart answers its own failures (log_request_failure); this is one that escaped it.
             log_request_failure(sys.exc_info())

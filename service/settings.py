@@ -120,7 +120,9 @@ class Settings(BaseSettings):
         if url.startswith(("postgres://", "postgresql://")):
             url = "postgresql+asyncpg://" + url.split("://", 1)[1]
         if not url.startswith(("postgresql+asyncpg://", "sqlite+aiosqlite://")):
-            raise ValueError("must start with postgresql+asyncpg:// or sqlite+aiosqlite://")
+            raise ValueError(
+                "must start with postgresql://, postgresql+asyncpg:// or sqlite+aiosqlite://"
+            )
         return SecretStr(url)
 
     @field_validator("session_idle_seconds", mode="before")

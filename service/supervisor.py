@@ -34,7 +34,7 @@ import signal
 import sys
 import time
 import traceback
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from multiprocessing import get_context
 from multiprocessing.connection import wait
@@ -91,14 +91,15 @@ class Worker:
         return self.process.exitcode is None
 
 
-def serve(application_path: str, config: Config, drain_seconds: float) -> int:
-    """Run `config.workers` workers (at least one) until SIGTERM or SIGINT; the exit code."""
+def serve(application_path: str, config: Config, sockets: Sockets, drain_seconds: float) -> int:
+    """Run `config.workers` workers (at least one) on `sockets` (made by
+    `config.create_sockets()`) until SIGTERM or SIGINT; the exit code."""
     context = get_context("spawn")
     requests_per_worker = (config.max_requests, config.max_requests_jitter)
     plan = Plan(
         application_path,
         _without_hypercorn_recycling(config),
-        config.create_sockets(),
+        sockets,
         drain_seconds,
         context.Value("i", 0),
         context.Event(),
@@ -125,7 +126,7 @@ def serve(application_path: str, config: Config, drain_seconds: float) -> int:
     retiring: list[Worker] = []
     boot_failed = False
     while not plan.shutdown.is_set():
-        _wait_for_any(slots, retiring)
+        _wait_for_any([*slots, *_successors(slots), *retiring])
         retiring = [worker for worker in retiring if worker.alive]
         for index, worker in enumerate(slots):
             if not worker.alive:
@@ -141,9 +142,7 @@ def serve(application_path: str, config: Config, drain_seconds: float) -> int:
             else:
                 slots[index] = _recycle(worker, start_worker, retiring)
 
-    return _stop(
-        plan, [*slots, *(w.successor for w in slots if w.successor), *retiring], boot_failed
-    )
+    return _stop(plan, [*slots, *_successors(slots), *retiring], boot_failed)
 
 
 def _recycle(worker: Worker, start_worker: Callable[[], Worker], retiring: list[Worker]) -> Worker:
@@ -180,7 +179,7 @@ def _stop(plan: Plan, workers: list[Worker], boot_failed: bool) -> int:
     deadline += config.shutdown_timeout + 5
     killed = []
     while any(worker.alive for worker in workers):
-        _wait_for_any(workers, [])
+        _wait_for_any(workers)
         if time.monotonic() > deadline:
             for worker in workers:
                 if worker.alive:
@@ -227,12 +226,13 @@ def _start(
     return worker
 
 
-def _wait_for_any(workers: list[Worker], more: list[Worker]) -> None:
-    sentinels = [w.process.sentinel for w in [*workers, *more] if w.alive]
-    sentinels += [
-        w.successor.process.sentinel for w in workers if w.successor and w.successor.alive
-    ]
-    wait(sentinels, timeout=_POLL_SECONDS * 2)
+def _wait_for_any(workers: list[Worker]) -> None:
+    """Until one of `workers` exits, or a poll interval passes (events are polled)."""
+    wait([worker.process.sentinel for worker in workers if worker.alive], timeout=_POLL_SECONDS * 2)
+
+
+def _successors(slots: list[Worker]) -> list[Worker]:
+    return [worker.successor for worker in slots if worker.successor is not None]
 
 
 def _without_hypercorn_recycling(config: Config) -> Config:
@@ -273,24 +273,24 @@ class _Gate:
             self.wants_successor.set()
         self.in_flight += 1
         try:
-            if self.draining and scope["http_version"] in ("1.0", "1.1"):
-                await self.app(scope, receive, _closing(send))
+            if scope["http_version"] in ("1.0", "1.1"):
+                await self.app(scope, receive, self._closing_when_draining(send))
             else:
                 await self.app(scope, receive, send)
         finally:
             self.in_flight -= 1
 
+    def _closing_when_draining(self, send: ASGISendCallable) -> ASGISendCallable:
+        # Decided when the answer starts, not when the request arrived: a request in flight
+        # when draining begins must also tell its client not to reuse the connection, or the
+        # client's next request meets a connection hypercorn is closing.
+        def send_closing(message: Any) -> Awaitable[None]:
+            if self.draining and message["type"] == "http.response.start":
+                headers = [*message.get("headers", ()), (b"connection", b"close")]
+                message = {**message, "headers": headers}
+            return send(message)
 
-def _closing(send: ASGISendCallable) -> ASGISendCallable:
-    async def send_closing(message: Any) -> None:
-        if message["type"] == "http.response.start":
-            message = {
-                **message,
-                "headers": [*message.get("headers", ()), (b"connection", b"close")],
-            }
-        await send(message)
-
-    return send_closing
+        return send_closing
 
 
 def _worker_main(

@@ -92,6 +92,7 @@ async def test_api_docs_can_be_switched_off(settings: Settings) -> None:
     client = app.test_client()
     for path in ("/openapi.json", "/docs", "/docs/assets/swagger-ui.css"):
         assert (await client.get(path)).status_code == 404, path
+    assert "docs" not in await (await client.get("/")).get_json()  # nothing points at them
 
 
 @pytest.mark.parametrize("backend", ["embedded"], indirect=True)

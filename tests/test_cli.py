@@ -3,8 +3,10 @@ Redis, exit codes checked the way systemd or Kubernetes would read them."""
 
 from __future__ import annotations
 
+import asyncio
 import json
 import os
+import signal
 import subprocess
 import uuid
 from collections.abc import Iterator
@@ -15,6 +17,7 @@ from sqlalchemy.engine import make_url
 
 from tests.conftest import PG_ADMIN_URL, REDIS_URL, _admin, _in_thread
 from tests.support import ROOT
+from tests.support.faults import HungServer
 from tests.support.server import PRODUCTION_ENV, SCENE_PACKER, running_server, to_toml
 
 
@@ -135,3 +138,66 @@ def test_a_worker_that_cannot_start_makes_serve_exit_3(tmp_path: Path, workers: 
 def test_plain_hypercorn_still_serves(tmp_path: Path) -> None:
     with running_server(tmp_path, {}) as server:
         assert server.process.poll() is None
+
+
+@pytest.mark.parametrize(
+    ("server_config", "exit_code", "event"),
+    [
+        ({"bind": 5}, 2, "configuration_invalid"),
+        ({"bind": ["not an address"]}, 2, "configuration_invalid"),
+        ({"keep_alive_timeout": "x"}, 2, "configuration_invalid"),
+        ({"workers": "two"}, 2, "configuration_invalid"),
+        ({"bind": ["192.0.2.1:18001"]}, 3, "cannot_serve"),  # not an address of this machine
+    ],
+)
+def test_a_bad_server_file_is_refused_before_anything_starts(
+    tmp_path: Path, server_config: dict[str, object], exit_code: int, event: str
+) -> None:
+    config = tmp_path / "hypercorn.toml"
+    config.write_text(to_toml({"bind": ["127.0.0.1:0"], **server_config}))
+    result = scene_packer(
+        "serve", "--config", str(config), env={**PRODUCTION_ENV, "DATA_DIR": str(tmp_path)}
+    )
+    assert result.returncode == exit_code, result.stdout + result.stderr
+    assert "Traceback" not in result.stdout + result.stderr
+    events = [json.loads(line) for line in result.stdout.splitlines() if line.startswith("{")]
+    assert [e["event"] for e in events] == [event]
+
+
+def test_a_port_in_use_cannot_be_served(tmp_path: Path) -> None:
+    with running_server(tmp_path, {}) as server:
+        config = tmp_path / "taken.toml"
+        config.write_text(to_toml({"bind": [server.base_url.removeprefix("http://")]}))
+        result = scene_packer(
+            "serve", "--config", str(config), env={"DATA_DIR": str(tmp_path / "other")}
+        )
+    assert result.returncode == 3
+    assert "cannot_serve" in result.stdout and "Address already in use" in result.stdout
+
+
+async def test_a_stop_during_the_start_up_checks_exits_0(tmp_path: Path) -> None:
+    """The checks wait on a hung PostgreSQL; SIGTERM then ends the start cleanly."""
+    hung = HungServer()
+    await hung.start()
+    config = tmp_path / "hypercorn.toml"
+    config.write_text(to_toml({"bind": ["127.0.0.1:0"]}))
+    env = {
+        **PRODUCTION_ENV,
+        "PATH": os.environ.get("PATH", "/usr/bin:/bin"),
+        "DATA_DIR": str(tmp_path),
+        "DATABASE_URL": f"postgresql://x@127.0.0.1:{hung.port}/x",
+        "HEALTH_CHECK_TIMEOUT": "20",
+    }
+    try:
+        process = await asyncio.create_subprocess_exec(
+            *SCENE_PACKER, "serve", "--config", str(config),
+            cwd=ROOT, env=env, stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.STDOUT,
+        )  # fmt: skip
+        await asyncio.sleep(3)  # importing, then waiting on the database
+        process.send_signal(signal.SIGTERM)
+        output, _ = await asyncio.wait_for(process.communicate(), 60)
+    finally:
+        await hung.stop()
+    assert process.returncode == 0, output.decode()
+    events = [json.loads(line) for line in output.decode().splitlines() if line.startswith("{")]
+    assert events[-1]["event"] == "server_stopped"

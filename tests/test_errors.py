@@ -54,7 +54,20 @@ async def test_invalid_register_body_is_400_without_echoing_input(
     error = await _error(response)
     assert error["code"] == "invalid_body"
     assert error["details"]
-    assert "long enough password" not in await response.get_data(as_text=True)
+    text = await response.get_data(as_text=True)
+    assert "long enough password" not in text
+    assert "NewAccount" not in text  # pydantic names the model when the body is not an object
+
+
+@pytest.mark.parametrize("path", ["/api/auth/register", "/api/auth/login"])
+async def test_a_body_that_is_not_json_is_415(client: Client, path: str) -> None:
+    response = await client.post(
+        path, data=b"username=alice", headers={"Content-Type": "text/plain"}
+    )
+    assert response.status_code == 415
+    error = await _error(response)
+    assert error["code"] == "unsupported_media_type"
+    assert error["request_id"] == response.headers["X-Request-ID"]
 
 
 async def test_malformed_json_is_400(client: Client) -> None:

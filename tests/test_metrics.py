@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import random
+import socket
 import string
+import time
 from pathlib import Path
 
 import httpx
@@ -263,4 +265,40 @@ def test_a_gauge_without_a_merge_mode_is_refused() -> None:
     assert (
         exposition.snapshot(registry, {"declared_carelessly": "max"})["declared_carelessly"].merge
         == "max"
+    )
+
+
+CUT = {"method": "POST", "endpoint": "/api/rum", "status": "499"}
+
+
+def test_a_client_that_goes_away_is_not_a_server_error(tmp_path: Path) -> None:
+    """A body cut short (declared 100 bytes, 3 sent, then the connection closed): 499, never 500,
+    so a client cannot feed the 5xx alerts."""
+    with running_server(tmp_path, {}) as server:
+        host, port = server.base_url.removeprefix("http://").split(":")
+        for _ in range(5):
+            with socket.create_connection((host, int(port)), timeout=10) as connection:
+                connection.sendall(
+                    b"POST /api/rum HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n"
+                    b'Content-Length: 100\r\n\r\n{"a'
+                )
+        samples: dict[object, float] = {}
+        for _ in range(50):  # the server sees each disconnect a moment later
+            samples = parse(httpx.get(server.base_url + "/metrics").text)
+            if (
+                value(
+                    samples, "http_requests_total", method="POST", endpoint="/api/rum", status="499"
+                )
+                == 5
+            ):
+                break
+            time.sleep(0.1)
+    answered = {
+        dict(labels)["status"]
+        for (name, labels), _ in samples.items()
+        if name == "http_requests_total" and dict(labels).get("endpoint") == "/api/rum"
+    }
+    assert answered == {"499"}
+    assert (
+        value(samples, "http_requests_total", method="POST", endpoint="/api/rum", status="499") == 5
     )

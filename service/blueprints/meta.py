@@ -6,29 +6,32 @@ from pydantic import BaseModel
 from quart import Blueprint, Response, jsonify
 from quart_schema import document_response
 
+from service.settings import Settings
 from service.version import VERSION
-
-blueprint = Blueprint("meta", __name__)
-
-
-_DESCRIPTION = {
-    "service": "eBook Scene Packer",
-    "component": "api",
-    "version": VERSION,
-    "docs": {"openapi": "/openapi.json", "ui": "/docs"},
-}
 
 
 class ServiceDescription(BaseModel):
     service: str
     component: str
     version: str
-    docs: dict[str, str]
+    docs: dict[str, str] | None = None  # absent with API_DOCS=false
 
 
-@blueprint.get("/")
-@document_response(ServiceDescription, 200)
-async def index() -> Response:
-    # A Response, not a dict: quart-schema converts returned dicts through a new pydantic
-    # TypeAdapter on every request (about 40 µs here), see bench/README.md.
-    return jsonify(_DESCRIPTION)
+def create_blueprint(settings: Settings) -> Blueprint:
+    blueprint = Blueprint("meta", __name__)
+    description: dict[str, object] = {
+        "service": "eBook Scene Packer",
+        "component": "api",
+        "version": VERSION,
+    }
+    if settings.api_docs:
+        description["docs"] = {"openapi": "/openapi.json", "ui": "/docs"}
+
+    @blueprint.get("/")
+    @document_response(ServiceDescription, 200)
+    async def index() -> Response:
+        # A Response, not a dict: quart-schema converts returned dicts through a new pydantic
+        # TypeAdapter on every request (about 40 µs here), see bench/README.md.
+        return jsonify(description)
+
+    return blueprint
