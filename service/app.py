@@ -74,7 +74,8 @@ class ServiceApp(Quart):
         # binding itself on every request (bench/README.md, Instructions).
         if self.active_users is not None:
             request = (request_context or request_ctx).request
-            await bind_route_and_user(request, self.active_users)
+            # Half the request's budget: a route that needs no session keeps the other half.
+            await bind_route_and_user(request, self.active_users, self.request_timeout / 2)
         return await super().preprocess_request(request_context)
 
     def log_exception(self, exc_info: ExcInfo) -> None:

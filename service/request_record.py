@@ -9,6 +9,7 @@ exception is logged once, by `log_request_failure`.
 
 from __future__ import annotations
 
+import asyncio
 import sys
 import time
 from collections.abc import Awaitable
@@ -42,7 +43,12 @@ from service.observability.context import (
 from service.observability.logging import redact_url
 from service.observability.metrics import UNMATCHED, Metrics, method_label
 from service.proxy_fix import client_address
-from service.sessions import SESSION_COOKIE_NAME, current_session, expire_cookie
+from service.sessions import (
+    SESSION_COOKIE_NAME,
+    abandon_session_lookup,
+    current_session,
+    expire_cookie,
+)
 from service.settings import Settings
 
 REQUEST_LOGGER = "service.request"
@@ -151,9 +157,13 @@ class RequestObserver:
         )
 
 
-async def bind_route_and_user(request: Request, active_users: ActiveUsers) -> None:
+async def bind_route_and_user(
+    request: Request, active_users: ActiveUsers, lookup_timeout: float
+) -> None:
     """Add the route template and the signed-in user to the request's context (called by the
-    app before the route runs; only routing and the session know them)."""
+    app before the route runs; only routing and the session know them). The session lookup is
+    given up after `lookup_timeout`, so a route that needs no session still answers when the
+    database hangs."""
     context = current_context()
     if context is None:
         return
@@ -166,7 +176,11 @@ async def bind_route_and_user(request: Request, active_users: ActiveUsers) -> No
         # A lookup that fails must not fail a route that needs no session: the routes that do
         # need one meet the same failure (sessions.SessionUser remembers it) and answer 503.
         try:
-            session = await current_session()
+            async with asyncio.timeout(lookup_timeout):
+                session = await current_session()
+        except TimeoutError:
+            abandon_session_lookup()
+            return
         except Exception:
             return
         if session is None:

@@ -323,6 +323,11 @@ class SessionUser(AuthUser):
             self._resolved = True
         return self._session
 
+    def give_up(self, failure: Exception) -> None:
+        """The lookup was abandoned (too slow): a route that needs the session fails with
+        `failure` at once instead of waiting on it again."""
+        self._failure = failure
+
 
 class _SessionAuth(QuartAuth):
     def __init__(self, app: Quart, store: SessionStore) -> None:
@@ -342,6 +347,13 @@ def stored_id(token: str) -> str:
 async def current_session() -> ActiveSession | None:
     """The live session of the request being handled (looked up once per request)."""
     return await cast(SessionUser, current_user).session()
+
+
+def abandon_session_lookup() -> None:
+    """This request's session lookup took too long to wait for; see `SessionUser.give_up`."""
+    cast(SessionUser, current_user).give_up(
+        DependencyUnavailable("The session could not be checked in time; retry later.")
+    )
 
 
 def expire_cookie() -> None:

@@ -104,3 +104,39 @@ async def test_a_statement_cut_by_the_deadline_gives_its_connection_back(
         async with test_app.app.app_context():
             assert get_database().engine.sync_engine.pool.checkedout() == 0
         assert (await login(client)).status_code == 200
+
+
+@pytest.mark.parametrize("backend", ["postgres"], indirect=True)
+async def test_a_route_that_needs_no_session_answers_while_the_database_hangs(
+    settings: Settings,
+) -> None:
+    """A browser with a real session cookie; then the database hangs (and no Redis holds the
+    session). `GET /` still answers, within the lookup's half of the deadline; `/me` is 503."""
+    async with create_app(settings).test_app() as test_app:
+        client = test_app.test_client()
+        assert (await register(client)).status_code == 201
+        signed_in = await login(client)
+        cookie = signed_in.headers["Set-Cookie"].split(";", 1)[0]
+    hung = HungServer()
+    await hung.start()
+    changes = {
+        "request_timeout": 2 * DEADLINE,
+        "health_refresh_seconds": 0,
+        **_hung("database", hung.port),
+        "redis_url": None,
+    }
+    try:
+        async with create_app(settings.model_copy(update=changes)).test_app() as test_app:
+            client = test_app.test_client()
+            started = time.monotonic()
+            index = await asyncio.wait_for(client.get("/", headers={"Cookie": cookie}), BOUND * 3)
+            elapsed = time.monotonic() - started
+            me = await asyncio.wait_for(
+                client.get("/api/auth/me", headers={"Cookie": cookie}), BOUND * 3
+            )
+    finally:
+        await hung.stop()
+    assert index.status_code == 200
+    assert elapsed < BOUND
+    assert me.status_code == 503
+    assert (await me.get_json())["error"]["code"] == "service_unavailable"
