@@ -14,7 +14,7 @@ from quart_rate_limiter import RateLimitExceeded
 from quart_schema import RequestSchemaValidationError
 from werkzeug.exceptions import HTTPException
 
-from service.observability.context import current_request_id
+from service.observability.context import bind_error, current_request_id
 from service.unavailable import DependencyUnavailable
 
 
@@ -94,6 +94,7 @@ def error_response(
     headers: dict[str, str] | None,
     reason: str | None = None,
 ) -> Response:
+    bind_error(code)  # for the request_finished line
     body: dict[str, Any] = {"code": code, "message": message, "request_id": current_request_id()}
     if reason is not None:
         body["reason"] = reason

@@ -14,7 +14,7 @@ import sys
 import time
 from collections.abc import Awaitable
 from contextlib import suppress
-from logging import ERROR, INFO, WARNING
+from logging import ERROR, WARNING
 from types import TracebackType
 from typing import Any
 
@@ -109,9 +109,11 @@ class RequestObserver:
                 # The app ended without answering: the client went away first (Quart stops
                 # the handler when it disconnects). Not a server error: nginx's 499.
                 status = CLIENT_CLOSED_REQUEST
+                context.error_code = "client_closed_request"
         except Exception:
             # Quart answers its own failures (log_request_failure); this is one that escaped it.
             log_request_failure(sys.exc_info())
+            context.error_code = "internal_error"
             if not response_started:
                 await _send_fallback_500(observed_send)
         finally:
@@ -145,11 +147,21 @@ class RequestObserver:
     ) -> None:
         # Whole microseconds: round(x, 3) formats the float as text internally.
         duration_ms = int(elapsed * 1_000_000) / 1000
-        level = ERROR if status >= 500 else WARNING if status >= 400 else INFO
+        if status < 400:
+            self.logger.info(
+                "request_finished",
+                status=status,
+                duration_ms=duration_ms,
+                response_bytes=sent_bytes,
+                route=context.route,
+                user_id=context.user_id,
+            )
+            return
         self.logger.log(
-            level,
+            ERROR if status >= 500 else WARNING,
             "request_finished",
             status=status,
+            error_code=context.error_code,
             duration_ms=duration_ms,
             response_bytes=sent_bytes,
             route=context.route,

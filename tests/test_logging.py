@@ -17,6 +17,7 @@ import structlog
 
 from service.observability.logging import configure_logging, redact, redact_url
 from service.settings import load_settings
+from tests.conftest import Client
 from tests.support.server import PRODUCTION_ENV, Server, running_server
 
 PASSWORD = "Sup3r-secret-passphrase!"
@@ -389,3 +390,20 @@ async def test_start_and_stop_lines_mask_the_database_password(tmp_path: Path) -
     assert redact(None, "info", line)["settings_changed"]["DATABASE_URL"] == (
         "postgresql://app:***@db/x"
     )
+
+
+@pytest.mark.parametrize("backend", ["embedded"], indirect=True)
+async def test_an_error_answer_names_its_code_on_the_request_line(client: Client) -> None:
+    with structlog.testing.capture_logs() as logs:
+        await client.post("/api/auth/login", json={"username": "nobody", "password": "x" * 12})
+        await client.get("/no/such/page")
+        await client.post("/api/auth/register", data=b"x", headers={"Content-Type": "text/plain"})
+        await client.get("/")
+    lines = [event for event in logs if event["event"] == "request_finished"]
+    assert [(line["status"], line.get("error_code")) for line in lines] == [
+        (401, "invalid_credentials"),
+        (404, "not_found"),
+        (415, "unsupported_media_type"),
+        (200, None),
+    ]
+    assert "error_code" not in lines[-1]

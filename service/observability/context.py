@@ -41,6 +41,7 @@ class RequestContext:
     client_ip: str
     route: str | None = None
     user_id: int | None = None
+    error_code: str | None = None  # the API error answered, on the request_finished line only
     # Not logged: lets the route and user binding (`request_record.bind_route_and_user`) skip cookie
     # parsing (and the session lookup) when the request carries no cookie at all, as most API
     # and probe requests do.
@@ -73,6 +74,12 @@ def bind_user(user_id: int) -> None:
     context = _current.get()
     if context is not None:
         context.user_id = user_id
+
+
+def bind_error(code: str) -> None:
+    context = _current.get()
+    if context is not None:
+        context.error_code = code
 
 
 def add_request_context(_logger: WrappedLogger, _method: str, event_dict: EventDict) -> EventDict:
