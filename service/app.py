@@ -24,7 +24,7 @@ from service.observability.metrics import init_metrics, instrument_engine
 from service.observability.multiprocess import init_worker_snapshots
 from service.passwords import init_passwords
 from service.proxy_fix import ProxyFix
-from service.rate_limits import init_rate_limits
+from service.rate_limits import init_rate_limits, rate_limited_routes
 from service.request_record import (
     ExcInfo,
     RequestObserver,
@@ -111,6 +111,7 @@ def create_app(settings: Settings | None = None) -> ServiceApp:
     app.register_blueprint(health.blueprint)
     app.register_blueprint(rum.create_blueprint(app, settings, metrics))
     app.register_blueprint(auth.create_blueprint(settings, sessions, metrics))
+    metrics.expect_rate_limits(rate_limited_routes(app))
     if settings.request_observability:
         app.asgi_app = RequestObserver(app.asgi_app, settings, metrics)  # type: ignore[method-assign]
     if settings.trusted_proxies:

@@ -18,7 +18,12 @@ from datetime import datetime, timedelta
 from typing import Any
 
 from quart import Quart, Response, current_app, g, request
-from quart_rate_limiter import RateLimit, RateLimiter, RateLimitExceeded
+from quart_rate_limiter import (
+    QUART_RATE_LIMITER_LIMITS_ATTRIBUTE,
+    RateLimit,
+    RateLimiter,
+    RateLimitExceeded,
+)
 from quart_rate_limiter.store import RateLimiterStoreABC
 
 from service.cache import CacheError, get_cache
@@ -128,6 +133,15 @@ def init_rate_limits(app: Quart, settings: Settings) -> RateLimiter:
         return client_address(request.scope)
 
     return _RateLimiter(app, key_function=ip_key, store=CacheStore())
+
+
+def rate_limited_routes(app: Quart) -> list[str]:
+    """The route templates whose views carry a rate limit (once every blueprint is registered)."""
+    return sorted(
+        rule.rule
+        for rule in app.url_map.iter_rules()
+        if getattr(app.view_functions.get(rule.endpoint), QUART_RATE_LIMITER_LIMITS_ATTRIBUTE, None)
+    )
 
 
 async def submitted_username() -> str | None:

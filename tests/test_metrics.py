@@ -302,3 +302,26 @@ def test_a_client_that_goes_away_is_not_a_server_error(tmp_path: Path) -> None:
     assert (
         value(samples, "http_requests_total", method="POST", endpoint="/api/rum", status="499") == 5
     )
+
+
+@pytest.mark.parametrize("backend", ["embedded"], indirect=True)
+async def test_error_counters_are_exported_at_zero_from_the_start(client: Client) -> None:
+    """So rate() sees the first failure of a process and a panel shows 0, not "No data"."""
+    samples = parse(await (await client.get("/metrics")).get_data(as_text=True))
+    zeros = {
+        ("db_query_errors_total", ()),
+        ("cache_errors_total", ()),
+        ("app_errors_total", (("type", "RuntimeError"),)),
+        ("app_errors_total", (("type", "other"),)),
+        ("rate_limited_requests_total", (("endpoint", "/api/auth/login"),)),
+        ("rate_limited_requests_total", (("endpoint", "/api/auth/register"),)),
+        ("frontend_beacons_rejected_total", (("reason", "malformed"),)),
+        ("frontend_beacons_rejected_total", (("reason", "rate_limited"),)),
+    }
+    for name, labels in zeros:
+        assert (name, frozenset(labels)) in samples, (name, labels)
+        assert value(samples, name, **dict(labels)) == 0
+    rate_limited = {
+        dict(k[1])["endpoint"] for k in samples if k[0] == "rate_limited_requests_total"
+    }
+    assert rate_limited == {"/api/auth/login", "/api/auth/register"}

@@ -201,14 +201,19 @@ class Metrics:
             "Logouts that ended sessions: one per logout, one per logout-all, by scope.",
             registry=r,
         )
-        # Present from the first scrape, so rate() sees the first event of every process.
+        self.rate_limited = Counter(
+            "rate_limited_requests_total", "Requests answered 429, by route.", registry=r
+        )
+        # Present from the first scrape, so rate() and increase() see the first event of every
+        # process and a panel shows 0 rather than "No data" (labels from a known set only).
         for result in LOGIN_RESULTS:
             self.auth_logins.add({"result": result}, 0)
         for scope in LOGOUT_SCOPES:
             self.auth_logouts.add({"scope": scope}, 0)
-        self.rate_limited = Counter(
-            "rate_limited_requests_total", "Requests answered 429, by route.", registry=r
-        )
+        for error_type in (*sorted(KNOWN_ERROR_TYPES), OTHER):
+            self.app_errors.add({"type": error_type}, 0)
+        self.db_errors.add({}, 0)
+        self.cache_errors.add({}, 0)
         self.health_status = self._gauge(
             "health_check_status", "1 healthy, 0 unhealthy or warning, per check.", merge="min"
         )
@@ -290,6 +295,11 @@ class Metrics:
         value matters)."""
         self._gauge_merge[name] = merge
         return Gauge(name, doc, registry=self.registry)
+
+    def expect_rate_limits(self, endpoints: list[str]) -> None:
+        """The routes that carry a rate limit: their 429 counts are exported from 0."""
+        for endpoint in endpoints:
+            self.rate_limited.add({"endpoint": endpoint}, 0)
 
     def add_scrape_reader(self, reader: Callable[[], Awaitable[None]]) -> None:
         """A part's own values to read when a scrape comes (it sets its gauges itself)."""

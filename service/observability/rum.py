@@ -74,6 +74,8 @@ class BeaconReceiver:
         self._api = app_rules
         self._pages = Map([Rule(page, endpoint=page) for page in settings.rum_pages]).bind("rum")
         self._buckets = _TokenBuckets(settings.rum_rate_per_second, settings.rum_burst)
+        for reason in REJECTION_REASONS:  # exported from 0
+            metrics.frontend_rejected.add({"reason": reason}, 0)
 
     def reject(self, reason: str, status: int) -> Rejected:
         self.metrics.frontend_rejected.inc({"reason": reason})
