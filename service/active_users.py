@@ -7,6 +7,7 @@ worker reports the same global value (merged with max).
 
 from __future__ import annotations
 
+import asyncio
 import time
 from collections.abc import AsyncGenerator
 
@@ -27,6 +28,7 @@ _MAX_REMEMBERED = 100_000
 class ActiveUsers:
     def __init__(self, settings: Settings, gauge: Gauge) -> None:
         self.window = settings.active_user_window_seconds
+        self.count_timeout = settings.health_check_timeout
         self.gauge = gauge
         self._cache: InstrumentedCache | None = None
         self._marked: dict[int, float] = {}
@@ -47,12 +49,14 @@ class ActiveUsers:
             await self._cache.mark_seen(_KEY, str(user_id), now, self.window)
 
     async def refresh(self) -> None:
-        """Scrape-time count; a cache failure (counted by the cache) keeps the last value."""
+        """Scrape-time count; a cache failure (counted by the cache) or a count slower than
+        HEALTH_CHECK_TIMEOUT keeps the last value: a hung Redis must not take /metrics down."""
         if self._cache is None:
             return
         try:
-            count = await self._cache.count_seen(_KEY, time.time() - self.window)
-        except CacheError:
+            async with asyncio.timeout(self.count_timeout):
+                count = await self._cache.count_seen(_KEY, time.time() - self.window)
+        except (CacheError, TimeoutError):
             return
         self.gauge.set({}, count)
 

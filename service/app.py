@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+from collections.abc import Callable
 
 import structlog
 from quart import Quart
@@ -19,6 +20,7 @@ from service.db import init_db
 from service.errors import deadline_exceeded, register_error_handlers
 from service.health import init_health
 from service.lifecycle import Lifecycle, StopReason, init_lifecycle
+from service.observability.context import current_context
 from service.observability.logging import configure_logging
 from service.observability.metrics import init_metrics, instrument_engine
 from service.observability.multiprocess import init_worker_snapshots
@@ -33,6 +35,7 @@ from service.request_record import (
 )
 from service.sessions import init_sessions
 from service.settings import Settings, load_settings
+from service.unavailable import Dependency, FailureReason
 from service.wrappers import ServiceRequest
 
 _logger = structlog.get_logger("service.request")
@@ -43,6 +46,8 @@ class ServiceApp(Quart):
     # Set by create_app when REQUEST_OBSERVABILITY is on: who to tell about a signed-in user.
     active_users: ActiveUsers | None = None
     request_timeout: float = 5.0  # REQUEST_TIMEOUT
+    # Told which dependency a request was waiting on when its deadline passed.
+    dependency_failed: Callable[[Dependency, FailureReason], None] | None = None
     lifecycle: Lifecycle
 
     def begin_draining(self, reason: StopReason, in_flight: int) -> None:
@@ -62,7 +67,13 @@ class ServiceApp(Quart):
         except TimeoutError:
             if not deadline.expired():
                 raise
-        _logger.warning("request_deadline_exceeded", timeout_seconds=self.request_timeout)
+        context = current_context()
+        dependency = context.waiting_on if context is not None else None
+        _logger.warning(
+            "request_deadline_exceeded", timeout_seconds=self.request_timeout, waiting_on=dependency
+        )
+        if dependency is not None and self.dependency_failed is not None:
+            self.dependency_failed(dependency, "timeout")
         result = await self.handle_user_exception(deadline_exceeded())
         return await self.finalize_request(result, request_context)
 
@@ -92,14 +103,26 @@ def create_app(settings: Settings | None = None) -> ServiceApp:
     )
 
     metrics = init_metrics(app, settings)
-    init_db(app, settings, instrument=lambda engine: instrument_engine(engine, metrics))
-    init_cache(app, settings, metrics.cache_requests, metrics.cache_errors)
+    init_db(
+        app,
+        settings,
+        instrument=lambda engine: instrument_engine(engine, metrics),
+        failed=lambda reason: metrics.dependency_failed("database", reason),
+    )
+    init_cache(
+        app,
+        settings,
+        metrics.cache_requests,
+        metrics.cache_errors,
+        failed=lambda reason: metrics.dependency_failed("cache", reason),
+    )
     health_monitor = init_health(app, settings, metrics)
     init_worker_snapshots(app, metrics, settings)
     active_users = init_active_users(app, settings, metrics)
     if settings.request_observability:
         app.active_users = active_users
     app.request_timeout = settings.request_timeout
+    app.dependency_failed = metrics.dependency_failed
     init_rate_limits(app, settings)
     init_passwords(app, settings)
     sessions = init_sessions(app, settings, metrics)

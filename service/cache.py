@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import time
 from collections import OrderedDict
-from collections.abc import Awaitable, Iterator
+from collections.abc import Awaitable, Callable, Iterator
 from contextlib import contextmanager
 from typing import Any, Protocol
 
@@ -18,7 +18,9 @@ from redis.asyncio.retry import Retry
 from redis.backoff import NoBackoff
 from redis.exceptions import RedisError
 
+from service.observability.context import waiting_on
 from service.settings import Settings
+from service.unavailable import FailureReason, failure_reason
 
 _EXTENSION = "cache"
 MEMORY_CACHE_MAX_ENTRIES = 100_000
@@ -202,11 +204,18 @@ class RedisCache:
 class InstrumentedCache:
     """Counts every operation (reads as hit or miss) and every failure of the cache inside."""
 
-    def __init__(self, inner: Cache, requests: Counter, errors: Counter) -> None:
+    def __init__(
+        self,
+        inner: Cache,
+        requests: Counter,
+        errors: Counter,
+        failed: Callable[[FailureReason], None] | None = None,
+    ) -> None:
         self.inner = inner
         self.shared = inner.shared
         self._requests = requests
         self._errors = errors
+        self._failed = failed  # told the cause of each failure
 
     async def get(self, key: str) -> str | None:
         return await self.read(key, operation="get")
@@ -258,9 +267,12 @@ class InstrumentedCache:
 
     async def _call(self, operation: str, call: Awaitable[Any]) -> Any:
         try:
-            return await call
-        except CacheError:
+            with waiting_on("cache"):
+                return await call
+        except CacheError as error:
             self._errors.inc({})
+            if self._failed is not None:
+                self._failed(failure_reason(error))
             raise
 
 
@@ -295,10 +307,17 @@ def create_cache(settings: Settings) -> Cache:
     return RedisCache(client, settings.cache_key_prefix)
 
 
-def init_cache(app: Quart, settings: Settings, requests: Counter, errors: Counter) -> None:
+def init_cache(
+    app: Quart,
+    settings: Settings,
+    requests: Counter,
+    errors: Counter,
+    failed: Callable[[FailureReason], None] | None = None,
+) -> None:
     @app.before_serving
     async def _open() -> None:
-        app.extensions[_EXTENSION] = InstrumentedCache(create_cache(settings), requests, errors)
+        cache = InstrumentedCache(create_cache(settings), requests, errors, failed)
+        app.extensions[_EXTENSION] = cache
 
     @app.after_serving
     async def _close() -> None:

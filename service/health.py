@@ -10,11 +10,10 @@ responses carry only a status, numbers and a short reason code.
 from __future__ import annotations
 
 import asyncio
-import errno
 import shutil
 import time
 import uuid
-from collections.abc import AsyncGenerator, Awaitable, Callable, Iterator
+from collections.abc import AsyncGenerator, Awaitable, Callable
 from contextlib import suppress
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
@@ -36,17 +35,12 @@ from service.db.engine import (
 )
 from service.observability.metrics import Metrics
 from service.settings import HEALTH_CHECKS, CheckName, Settings
+from service.unavailable import FailureReason, failure_reason
 
 logger = structlog.get_logger(__name__)
 
 Status = Literal["healthy", "unhealthy", "warning"]
 _EXTENSION = "health"
-_AUTH_ERRORS = {
-    "InvalidPasswordError",
-    "InvalidAuthorizationSpecificationError",
-    "AuthenticationError",
-    "AuthenticationWrongNumberOfArgsError",
-}
 
 
 @dataclass(slots=True)
@@ -288,16 +282,17 @@ class HealthMonitor:
 
 def classify(exc: BaseException) -> str:
     """A short, safe reason code for a failed check; the exception itself stays in the log."""
-    for cause in _causes(exc):
-        if isinstance(cause, TimeoutError):
-            return "timeout"
-        if isinstance(cause, ConnectionRefusedError) or (
-            isinstance(cause, OSError) and cause.errno == errno.ECONNREFUSED
-        ):
-            return "connection_refused"
-        if type(cause).__name__ in _AUTH_ERRORS:
-            return "auth_failed"
-    return "error"
+    return _CHECK_REASONS[failure_reason(exc)]
+
+
+# The health report's reason codes (README.md), older than the failure reasons of the metrics.
+_CHECK_REASONS: dict[FailureReason, str] = {
+    "timeout": "timeout",
+    "pool_exhausted": "timeout",
+    "refused": "connection_refused",
+    "auth": "auth_failed",
+    "other": "error",
+}
 
 
 def init_health(app: Quart, settings: Settings, metrics: Metrics) -> HealthMonitor:
@@ -331,18 +326,6 @@ def _retrieve_result(future: asyncio.Future[Any]) -> None:
     # An abandoned check's late failure was already reported as a timeout.
     if not future.cancelled():
         future.exception()
-
-
-def _causes(exc: BaseException) -> Iterator[BaseException]:
-    seen: set[int] = set()
-    pending: list[BaseException | None] = [exc]
-    while pending:
-        current = pending.pop()
-        if current is None or id(current) in seen:
-            continue
-        seen.add(id(current))
-        yield current
-        pending.extend([current.__cause__, current.__context__, getattr(current, "orig", None)])
 
 
 def _existing(path: Path) -> Path:

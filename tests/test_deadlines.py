@@ -18,6 +18,7 @@ from service.db.engine import get_database
 from service.settings import Settings
 from tests.conftest import login, register
 from tests.support.faults import HungServer
+from tests.support.metrics_helpers import parse, value
 
 # Generous: only tells "bounded by the deadline" from "waited for the client timeouts" (60 s).
 DEADLINE = 1.0
@@ -63,11 +64,12 @@ async def test_a_hung_dependency_answers_503_dependency_timeout(
             assert body["error"]["request_id"] == response.headers["X-Request-ID"]
             assert response.headers["Retry-After"] == "1"
             assert elapsed < BOUND
-            assert [
-                line["timeout_seconds"]
-                for line in logs
-                if line["event"] == "request_deadline_exceeded"
-            ] == [DEADLINE]
+            (line,) = [line for line in logs if line["event"] == "request_deadline_exceeded"]
+            assert line["timeout_seconds"] == DEADLINE
+            assert line["waiting_on"] == dependency
+            samples = parse(await (await client.get("/metrics")).get_data(as_text=True))
+            cause = {"dependency": dependency, "reason": "timeout"}
+            assert value(samples, "dependency_errors_total", **cause) == 1
     finally:
         await hung.stop()
 

@@ -12,6 +12,7 @@ import httpx
 import pytest
 import structlog
 from aioprometheus.collectors import Histogram
+from pydantic import SecretStr
 from quart import Quart
 
 from service.app import create_app
@@ -20,7 +21,7 @@ from service.observability.metrics import HTTP_DURATION_BUCKETS, Metrics
 from service.settings import Settings, load_settings
 from tests.conftest import Client, login, register
 from tests.support.metrics_helpers import parse, promtool_check, value
-from tests.support.server import running_server
+from tests.support.server import free_port, running_server
 
 
 async def _scrape(client: Client) -> str:
@@ -325,3 +326,32 @@ async def test_error_counters_are_exported_at_zero_from_the_start(client: Client
         dict(k[1])["endpoint"] for k in samples if k[0] == "rate_limited_requests_total"
     }
     assert rate_limited == {"/api/auth/login", "/api/auth/register"}
+
+
+@pytest.mark.parametrize("backend", ["postgres"], indirect=True)
+@pytest.mark.parametrize("dependency", ["database", "cache"])
+async def test_a_dependency_that_refuses_is_counted_with_its_cause(
+    settings: Settings, dependency: str
+) -> None:
+    closed = free_port()  # nothing listens there: connections are refused
+    setting = "database_url" if dependency == "database" else "redis_url"
+    url = (
+        f"postgresql+asyncpg://x@127.0.0.1:{closed}/x"
+        if dependency == "database"
+        else f"redis://127.0.0.1:{closed}/0"
+    )
+    app = create_app(
+        settings.model_copy(update={setting: SecretStr(url), "health_refresh_seconds": 0})
+    )
+    async with app.test_app() as test_app:
+        client = test_app.test_client()
+        assert (await login(client)).status_code == 503
+        samples = parse(await (await client.get("/metrics")).get_data(as_text=True))
+    refused = {"dependency": dependency, "reason": "refused"}
+    assert value(samples, "dependency_errors_total", **refused) >= 1
+    others = [
+        key
+        for key, count in samples.items()
+        if key[0] == "dependency_errors_total" and count and key[1] != frozenset(refused.items())
+    ]
+    assert others == []

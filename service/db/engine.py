@@ -28,8 +28,9 @@ from sqlalchemy.ext.asyncio import (
 )
 from sqlalchemy.pool import NullPool
 
+from service.observability.context import waiting_on
 from service.settings import Settings
-from service.unavailable import DependencyUnavailable
+from service.unavailable import DependencyUnavailable, FailureReason, failure_reason
 
 if TYPE_CHECKING:
     from alembic.config import Config
@@ -46,16 +47,20 @@ class DatabaseUnavailable(DependencyUnavailable):
 class Database:
     engine: AsyncEngine
     sessions: async_sessionmaker[AsyncSession]
+    failed: Callable[[FailureReason], None] | None = None  # told the cause of each outage seen
 
     @asynccontextmanager
     async def transaction(self) -> AsyncIterator[AsyncSession]:
         """A session committed on success; a database that cannot be reached raises
         DatabaseUnavailable (the HTTP layer answers 503), never a hang."""
         try:
-            async with self.sessions.begin() as session:
-                yield session
+            with waiting_on("database"):
+                async with self.sessions.begin() as session:
+                    yield session
         except Exception as exc:
             if is_unavailable(exc):
+                if self.failed is not None:
+                    self.failed(failure_reason(exc))
                 raise DatabaseUnavailable() from exc
             raise
 
@@ -164,7 +169,10 @@ def create_probe_engine(settings: Settings) -> AsyncEngine:
 
 
 def init_db(
-    app: Quart, settings: Settings, instrument: Callable[[AsyncEngine], None] | None = None
+    app: Quart,
+    settings: Settings,
+    instrument: Callable[[AsyncEngine], None] | None = None,
+    failed: Callable[[FailureReason], None] | None = None,
 ) -> None:
     @app.before_serving
     async def _open() -> None:
@@ -174,7 +182,7 @@ def init_db(
         if settings.uses_embedded_database:
             await migrate_embedded(engine, settings.data_dir)
         sessions = async_sessionmaker(engine, expire_on_commit=False)
-        app.extensions[_EXTENSION] = Database(engine=engine, sessions=sessions)
+        app.extensions[_EXTENSION] = Database(engine=engine, sessions=sessions, failed=failed)
 
     @app.after_serving
     async def _close() -> None:

@@ -11,12 +11,17 @@ context on every line, and binding a key there costs a ContextVar per key.
 
 from __future__ import annotations
 
+import asyncio
 import random
 import re
+from collections.abc import Iterator
+from contextlib import contextmanager
 from contextvars import ContextVar
 from dataclasses import dataclass
 
 from structlog.types import EventDict, WrappedLogger
+
+from service.unavailable import Dependency
 
 REQUEST_ID_HEADER = "X-Request-ID"
 # The paths pollers hit (Prometheus, load balancers): served by their blueprints under these
@@ -42,6 +47,9 @@ class RequestContext:
     route: str | None = None
     user_id: int | None = None
     error_code: str | None = None  # the API error answered, on the request_finished line only
+    # The backing service the request is waiting on right now: a request that outlives its
+    # deadline is counted against it (`dependency_errors_total{reason="timeout"}`).
+    waiting_on: Dependency | None = None
     # Not logged: lets the route and user binding (`request_record.bind_route_and_user`) skip cookie
     # parsing (and the session lookup) when the request carries no cookie at all, as most API
     # and probe requests do.
@@ -80,6 +88,24 @@ def bind_error(code: str) -> None:
     context = _current.get()
     if context is not None:
         context.error_code = code
+
+
+@contextmanager
+def waiting_on(dependency: Dependency) -> Iterator[None]:
+    """Mark the current request as waiting on `dependency` for the block."""
+    context = _current.get()
+    if context is None:
+        yield
+        return
+    previous, context.waiting_on = context.waiting_on, dependency
+    try:
+        yield
+    except asyncio.CancelledError:
+        raise  # the mark stays: the deadline's handler reads what was being waited on
+    except BaseException:
+        context.waiting_on = previous
+        raise
+    context.waiting_on = previous
 
 
 def add_request_context(_logger: WrappedLogger, _method: str, event_dict: EventDict) -> EventDict:

@@ -27,6 +27,7 @@ from sqlalchemy.pool import QueuePool
 
 from service.observability import exposition
 from service.settings import Settings
+from service.unavailable import DEPENDENCIES, FAILURE_REASONS, Dependency, FailureReason
 from service.version import VERSION
 
 HTTP_DURATION_BUCKETS = (
@@ -181,6 +182,11 @@ class Metrics:
         self.cache_errors = Counter(
             "cache_errors_total", "Cache operations that failed.", registry=r
         )
+        self.dependency_errors = Counter(
+            "dependency_errors_total",
+            "Failures to reach a backing service, by dependency and cause.",
+            registry=r,
+        )
         self.active_users = self._gauge(
             "active_users",
             "Distinct authenticated users seen recently (global; aggregate with max).",
@@ -214,6 +220,9 @@ class Metrics:
             self.app_errors.add({"type": error_type}, 0)
         self.db_errors.add({}, 0)
         self.cache_errors.add({}, 0)
+        for dependency in DEPENDENCIES:
+            for reason in FAILURE_REASONS:
+                self.dependency_errors.add({"dependency": dependency, "reason": reason}, 0)
         self.health_status = self._gauge(
             "health_check_status", "1 healthy, 0 unhealthy or warning, per check.", merge="min"
         )
@@ -295,6 +304,9 @@ class Metrics:
         value matters)."""
         self._gauge_merge[name] = merge
         return Gauge(name, doc, registry=self.registry)
+
+    def dependency_failed(self, dependency: Dependency, reason: FailureReason) -> None:
+        self.dependency_errors.inc({"dependency": dependency, "reason": reason})
 
     def expect_rate_limits(self, endpoints: list[str]) -> None:
         """The routes that carry a rate limit: their 429 counts are exported from 0."""
