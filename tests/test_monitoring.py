@@ -13,6 +13,7 @@ from pathlib import Path
 from typing import Any
 
 import httpx
+import pytest
 import yaml
 
 from service.settings import Settings
@@ -228,13 +229,18 @@ def test_every_dashboard_panel_returns_data(tmp_path: Path, postgres_url: str) -
 
 
 def test_alerts_fire_route_inhibit_and_resolve(tmp_path: Path, postgres_url: str) -> None:
+    """Real Prometheus and Alertmanager, the database and Redis behind proxies that are cut: the
+    cause pages, its symptoms are inhibited, the counter says why, and all of it resolves."""
     from sqlalchemy.engine import make_url
 
     database = ThreadedProxy(make_url(postgres_url).port or 5432)
     database.start()
+    cache = ThreadedProxy(make_url(REDIS_URL).port or 6379)
+    cache.start()
     via_proxy = make_url(postgres_url).set(host="127.0.0.1", port=database.port)
     env = _service_env(
         via_proxy.render_as_string(hide_password=False),
+        REDIS_URL=f"redis://127.0.0.1:{cache.port}/0",
         HEALTH_CHECK_TIMEOUT="0.5",
         HEALTH_CACHE_TTL="0",
     )
@@ -246,37 +252,75 @@ def test_alerts_fire_route_inhibit_and_resolve(tmp_path: Path, postgres_url: str
         ):
             target = server.base_url.removeprefix("http://")
             config = prometheus_config(tmp_path, target, am.removeprefix("http://"), shorten=True)
-            with prometheus(tmp_path, config):
+            with prometheus(tmp_path, config) as prometheus_url:
 
                 def received(status: str, alertname: str, severity: str) -> bool:
                     return any(a[1:] == (status, alertname, severity) for a in webhook.alerts())
 
+                def firing(alertname: str) -> bool:
+                    expr = f'ALERTS{{alertname="{alertname}", alertstate="firing"}}'
+                    return bool(query(prometheus_url, expr))
+
                 wait_until(lambda: received("firing", "Watchdog", "none"), 60, "no Watchdog")
                 assert any(a[0] == "watchdog" for a in webhook.alerts())
 
+                # The database goes: the cause pages first; the symptoms that follow (errors,
+                # latency) fire in Prometheus and are held back by Alertmanager.
                 database.cut()
+                wait_until(
+                    lambda: received("firing", "DatabaseDown", "critical"),
+                    90,
+                    f"DatabaseDown did not reach the pager: {webhook.alerts()}",
+                )
+                assert any(a[0] == "pager" for a in webhook.alerts())
                 slow = ["/test/slow/2300"] * 3
                 with _background_traffic(server, ["/test/boom", *slow], 0.0):
-                    for alertname in ("DatabaseDown", "HighErrorRate", "HighLatencyP95"):
-                        wait_until(
-                            lambda n=alertname: received("firing", n, "critical"),
-                            90,
-                            f"{alertname} did not reach the pager: {webhook.alerts()}",
-                        )
-                    assert any(a[0] == "pager" for a in webhook.alerts())
+                    for alertname in ("HighErrorRate", "HighLatencyP95"):
+                        wait_until(lambda n=alertname: firing(n), 90, f"{alertname} not firing")
+                        _wait_inhibited(am, alertname, "critical")
                     _wait_inhibited(am, "HighLatencyP95", "warning")
-                    assert not received("firing", "HighLatencyP95", "warning")
+                    wait_until(
+                        lambda: _login_refused_and_counted(server, prometheus_url),
+                        30,
+                        "a login's refused database was not counted with its cause",
+                    )
+                for alertname in ("HighErrorRate", "HighLatencyP95"):
+                    assert not received("firing", alertname, "critical"), webhook.alerts()
 
                 database.start()
                 with _background_traffic(server, ["/"], 0.05):
-                    for alertname in ("DatabaseDown", "HighErrorRate", "HighLatencyP95"):
-                        wait_until(
-                            lambda n=alertname: received("resolved", n, "critical"),
-                            90,
-                            f"{alertname} did not resolve: {webhook.alerts()}",
-                        )
+                    wait_until(
+                        lambda: received("resolved", "DatabaseDown", "critical"),
+                        90,
+                        f"DatabaseDown did not resolve: {webhook.alerts()}",
+                    )
+                    for alertname in ("HighErrorRate", "HighLatencyP95"):
+                        wait_until(lambda n=alertname: not firing(n), 90, f"{alertname} stuck")
+
+                # Redis goes: CacheDown pages, and resolves when it is back.
+                cache.cut()
+                wait_until(
+                    lambda: received("firing", "CacheDown", "critical"),
+                    90,
+                    f"CacheDown did not reach the pager: {webhook.alerts()}",
+                )
+                cache.start()
+                wait_until(
+                    lambda: received("resolved", "CacheDown", "critical"),
+                    90,
+                    f"CacheDown did not resolve: {webhook.alerts()}",
+                )
     finally:
         database.close()
+        cache.close()
+
+
+def _login_refused_and_counted(server: Server, prometheus_url: str) -> bool:
+    credentials = {"username": "alice", "password": "correct horse battery"}
+    with suppress(httpx.TransportError):
+        httpx.post(server.base_url + "/api/auth/login", json=credentials, timeout=30)
+    cause = 'dependency_errors_total{dependency="database", reason="refused"}'
+    return any(float(sample["value"][1]) > 0 for sample in query(prometheus_url, cause))
 
 
 def _wait_inhibited(am: str, alertname: str, severity: str) -> None:
@@ -292,3 +336,40 @@ def _wait_inhibited(am: str, alertname: str, severity: str) -> None:
         )
 
     wait_until(inhibited, 90, f"{alertname} {severity} was not inhibited")
+
+
+SYMPTOMS = ("HighErrorRate", "HighLatencyP95", "ErrorBudgetBurn")
+
+
+@pytest.mark.parametrize("cause", ["DatabaseDown", "CacheDown"])
+def test_a_down_dependency_inhibits_its_own_jobs_symptoms_only(tmp_path: Path, cause: str) -> None:
+    """Alerts posted straight to a real Alertmanager with the shipped configuration."""
+    with Webhook() as webhook, alertmanager(tmp_path, webhook.url) as am:
+        alerts = [
+            {"labels": {"alertname": cause, "severity": "critical", "job": "a", "instance": "a:1"}},
+            *(
+                {"labels": {"alertname": name, "severity": "critical", "job": job}}
+                for name in SYMPTOMS
+                for job in ("a", "b")
+            ),
+        ]
+        assert httpx.post(am + "/api/v2/alerts", json=alerts, timeout=10).status_code == 200
+
+        def states() -> dict[tuple[str, str], str]:
+            found = httpx.get(am + "/api/v2/alerts", timeout=10).json()
+            return {
+                (alert["labels"]["alertname"], alert["labels"]["job"]): alert["status"]["state"]
+                for alert in found
+            }
+
+        wait_until(lambda: len(states()) == 7, 30, "Alertmanager did not take the alerts")
+        wait_until(
+            lambda: all(states()[(name, "a")] == "suppressed" for name in SYMPTOMS),
+            30,
+            f"symptoms of job a not inhibited: {states()}",
+        )
+        current = states()
+    assert current[(cause, "a")] == "active"
+    assert {
+        current[(name, "b")] for name in ("HighErrorRate", "HighLatencyP95", "ErrorBudgetBurn")
+    } == {"active"}
