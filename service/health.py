@@ -20,7 +20,6 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any, Literal
 
-import psutil
 import structlog
 from quart import Quart, current_app
 from sqlalchemy import text
@@ -33,6 +32,7 @@ from service.db.engine import (
     schema_revisions,
     select_schema_revision,
 )
+from service.memory import memory_use
 from service.observability.metrics import Metrics
 from service.settings import HEALTH_CHECKS, CheckName, Settings
 from service.unavailable import FailureReason, failure_reason
@@ -261,9 +261,9 @@ class HealthMonitor:
         return CheckResult(status, 0.0, {"free_percent": free_percent})
 
     async def _check_memory(self) -> CheckResult:
-        memory = await asyncio.to_thread(psutil.virtual_memory)
-        self.metrics.memory_used.set({}, float(memory.percent) / 100)
-        percent_used = round(float(memory.percent), 1)
+        memory = await asyncio.to_thread(memory_use)
+        self.metrics.memory_used.set({"source": memory.source}, memory.used_ratio)
+        percent_used = round(memory.used_ratio * 100, 1)
         threshold = self.settings.memory_warning_percent
         status: Status = "warning" if percent_used >= threshold else "healthy"
         return CheckResult(status, 0.0, {"percent_used": percent_used})

@@ -25,6 +25,7 @@ LAYERS: list[tuple[str, tuple[str, ...]]] = [
             "service.passwords",
             "service.password_policy",
             "service.health",
+            "service.memory",
         ),
     ),
     (

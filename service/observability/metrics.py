@@ -239,7 +239,8 @@ class Metrics:
         )
         self.memory_used = self._gauge(
             "system_memory_used_ratio",
-            "Used fraction of the machine's memory, read by the health check.",
+            "Used fraction of the memory the service may use (its cgroup's limit, else the "
+            "host's), read by the health check; source says which.",
             merge="max",
         )
         self.frontend_vitals = Histogram(
