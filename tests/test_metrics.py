@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import random
 import socket
 import string
@@ -355,3 +356,19 @@ async def test_a_dependency_that_refuses_is_counted_with_its_cause(
         if key[0] == "dependency_errors_total" and count and key[1] != frozenset(refused.items())
     ]
     assert others == []
+
+
+@pytest.mark.parametrize("backend", ["postgres"], indirect=True)
+async def test_saturation_signals(app: Quart, client: Client, settings: Settings) -> None:
+    await asyncio.sleep(1.2)  # two samples of the event loop's lag
+    samples = parse(await (await client.get("/metrics")).get_data(as_text=True))
+    pool_max = settings.db_pool_size + settings.db_max_overflow
+    assert value(samples, "db_pool_max_connections") == pool_max
+    assert value(samples, "event_loop_lag_seconds_count") >= 2
+    assert value(samples, "app_workers") == 1
+    assert value(samples, "app_worker_starts_total") == 1
+    assert value(samples, "process_max_fds") > value(samples, "process_open_fds") > 0
+    python = [labels for name, labels in samples if name == "python_info"]
+    assert [dict(labels)["major"] for labels in python] == ["3"]
+    for generation in ("0", "1", "2"):
+        assert ("python_gc_collections_total", frozenset({("generation", generation)})) in samples

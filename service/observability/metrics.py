@@ -9,10 +9,14 @@ create series.
 from __future__ import annotations
 
 import asyncio
+import gc
 import os
+import platform
+import resource
+import sys
 import time
 from bisect import bisect_left
-from collections.abc import Awaitable, Callable
+from collections.abc import AsyncGenerator, Awaitable, Callable
 from functools import lru_cache
 from itertools import accumulate
 from typing import Any, Literal, get_args
@@ -35,6 +39,8 @@ HTTP_DURATION_BUCKETS = (
 )  # fmt: skip
 DB_DURATION_BUCKETS = (0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5)
 HEALTH_DURATION_BUCKETS = (0.001, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5)
+EVENT_LOOP_LAG_BUCKETS = (0.001, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0)
+EVENT_LOOP_PROBE_SECONDS = 0.5
 # Frontend buckets hold each vital's good / poor thresholds exactly (web.dev): FCP 1.8/3 s,
 # LCP 2.5/4 s, INP 0.2/0.5 s, TTFB 0.8/1.8 s; CLS 0.1/0.25.
 VITAL_BUCKETS = (0.05, 0.1, 0.2, 0.3, 0.5, 0.8, 1.0, 1.8, 2.5, 3.0, 4.0, 6.0, 10.0, 20.0, 60.0)
@@ -176,6 +182,11 @@ class Metrics:
         self.db_pool = self._gauge(
             "db_pool_connections", "Database pool connections by state.", merge="sum"
         )
+        self.db_pool_max = self._gauge(
+            "db_pool_max_connections",
+            "Connections the pool may open: DB_POOL_SIZE + DB_MAX_OVERFLOW, per worker.",
+            merge="sum",
+        )
         self.cache_requests = Counter(
             "cache_requests_total", "Cache operations; reads are a hit or a miss.", registry=r
         )
@@ -286,6 +297,41 @@ class Metrics:
         self.process_start = self._gauge(
             "process_start_time_seconds", "Process start, seconds since the epoch.", merge="min"
         )
+        self.process_max_fds = self._gauge(
+            "process_max_fds", "Open file descriptors allowed (the soft limit).", merge="sum"
+        )
+        self.event_loop_lag = Histogram(
+            "event_loop_lag_seconds",
+            "How late the event loop ran a timer (sampled twice a second): its saturation.",
+            registry=r,
+            buckets=EVENT_LOOP_LAG_BUCKETS,
+        )
+        self.workers = self._gauge(
+            "app_workers", "Worker processes serving now (each counts itself).", merge="sum"
+        )
+        self.worker_starts = Counter(
+            "app_worker_starts_total",
+            "Worker processes started since the server started (a restart or a recycle).",
+            registry=r,
+        )
+        self.python_info = self._gauge("python_info", "Python platform information.", merge="max")
+        self.python_info.set(_python_labels(), 1)
+        self.gc_objects_collected = Counter(
+            "python_gc_objects_collected_total",
+            "Objects collected during gc, by generation.",
+            registry=r,
+        )
+        self.gc_objects_uncollectable = Counter(
+            "python_gc_objects_uncollectable_total",
+            "Uncollectable objects found during GC, by generation.",
+            registry=r,
+        )
+        self.gc_collections = Counter(
+            "python_gc_collections_total",
+            "Number of times this generation was collected.",
+            registry=r,
+        )
+        self._gc_seen: dict[tuple[str, str], float] = {}
         self.app_info = self._gauge(
             "app_info", "Version and environment of the service.", merge="max"
         )
@@ -363,6 +409,22 @@ class Metrics:
         database when it opens)."""
         pool = engine.sync_engine.pool
         self._pool = pool if isinstance(pool, QueuePool) else None
+        if self._pool is not None:
+            self.db_pool_max.set({}, self._pool.size() + self._pool._max_overflow)
+
+    def worker_started(self) -> None:
+        """This process serves from now on: counted, and a live worker until it stops."""
+        self.workers.set({}, 1)
+        self.worker_starts.inc({})
+
+    async def watch_event_loop(self, interval: float = EVENT_LOOP_PROBE_SECONDS) -> None:
+        """Sleep `interval` again and again; how much later than asked the loop woke up is the
+        time other work held it (a blocking call, a long render, too many requests)."""
+        loop = asyncio.get_running_loop()
+        while True:
+            asked = loop.time() + interval
+            await asyncio.sleep(interval)
+            self.event_loop_lag.observe({}, max(0.0, loop.time() - asked))
 
     async def refresh_scrape_time_values(self) -> None:
         """Values that are read rather than counted: the process, the pool, and what the other
@@ -386,6 +448,28 @@ class Metrics:
         self.process_memory.set({}, memory.rss)
         self.process_fds.set({}, fds)
         self.process_start.set({}, started)
+        self.process_max_fds.set({}, resource.getrlimit(resource.RLIMIT_NOFILE)[0])
+        for generation, stats in enumerate(gc.get_stats()):
+            labels = {"generation": str(generation)}
+            for counter, key in (
+                (self.gc_collections, "collections"),
+                (self.gc_objects_collected, "collected"),
+                (self.gc_objects_uncollectable, "uncollectable"),
+            ):
+                seen = self._gc_seen.get((key, labels["generation"]), 0.0)
+                counter.add(labels, max(0.0, stats[key] - seen))
+                self._gc_seen[key, labels["generation"]] = stats[key]
+
+
+def _python_labels() -> dict[str, str]:
+    version = sys.version_info
+    return {
+        "implementation": platform.python_implementation(),
+        "major": str(version.major),
+        "minor": str(version.minor),
+        "patchlevel": str(version.micro),
+        "version": platform.python_version(),
+    }
 
 
 def method_label(method: str) -> str:
@@ -404,6 +488,16 @@ def init_metrics(app: Quart, settings: Settings) -> Metrics:
         metrics.record_error(exception)
 
     got_request_exception.connect(_record_exception, app, weak=False)
+
+    @app.while_serving
+    async def _saturation() -> AsyncGenerator[None, None]:
+        metrics.worker_started()
+        probe = asyncio.create_task(metrics.watch_event_loop())
+        yield
+        probe.cancel()
+        await asyncio.gather(probe, return_exceptions=True)
+        metrics.workers.set({}, 0)
+
     return metrics
 
 
