@@ -16,7 +16,7 @@ import pytest
 
 from service.observability import exposition
 from tests.conftest import REDIS_URL
-from tests.support.metrics_helpers import parse
+from tests.support.metrics_helpers import parse, value
 from tests.support.server import PRODUCTION_ENV, Server, running_server
 
 LOGINS = 50
@@ -42,6 +42,17 @@ def _env(tmp_path: Path, postgres_url: str, **extra: str) -> dict[str, str]:
 
 def _events(server: Server) -> list[dict[str, Any]]:
     return [json.loads(line) for line in server.lines() if line.startswith("{")]
+
+
+async def _until_in_flight(server: Server, count: int) -> None:
+    """Until the server reports `count` requests in progress (on a separate connection)."""
+    async with httpx.AsyncClient(base_url=server.base_url, timeout=HANG_GUARD) as probe:
+        for _ in range(300):
+            samples = parse((await probe.get("/metrics")).text)
+            if value(samples, "http_requests_in_progress", method="POST") >= count:
+                return
+            await asyncio.sleep(0.1)
+    raise AssertionError(f"fewer than {count} requests ever in flight")
 
 
 def _archived(tmp_path: Path) -> dict[Any, float]:
@@ -90,7 +101,7 @@ async def test_a_stop_under_load_answers_every_request_in_flight(
         async with httpx.AsyncClient(base_url=server.base_url, timeout=HANG_GUARD) as client:
             assert (await client.post("/api/auth/register", json=credentials)).status_code == 201
         clients = [asyncio.ensure_future(login_then_more()) for _ in range(LOGINS)]
-        await asyncio.sleep(0.5)  # every login sent; most still queue for the hash
+        await _until_in_flight(server, LOGINS // 5)  # most still queue for the hash
         if target == "master":
             os.kill(server.process.pid, signal.SIGTERM)
         else:  # systemd's default KillMode, Ctrl+C in a terminal
