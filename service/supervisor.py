@@ -138,7 +138,8 @@ def serve(application_path: str, config: Config, sockets: Sockets, drain_seconds
                 logger.error(
                     "worker_exited", pid=worker.process.pid, exit_code=worker.process.exitcode
                 )
-                slots[index] = start_worker()
+                # A successor already starting takes the slot; it is not started twice.
+                slots[index] = worker.successor or start_worker()
             else:
                 slots[index] = _recycle(worker, start_worker, retiring)
 

@@ -4,6 +4,7 @@ PostgreSQL and Redis. Nothing in flight is dropped, every worker runs its own sh
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import os
 import signal
@@ -12,6 +13,7 @@ from pathlib import Path
 from typing import Any
 
 import httpx
+import psutil
 import pytest
 
 from service.observability import exposition
@@ -198,3 +200,40 @@ async def test_a_stop_while_a_successor_starts_waits_for_every_worker(
     assert "Traceback" not in server.output.read_text()
     (master,) = [e for e in events if e["event"] == "server_stopped"]
     assert master["exit_code"] == 0
+
+
+def _workers(server: Server) -> set[int]:
+    """The master's live worker processes (not its resource tracker, not exited ones)."""
+    workers = set()
+    for child in psutil.Process(server.process.pid).children():
+        with contextlib.suppress(psutil.Error):  # exited meanwhile, or a zombie not yet reaped
+            if child.status() != psutil.STATUS_ZOMBIE and any(
+                "spawn_main" in part for part in child.cmdline()
+            ):
+                workers.add(child.pid)
+    return workers
+
+
+async def test_a_worker_killed_while_its_successor_starts_is_replaced_by_it(
+    tmp_path: Path, postgres_url: str
+) -> None:
+    """SIGHUP starts a successor; the old worker is killed before the successor is ready. The
+    successor takes the slot (no second one is started, none is left untracked)."""
+    with running_server(tmp_path, _env(tmp_path, postgres_url), supervised=True) as server:
+        (old,) = _workers(server)
+        os.kill(server.process.pid, signal.SIGHUP)
+        await asyncio.sleep(0.3)
+        os.kill(old, signal.SIGKILL)
+        async with httpx.AsyncClient(base_url=server.base_url, timeout=HANG_GUARD) as client:
+            for _ in range(300):  # until the successor serves
+                with contextlib.suppress(httpx.TransportError):
+                    if (await client.get("/api/health/live")).status_code == 200:
+                        break
+                await asyncio.sleep(0.1)
+            await asyncio.sleep(2)  # time for a stray second worker to show up
+            assert (await client.get("/")).status_code == 200
+        assert len(_workers(server)) == 1
+        os.kill(server.process.pid, signal.SIGTERM)
+        assert await asyncio.to_thread(server.process.wait, HANG_GUARD) == 0
+    events = _events(server)
+    assert [e["pid"] for e in events if e["event"] == "worker_exited"] == [old]
