@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import re
+import signal
 import subprocess
 import threading
 import uuid
@@ -18,7 +19,7 @@ import yaml
 
 from service.settings import Settings
 from tests.conftest import REDIS_URL
-from tests.support.server import Server, running_server
+from tests.support.server import Server, free_port, running_server
 from tests.support.stack import (
     MONITORING,
     ThreadedProxy,
@@ -373,3 +374,43 @@ def test_a_down_dependency_inhibits_its_own_jobs_symptoms_only(tmp_path: Path, c
     assert {
         current[(name, "b")] for name in ("HighErrorRate", "HighLatencyP95", "ErrorBudgetBurn")
     } == {"active"}
+
+
+def test_monitoring_run_on_ports_of_choice(tmp_path: Path, postgres_url: str) -> None:
+    """monitoring/run as the README shows it, on free ports: Prometheus scrapes the service,
+    itself and Alertmanager, and sends to that Alertmanager; SIGTERM stops both."""
+    prometheus_address = f"127.0.0.1:{free_port()}"
+    alertmanager_address = f"127.0.0.1:{free_port()}"
+    with running_server(tmp_path, _service_env(postgres_url)) as server:
+        service_address = server.base_url.removeprefix("http://")
+        run = subprocess.Popen(
+            [
+                str(MONITORING / "run"),
+                "--prometheus", prometheus_address,
+                "--alertmanager", alertmanager_address,
+                service_address,
+            ],
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.DEVNULL,
+            start_new_session=True,
+        )  # fmt: skip
+        try:
+            url = f"http://{prometheus_address}"
+
+            def all_up() -> bool:
+                with suppress(httpx.TransportError):
+                    found = query(url, "up == 1")
+                    return {s["metric"]["job"] for s in found} == {
+                        "scene-packer", "prometheus", "alertmanager"
+                    }  # fmt: skip
+                return False
+
+            wait_until(all_up, 60, "Prometheus does not see the service, itself and Alertmanager")
+            wait_until(
+                lambda: bool(query(url, "prometheus_notifications_alertmanagers_discovered == 1")),
+                60,
+                "Prometheus did not find the Alertmanager it was given",
+            )
+        finally:
+            run.send_signal(signal.SIGTERM)
+            assert run.wait(timeout=30) is not None

@@ -65,13 +65,19 @@ def prometheus_config(
     config = yaml.safe_load((MONITORING / "prometheus" / "prometheus.yml").read_text())
     config["global"].update({"scrape_interval": "1s", "evaluation_interval": "1s"})
     config["rule_files"] = [str(path) for path in sorted(rules_dir.glob("*.yml"))]
-    job = config["scrape_configs"][0]
-    job.update({"scrape_interval": "1s", "scrape_timeout": "1s"})
-    job["static_configs"] = [{"targets": [target]}]
+    jobs = {job["job_name"]: job for job in config["scrape_configs"]}
+    service = jobs["scene-packer"]
+    service.update({"scrape_interval": "1s", "scrape_timeout": "1s"})
+    service["static_configs"] = [{"targets": [target]}]
+    # Prometheus' own port is chosen after this file is written: it is not scraped here.
+    kept = [service]
     if alertmanager is None:
         config.pop("alerting", None)
     else:
         config["alerting"]["alertmanagers"][0]["static_configs"] = [{"targets": [alertmanager]}]
+        jobs["alertmanager"]["static_configs"] = [{"targets": [alertmanager]}]
+        kept.append(jobs["alertmanager"])
+    config["scrape_configs"] = kept
     path = tmp_path / "prometheus.yml"
     path.write_text(yaml.safe_dump(config))
     return path
