@@ -68,7 +68,7 @@ def prometheus_config(
     jobs = {job["job_name"]: job for job in config["scrape_configs"]}
     service = jobs["scene-packer"]
     service.update({"scrape_interval": "1s", "scrape_timeout": "1s"})
-    service["static_configs"] = [{"targets": [target]}]
+    service["static_configs"] = [{**service["static_configs"][0], "targets": [target]}]
     # Prometheus' own port is chosen after this file is written: it is not scraped here.
     kept = [service]
     if alertmanager is None:
