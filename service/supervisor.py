@@ -49,6 +49,8 @@ from hypercorn.config import Config, Sockets
 from hypercorn.typing import ASGIFramework, ASGIReceiveCallable, ASGISendCallable, Scope
 from hypercorn.utils import wrap_app
 
+from service.observability.metrics import WORKER_START_ENV, WorkerStart
+
 # Exit codes of `scene-packer serve` (README.md, "Exit codes").
 EXIT_OK = 0
 EXIT_UNCLEAN = 1  # a worker crashed while stopping, or had to be killed
@@ -105,8 +107,8 @@ def serve(application_path: str, config: Config, sockets: Sockets, drain_seconds
         context.Event(),
     )
 
-    def start_worker() -> Worker:
-        return _start(context, plan, requests_per_worker)
+    def start_worker(reason: WorkerStart = "start") -> Worker:
+        return _start(context, plan, requests_per_worker, reason)
 
     def on_stop_signal(signum: int, _frame: Any) -> None:
         if not plan.shutdown.is_set():
@@ -139,19 +141,21 @@ def serve(application_path: str, config: Config, sockets: Sockets, drain_seconds
                     "worker_exited", pid=worker.process.pid, exit_code=worker.process.exitcode
                 )
                 # A successor already starting takes the slot; it is not started twice.
-                slots[index] = worker.successor or start_worker()
+                slots[index] = worker.successor or start_worker("replace")
             else:
                 slots[index] = _recycle(worker, start_worker, retiring)
 
     return _stop(plan, [*slots, *_successors(slots), *retiring], boot_failed)
 
 
-def _recycle(worker: Worker, start_worker: Callable[[], Worker], retiring: list[Worker]) -> Worker:
+def _recycle(
+    worker: Worker, start_worker: Callable[[WorkerStart], Worker], retiring: list[Worker]
+) -> Worker:
     """One step of replacing a worker that asked for a successor: the worker in its slot now."""
     successor = worker.successor
     if successor is None:
         if worker.wants_successor.is_set() and time.monotonic() >= worker.retry_successor_at:
-            worker.successor = start_worker()
+            worker.successor = start_worker("recycle")
         return worker
     if successor.ready.is_set():
         worker.retire.set()
@@ -205,14 +209,17 @@ def _stop(plan: Plan, workers: list[Worker], boot_failed: bool) -> int:
 
 
 def _start(
-    context: SpawnContext, plan: Plan, requests_per_worker: tuple[int | None, int]
+    context: SpawnContext,
+    plan: Plan,
+    requests_per_worker: tuple[int | None, int],
+    reason: WorkerStart,
 ) -> Worker:
     limit, jitter = requests_per_worker
     max_requests = limit + random.randint(0, jitter) if limit else None
     ready, retire, wants_successor = context.Event(), context.Event(), context.Event()
     process = context.Process(
         target=_worker_main,
-        args=(plan, ready, retire, wants_successor, max_requests),
+        args=(plan, ready, retire, wants_successor, max_requests, reason),
         daemon=False,
     )
     worker = Worker(process, ready, retire, wants_successor)
@@ -295,8 +302,14 @@ class _Gate:
 
 
 def _worker_main(
-    plan: Plan, ready: Event, retire: Event, wants_successor: Event, max_requests: int | None
+    plan: Plan,
+    ready: Event,
+    retire: Event,
+    wants_successor: Event,
+    max_requests: int | None,
+    reason: WorkerStart,
 ) -> None:
+    os.environ[WORKER_START_ENV] = reason  # read by the app's metrics (app_worker_starts_total)
     early: list[int] = []  # a stop signal before the event loop runs
     for signum in STOP_SIGNALS:
         signal.signal(signum, lambda received, _frame: early.append(received))

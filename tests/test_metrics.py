@@ -366,7 +366,8 @@ async def test_saturation_signals(app: Quart, client: Client, settings: Settings
     assert value(samples, "db_pool_max_connections") == pool_max
     assert value(samples, "event_loop_lag_seconds_count") >= 2
     assert value(samples, "app_workers") == 1
-    assert value(samples, "app_worker_starts_total") == 1
+    assert value(samples, "app_worker_starts_total", reason="start") == 1
+    assert value(samples, "app_worker_starts_total", reason="replace") == 0
     assert value(samples, "process_max_fds") > value(samples, "process_open_fds") > 0
     python = [labels for name, labels in samples if name == "python_info"]
     assert [dict(labels)["major"] for labels in python] == ["3"]

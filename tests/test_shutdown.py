@@ -237,3 +237,23 @@ async def test_a_worker_killed_while_its_successor_starts_is_replaced_by_it(
         assert await asyncio.to_thread(server.process.wait, HANG_GUARD) == 0
     events = _events(server)
     assert [e["pid"] for e in events if e["event"] == "worker_exited"] == [old]
+
+
+async def test_a_worker_that_dies_is_replaced_and_counted(
+    tmp_path: Path, postgres_url: str
+) -> None:
+    with running_server(tmp_path, _env(tmp_path, postgres_url), supervised=True) as server:
+        (old,) = _workers(server)
+        os.kill(old, signal.SIGKILL)
+        async with httpx.AsyncClient(base_url=server.base_url, timeout=HANG_GUARD) as client:
+            replaced: dict[Any, float] = {}
+            for _ in range(300):
+                with contextlib.suppress(httpx.TransportError):
+                    replaced = parse((await client.get("/metrics")).text)
+                    if value(replaced, "app_worker_starts_total", reason="replace") == 1:
+                        break
+                await asyncio.sleep(0.1)
+        assert value(replaced, "app_worker_starts_total", reason="replace") == 1
+        assert len(_workers(server)) == 1
+    (exited,) = [e for e in _events(server) if e["event"] == "worker_exited"]
+    assert (exited["pid"], exited["exit_code"]) == (old, -signal.SIGKILL)

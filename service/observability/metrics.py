@@ -57,6 +57,11 @@ KNOWN_ERROR_TYPES = frozenset(
         "KeyError", "AttributeError", "AssertionError", "NotImplementedError", "ZeroDivisionError",
     }
 )  # fmt: skip
+# Why a worker process started, as `scene-packer serve` tells it (the environment variable);
+# under plain hypercorn every start is a "start".
+WorkerStart = Literal["start", "recycle", "replace"]
+WORKER_STARTS: tuple[WorkerStart, ...] = get_args(WorkerStart)
+WORKER_START_ENV = "SCENE_PACKER_WORKER_START"
 LoginResult = Literal["success", "invalid_credentials", "invalid_input", "rate_limited"]
 LOGIN_RESULTS: tuple[LoginResult, ...] = get_args(LoginResult)
 LogoutScope = Literal["session", "all"]
@@ -311,9 +316,12 @@ class Metrics:
         )
         self.worker_starts = Counter(
             "app_worker_starts_total",
-            "Worker processes started since the server started (a restart or a recycle).",
+            "Worker processes started since the server started, by reason: start, recycle "
+            "(a successor for max_requests or SIGHUP), replace (after a worker died).",
             registry=r,
         )
+        for start in WORKER_STARTS:
+            self.worker_starts.add({"reason": start}, 0)
         self.python_info = self._gauge("python_info", "Python platform information.", merge="max")
         self.python_info.set(_python_labels(), 1)
         self.gc_objects_collected = Counter(
@@ -412,10 +420,10 @@ class Metrics:
         if self._pool is not None:
             self.db_pool_max.set({}, self._pool.size() + self._pool._max_overflow)
 
-    def worker_started(self) -> None:
+    def worker_started(self, reason: WorkerStart) -> None:
         """This process serves from now on: counted, and a live worker until it stops."""
         self.workers.set({}, 1)
-        self.worker_starts.inc({})
+        self.worker_starts.inc({"reason": reason})
 
     async def watch_event_loop(self, interval: float = EVENT_LOOP_PROBE_SECONDS) -> None:
         """Sleep `interval` again and again; how much later than asked the loop woke up is the
@@ -491,7 +499,9 @@ def init_metrics(app: Quart, settings: Settings) -> Metrics:
 
     @app.while_serving
     async def _saturation() -> AsyncGenerator[None, None]:
-        metrics.worker_started()
+        told = os.environ.get(WORKER_START_ENV)
+        reason: WorkerStart = next((start for start in WORKER_STARTS if start == told), "start")
+        metrics.worker_started(reason)
         probe = asyncio.create_task(metrics.watch_event_loop())
         yield
         probe.cancel()
