@@ -28,6 +28,7 @@ from __future__ import annotations
 
 import asyncio
 import importlib
+import logging
 import os
 import random
 import signal
@@ -199,7 +200,7 @@ def _stop(plan: Plan, workers: list[Worker], boot_failed: bool) -> int:
     else:
         code = EXIT_OK
     logger.log(
-        20 if code == EXIT_OK else 40,
+        logging.INFO if code == EXIT_OK else logging.ERROR,
         "server_stopped",
         exit_code=code,
         stop_seconds=round(time.monotonic() - started, 3),
