@@ -42,6 +42,7 @@ from service.observability.context import (
 )
 from service.observability.logging import redact_url
 from service.observability.metrics import UNMATCHED, Metrics, method_label
+from service.observability.trace_context import TRACEPARENT_HEADER, accept_traceparent
 from service.proxy_fix import client_address
 from service.sessions import (
     SESSION_COOKIE_NAME,
@@ -56,6 +57,7 @@ CLIENT_CLOSED_REQUEST = 499
 ExcInfo = tuple[type[BaseException], BaseException, TracebackType] | tuple[None, None, None]
 
 _REQUEST_ID_HEADER = REQUEST_ID_HEADER.lower().encode()
+_TRACEPARENT_HEADER = TRACEPARENT_HEADER.encode()
 _FALLBACK_BODY = b'{"error": {"code": "internal_error", "message": "An internal error occurred."}}'
 _logger = structlog.get_logger(REQUEST_LOGGER)
 
@@ -79,7 +81,9 @@ class RequestObserver:
         is_poll = is_probe(scope["path"])
         track = self.settings.metrics_track_probes or not is_poll
         method = method_label(scope["method"])
-        id_header = (_REQUEST_ID_HEADER, context.request_id.encode())
+        added = [(_REQUEST_ID_HEADER, context.request_id.encode())]
+        if context.trace is not None:
+            added.append((_TRACEPARENT_HEADER, context.trace.traceparent().encode()))
         status = 500
         sent_bytes = 0
         response_started = False
@@ -97,10 +101,10 @@ class RequestObserver:
                 response_started = True
                 status = message["status"]
                 headers = message.get("headers")
-                if type(headers) is list:  # a list made for this message (Quart's): append
-                    headers.append(id_header)
+                if type(headers) is list:  # a list made for this message (Quart's): extend
+                    headers.extend(added)
                 else:
-                    message = {**message, "headers": [*(headers or ()), id_header]}
+                    message = {**message, "headers": [*(headers or ()), *added]}
             return send(message)
 
         try:
@@ -125,13 +129,16 @@ class RequestObserver:
 
     def _start(self, scope: HTTPScope) -> RequestContext:
         """The request's context, from the one pass over its headers this module makes."""
-        incoming_id = None
+        incoming_id = traceparent = None
         has_cookies = False
         for name, value in scope["headers"]:
             if name == _REQUEST_ID_HEADER:
                 incoming_id = value.decode("latin-1")
             elif name == b"cookie":
                 has_cookies = True
+            elif name == _TRACEPARENT_HEADER:
+                # Sent twice, it is ambiguous: ignored like a malformed one.
+                traceparent = value.decode("latin-1") if traceparent is None else ""
         # Every log line carries the path unredacted (see logging.configure_logging): the client
         # chooses it, so credentials in it are masked here, once.
         return start_request(
@@ -140,6 +147,7 @@ class RequestObserver:
             redact_url(scope["path"]),
             client_address(scope),
             has_cookies=has_cookies,
+            trace=accept_traceparent(traceparent),
         )
 
     def _log_finished(

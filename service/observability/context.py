@@ -21,6 +21,7 @@ from dataclasses import dataclass
 
 from structlog.types import EventDict, WrappedLogger
 
+from service.observability.trace_context import TraceContext
 from service.unavailable import Dependency
 
 REQUEST_ID_HEADER = "X-Request-ID"
@@ -50,6 +51,7 @@ class RequestContext:
     # The backing service the request is waiting on right now: a request that outlives its
     # deadline is counted against it (`dependency_errors_total{reason="timeout"}`).
     waiting_on: Dependency | None = None
+    trace: TraceContext | None = None  # from a valid incoming `traceparent`
     # Not logged: lets the route and user binding (`request_record.bind_route_and_user`) skip cookie
     # parsing (and the session lookup) when the request carries no cookie at all, as most API
     # and probe requests do.
@@ -60,10 +62,16 @@ _current: ContextVar[RequestContext | None] = ContextVar("request_context", defa
 
 
 def start_request(
-    request_id: str, method: str, path: str, client: str, *, has_cookies: bool = False
+    request_id: str,
+    method: str,
+    path: str,
+    client: str,
+    *,
+    has_cookies: bool = False,
+    trace: TraceContext | None = None,
 ) -> RequestContext:
     """Make this request's context the current one (replacing whatever the task inherited)."""
-    context = RequestContext(request_id, method, path, client, has_cookies=has_cookies)
+    context = RequestContext(request_id, method, path, client, has_cookies=has_cookies, trace=trace)
     _current.set(context)
     return context
 
@@ -121,6 +129,9 @@ def add_request_context(_logger: WrappedLogger, _method: str, event_dict: EventD
         event_dict.setdefault("route", context.route)
     if context.user_id is not None:
         event_dict.setdefault("user_id", context.user_id)
+    if context.trace is not None:
+        event_dict.setdefault("trace_id", context.trace.trace_id)
+        event_dict.setdefault("span_id", context.trace.span_id)
     return event_dict
 
 
