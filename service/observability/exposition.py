@@ -1,8 +1,14 @@
-"""The Prometheus text format, written by us because aioprometheus does not escape label values.
+"""The Prometheus text format and OpenMetrics, written by us because aioprometheus does not
+escape label values and knows neither OpenMetrics nor exemplars.
 
 A registry is first copied into a `Snapshot` (cheap, on the event loop, so no metric changes under
 the renderer's feet), then rendered to text (CPU work, done in a thread by the caller). Snapshots
 are also what several worker processes exchange and merge.
+
+Exemplars link a sample to one request that landed in it (its `request_id`, and `trace_id` when
+the request carried one): one per histogram bucket and per chosen counter series, the latest,
+also when several workers' snapshots merge. Only OpenMetrics shows them; the classic text format
+is unchanged.
 """
 
 from __future__ import annotations
@@ -15,10 +21,15 @@ import orjson
 from aioprometheus.collectors import Counter, Gauge, Histogram, Registry
 
 CONTENT_TYPE = "text/plain; version=0.0.4; charset=utf-8"
+OPENMETRICS_CONTENT_TYPE = "application/openmetrics-text; version=1.0.0; charset=utf-8"
+# OpenMetrics: an exemplar's label names and values together, in characters.
+EXEMPLAR_LABELS_LIMIT = 128
 
 Kind = Literal["counter", "gauge", "histogram"]
 Merge = Literal["sum", "max", "min"]
 LabelKey = tuple[tuple[str, str], ...]
+# An exemplar: its labels, the observed value, and when (seconds since the epoch).
+Exemplar = tuple[LabelKey, float, float]
 
 
 @dataclass(slots=True)
@@ -36,16 +47,23 @@ class Family:
     help: str
     merge: Merge = "sum"
     samples: dict[LabelKey, float | HistogramValue] = field(default_factory=dict)
+    # By the sample's full label set: a counter's labels, or a bucket's labels with its `le`.
+    exemplars: dict[LabelKey, Exemplar] = field(default_factory=dict)
 
 
 Snapshot = dict[str, Family]
 
 
-def snapshot(registry: Registry, gauge_merge: dict[str, Merge]) -> Snapshot:
+def snapshot(
+    registry: Registry,
+    gauge_merge: dict[str, Merge],
+    counter_exemplars: dict[str, dict[LabelKey, Exemplar]] | None = None,
+) -> Snapshot:
     """Copy every collector's current values; runs on the loop, so nothing changes meanwhile.
 
     Every gauge needs its merge mode: summing a gauge that each worker reports whole (a global
-    count) would multiply it by the number of workers, so there is no default."""
+    count) would multiply it by the number of workers, so there is no default. A histogram value
+    that keeps `exemplars` (one per bucket, metrics.BucketCounts) has them copied too."""
     families: Snapshot = {}
     for collector in registry.get_all():
         kind = _kind(collector)
@@ -59,8 +77,14 @@ def snapshot(registry: Registry, gauge_merge: dict[str, Merge]) -> Snapshot:
                 family.samples[labels] = HistogramValue(
                     bounds, list(value.buckets.values()), value.observations, value.sum
                 )
+                for bound, raw in zip(bounds, getattr(value, "exemplars", ()), strict=False):
+                    example = _from_raw(raw)
+                    if example is not None:
+                        family.exemplars[(*labels, ("le", _format_bound(bound)))] = example
             else:
                 family.samples[labels] = value
+        if counter_exemplars and collector.name in counter_exemplars:
+            family.exemplars.update(counter_exemplars[collector.name])
         families[collector.name] = family
     return families
 
@@ -81,6 +105,10 @@ def merge(parts: list[Snapshot], *, gauges: bool = True) -> Snapshot:
                 target.samples[labels] = (
                     _copy(value) if current is None else _combine(current, value, family)
                 )
+            for labels, exemplar in family.exemplars.items():
+                seen = target.exemplars.get(labels)
+                if seen is None or exemplar[2] > seen[2]:  # the latest, whichever worker
+                    target.exemplars[labels] = exemplar
     return merged
 
 
@@ -94,6 +122,10 @@ def to_json(families: Snapshot) -> bytes:
                 "samples": [
                     [list(labels), _value_to_json(value)]
                     for labels, value in family.samples.items()
+                ],
+                "exemplars": [
+                    [list(labels), list(exemplar[0]), exemplar[1], exemplar[2]]
+                    for labels, exemplar in family.exemplars.items()
                 ],
             }
             for name, family in families.items()
@@ -118,6 +150,10 @@ def from_json(data: bytes) -> Snapshot:
             for labels, value in body["samples"]:
                 key = tuple((str(k), str(v)) for k, v in labels)
                 family.samples[key] = _value_from_json(value, kind)
+            for labels, exemplar_labels, value, at in body.get("exemplars", ()):
+                key = tuple((str(k), str(v)) for k, v in labels)
+                example = tuple((str(k), str(v)) for k, v in exemplar_labels)
+                family.exemplars[key] = (example, float(value), float(at))
             families[name] = family
         return families
     except (KeyError, TypeError, IndexError, orjson.JSONDecodeError) as exc:
@@ -142,6 +178,64 @@ def render(families: Snapshot) -> bytes:
                 lines.append(f"{name}{_labels(labels)} {_number(value)}")
     lines.append("")
     return "\n".join(lines).encode()
+
+
+def render_openmetrics(families: Snapshot) -> bytes:
+    """OpenMetrics 1.0.0: counters named without `_total` in their metadata, exemplars after
+    their samples, `# EOF` last."""
+    lines: list[str] = []
+    for name in sorted(families):
+        family = families[name]
+        base = name.removesuffix("_total") if family.kind == "counter" else name
+        lines.append(f"# TYPE {base} {family.kind}")
+        lines.append(f"# HELP {base} {_escape_openmetrics_help(family.help)}")
+        exemplars = family.exemplars
+        for labels in sorted(family.samples):
+            value = family.samples[labels]
+            if isinstance(value, HistogramValue):
+                for bound, count in zip(value.bounds, value.cumulative, strict=True):
+                    bucket = (*labels, ("le", _format_bound(bound)))
+                    line = f"{name}_bucket{_labels(bucket)} {_number(count)}"
+                    lines.append(line + _exemplar(exemplars.get(bucket)))
+                lines.append(f"{name}_count{_labels(labels)} {_number(value.count)}")
+                lines.append(f"{name}_sum{_labels(labels)} {_number(value.total)}")
+            else:
+                sample = f"{base}_total" if family.kind == "counter" else name
+                line = f"{sample}{_labels(labels)} {_number(value)}"
+                lines.append(line + (_exemplar(exemplars.get(labels)) if exemplars else ""))
+    lines.append("# EOF")
+    lines.append("")
+    return "\n".join(lines).encode()
+
+
+def exemplar_labels(request_id: str, trace_id: str | None) -> LabelKey | None:
+    """An exemplar's labels within OpenMetrics' 128-character limit: the trace id (which links
+    to a trace) is kept first, an over-long request id is left out; None if nothing fits."""
+    labels: LabelKey = (("trace_id", trace_id),) if trace_id is not None else ()
+    size = sum(len(k) + len(v) for k, v in labels)
+    if size + len("request_id") + len(request_id) <= EXEMPLAR_LABELS_LIMIT:
+        labels = (("request_id", request_id), *labels)
+    return labels or None
+
+
+def _from_raw(raw: tuple[str, str | None, float, float] | None) -> Exemplar | None:
+    """(request id, trace id, value, time) as recorded per request, into an exemplar."""
+    if raw is None:
+        return None
+    request_id, trace_id, value, at = raw
+    labels = exemplar_labels(request_id, trace_id)
+    return None if labels is None else (labels, value, at)
+
+
+def _exemplar(exemplar: Exemplar | None) -> str:
+    if exemplar is None:
+        return ""
+    labels, value, at = exemplar
+    return f" # {_labels(labels) or '{}'} {_number(value)} {at:.3f}"
+
+
+def _escape_openmetrics_help(text: str) -> str:
+    return text.replace("\\", "\\\\").replace("\n", "\\n").replace('"', '\\"')
 
 
 def _copy(value: float | HistogramValue) -> float | HistogramValue:

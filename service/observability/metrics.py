@@ -30,6 +30,7 @@ from sqlalchemy.ext.asyncio import AsyncEngine
 from sqlalchemy.pool import QueuePool
 
 from service.observability import exposition
+from service.observability.context import current_context
 from service.settings import Settings
 from service.unavailable import DEPENDENCIES, FAILURE_REASONS, Dependency, FailureReason
 from service.version import VERSION
@@ -69,6 +70,10 @@ LOGOUT_SCOPES: tuple[LogoutScope, ...] = get_args(LogoutScope)
 _STATUS_TEXT = {status: str(status) for status in range(100, 600)}
 
 
+# What an exemplar needs, kept raw on the hot path: request id, trace id, value, time.
+RawExemplar = tuple[str, str | None, float, float]
+
+
 class Series:
     """A fast path over one aioprometheus collector for a fixed list of label names.
 
@@ -94,14 +99,18 @@ class Series:
         else:
             self._store[key] += amount
 
-    def observe(self, values: tuple[str, ...], amount: float) -> None:
+    def observe(
+        self, values: tuple[str, ...], amount: float, example: RawExemplar | None = None
+    ) -> None:
         key = self._keys.get(values)
         if key is None:
             self._collector.add(self._remember(values), amount)
             key = self._keys[values]
             self._store[key] = BucketCounts.replacing(self._store[key])
+            if example is not None:
+                self._store[key].remember(amount, example)
         else:
-            self._store[key].observe(amount)
+            self._store[key].observe(amount, example)
 
     def key(self, values: tuple[str, ...]) -> Any:
         """The storage key of a label set already observed: `store[key]` is its value."""
@@ -126,13 +135,15 @@ class BucketCounts:
     count per bucket and makes them cumulative only when read (a scrape).
     """
 
-    __slots__ = ("_bounds", "_counts", "observations", "sum")
+    __slots__ = ("_bounds", "_counts", "exemplars", "observations", "sum")
 
     def __init__(self, bounds: list[float], counts: list[int], observations: int, total: float):
         self._bounds = bounds  # ascending, +Inf last
         self._counts = counts
         self.observations = observations
         self.sum = total
+        # The latest request seen in each bucket; its labels are made only when scraped.
+        self.exemplars: list[RawExemplar | None] = [None] * len(bounds)
 
     @classmethod
     def replacing(cls, histogram: Any) -> BucketCounts:
@@ -141,11 +152,18 @@ class BucketCounts:
         counts = [now - before for now, before in zip(cumulative, [0, *cumulative], strict=False)]
         return cls(list(histogram.buckets), counts, histogram.observations, histogram.sum)
 
-    def observe(self, value: float) -> None:
+    def observe(self, value: float, example: RawExemplar | None = None) -> None:
         # The first bound >= value: Prometheus buckets are "less than or equal".
-        self._counts[bisect_left(self._bounds, value)] += 1
+        index = bisect_left(self._bounds, value)
+        self._counts[index] += 1
         self.sum += value
         self.observations += 1
+        if example is not None:
+            self.exemplars[index] = example
+
+    def remember(self, value: float, example: RawExemplar) -> None:
+        """Keep `example` for the bucket of `value`, already counted."""
+        self.exemplars[bisect_left(self._bounds, value)] = example
 
     @property
     def buckets(self) -> dict[float, int]:
@@ -348,6 +366,11 @@ class Metrics:
         self._durations = Series(self.http_duration, "method", "endpoint")
         self._in_progress = Series(self.http_in_progress, "method")
         self._finished_keys: dict[tuple[str, str, int], tuple[Any, Any, Any]] = {}
+        # The latest request behind chosen counter series (5xx answers, unhandled errors).
+        self._counter_examples: dict[str, dict[exposition.LabelKey, RawExemplar]] = {
+            "http_requests_total": {},
+            "app_errors_total": {},
+        }
         self._process = psutil.Process(os.getpid())
         self._last_cpu = 0.0
         self._scrape_readers: list[Callable[[], Awaitable[None]]] = []
@@ -375,25 +398,45 @@ class Metrics:
     def request_started(self, method: str) -> None:
         self._in_progress.add((method,), 1)
 
-    def request_finished(self, method: str, endpoint: str, status: int, seconds: float) -> None:
+    def request_finished(
+        self,
+        method: str,
+        endpoint: str,
+        status: int,
+        seconds: float,
+        request_id: str | None = None,
+        trace_id: str | None = None,
+    ) -> None:
         # One lookup finds the three series a finished request changes (in progress, count,
         # duration): the hottest path of the metrics, once per request.
+        example = (request_id, trace_id, seconds, time.time()) if request_id is not None else None
         keys = self._finished_keys.get((method, endpoint, status))
         if keys is None:
-            self._first_finished(method, endpoint, status, seconds)
+            self._first_finished(method, endpoint, status, seconds, example)
         else:
             in_progress, requests, duration = keys
             self._in_progress.store[in_progress] -= 1
             self._requests.store[requests] += 1
-            self._durations.store[duration].observe(seconds)
+            self._durations.store[duration].observe(seconds, example)
+        if status >= 500 and example is not None:
+            text = _STATUS_TEXT.get(status) or str(status)
+            sample = (("endpoint", endpoint), ("method", method), ("status", text))
+            self._counter_examples["http_requests_total"][sample] = (*example[:2], 1.0, example[3])
         if status == 429:
             self.rate_limited.inc({"endpoint": endpoint})
 
-    def _first_finished(self, method: str, endpoint: str, status: int, seconds: float) -> None:
+    def _first_finished(
+        self,
+        method: str,
+        endpoint: str,
+        status: int,
+        seconds: float,
+        example: RawExemplar | None,
+    ) -> None:
         labels = (method, endpoint, _STATUS_TEXT.get(status) or str(status))
         self._in_progress.add((method,), -1)
         self._requests.add(labels)
-        self._durations.observe((method, endpoint), seconds)
+        self._durations.observe((method, endpoint), seconds, example)
         self._finished_keys[method, endpoint, status] = (
             self._in_progress.key((method,)),
             self._requests.key(labels),
@@ -407,10 +450,26 @@ class Metrics:
         self.auth_logouts.inc({"scope": scope})
 
     def record_error(self, exception: BaseException) -> None:
-        self.app_errors.inc({"type": error_type_label(exception)})
+        label = error_type_label(exception)
+        self.app_errors.inc({"type": label})
+        context = current_context()
+        if context is not None:
+            trace_id = context.trace.trace_id if context.trace is not None else None
+            example = (context.request_id, trace_id, 1.0, time.time())
+            self._counter_examples["app_errors_total"][(("type", label),)] = example
+
+    def _exemplars(self) -> dict[str, dict[exposition.LabelKey, exposition.Exemplar]]:
+        made: dict[str, dict[exposition.LabelKey, exposition.Exemplar]] = {}
+        for name, examples in self._counter_examples.items():
+            made[name] = {}
+            for sample, (request_id, trace_id, value, at) in list(examples.items()):
+                labels = exposition.exemplar_labels(request_id, trace_id)
+                if labels is not None:
+                    made[name][sample] = (labels, value, at)
+        return made
 
     def snapshot(self) -> exposition.Snapshot:
-        return exposition.snapshot(self.registry, self._gauge_merge)
+        return exposition.snapshot(self.registry, self._gauge_merge, self._exemplars())
 
     def watch_pool(self, engine: AsyncEngine) -> None:
         """The engine whose connection pool `db_pool_connections` reports (handed in by the

@@ -1,0 +1,129 @@
+"""OpenMetrics with exemplars, by content negotiation: from a latency bucket or an error count
+to the very request behind it. Checked with prometheus_client's strict OpenMetrics parser."""
+
+from __future__ import annotations
+
+import gzip
+from typing import Any
+
+import pytest
+from prometheus_client.openmetrics.parser import text_string_to_metric_families
+from pydantic import SecretStr
+
+from service.app import create_app
+from service.observability import exposition
+from service.settings import Settings
+from tests.conftest import Client, login
+from tests.support.metrics_helpers import parse
+from tests.support.server import free_port
+
+OPENMETRICS = "application/openmetrics-text;version=1.0.0,text/plain;version=0.0.4;q=0.5"
+TRACE = "4bf92f3577b34da6a3ce929d0e0e4736"
+
+
+def _openmetrics(text: str) -> dict[str, Any]:
+    """Every sample by name and labels (the parser refuses anything OpenMetrics forbids)."""
+    assert text.endswith("# EOF\n")
+    return {
+        (sample.name, frozenset(sample.labels.items())): sample
+        for family in text_string_to_metric_families(text)
+        for sample in family.samples
+    }
+
+
+@pytest.mark.parametrize("backend", ["embedded"], indirect=True)
+async def test_a_latency_bucket_names_the_request_that_landed_in_it(client: Client) -> None:
+    traced = {"X-Request-ID": "exemplar-request-0001", "traceparent": f"00-{TRACE}-{'1' * 16}-01"}
+    assert (await client.get("/", headers=traced)).status_code == 200
+    response = await client.get("/metrics", headers={"Accept": OPENMETRICS})
+    assert response.content_type == exposition.OPENMETRICS_CONTENT_TYPE
+    samples = _openmetrics(await response.get_data(as_text=True))
+    buckets = [
+        sample
+        for (name, labels), sample in samples.items()
+        if name == "http_request_duration_seconds_bucket"
+        and ("endpoint", "/") in labels
+        and sample.exemplar is not None
+    ]
+    (bucket,) = buckets  # one observation: one bucket holds its exemplar
+    assert bucket.exemplar.labels == {"request_id": "exemplar-request-0001", "trace_id": TRACE}
+    empty = [
+        float(dict(labels)["le"])
+        for (name, labels), sample in samples.items()
+        if name == "http_request_duration_seconds_bucket"
+        and ("endpoint", "/") in labels
+        and sample.value == 0
+    ]
+    low = max(empty, default=0.0)  # the bucket below the exemplar's holds nothing
+    assert low < bucket.exemplar.value <= float(bucket.labels["le"])
+    assert bucket.exemplar.timestamp is not None
+    # Counters keep their `_total` samples; the classic format is unchanged and has no exemplar.
+    assert (
+        "http_requests_total",
+        frozenset({("method", "GET"), ("endpoint", "/"), ("status", "200")}),
+    ) in samples
+    classic = await (await client.get("/metrics")).get_data(as_text=True)
+    assert " # {" not in classic and "# EOF" not in classic
+    parse(classic)
+
+
+@pytest.mark.parametrize("backend", ["postgres"], indirect=True)
+async def test_a_5xx_count_names_its_latest_request(settings: Settings) -> None:
+    closed = f"postgresql+asyncpg://x@127.0.0.1:{free_port()}/x"
+    app = create_app(settings.model_copy(update={"database_url": SecretStr(closed)}))
+    async with app.test_app() as test_app:
+        client = test_app.test_client()
+        first = await login(client)
+        second = await login(client)
+        assert (first.status_code, second.status_code) == (503, 503)
+        text = await (await client.get("/metrics", headers={"Accept": OPENMETRICS})).get_data(
+            as_text=True
+        )
+    labels = frozenset({("method", "POST"), ("endpoint", "/api/auth/login"), ("status", "503")})
+    sample = _openmetrics(text)[("http_requests_total", labels)]
+    assert sample.value == 2
+    assert sample.exemplar.labels == {"request_id": second.headers["X-Request-ID"]}
+
+
+@pytest.mark.parametrize("backend", ["embedded"], indirect=True)
+async def test_exemplar_labels_keep_to_128_characters(client: Client) -> None:
+    long_id = "L" * 120  # accepted as a request id (up to 128), too long for an exemplar
+    await client.get("/", headers={"X-Request-ID": long_id})
+    await client.get("/api/auth/me", headers={
+        "X-Request-ID": long_id, "traceparent": f"00-{TRACE}-{'2' * 16}-00"
+    })  # fmt: skip
+    text = await (await client.get("/metrics", headers={"Accept": OPENMETRICS})).get_data(
+        as_text=True
+    )
+    examples = [s.exemplar.labels for s in _openmetrics(text).values() if s.exemplar is not None]
+    assert examples == [{"trace_id": TRACE}]  # "/" alone had nothing that fits
+
+
+@pytest.mark.parametrize("backend", ["embedded"], indirect=True)
+@pytest.mark.parametrize("accept", [OPENMETRICS, "*/*"])
+async def test_gzip_when_asked(client: Client, accept: str) -> None:
+    plain = await (await client.get("/metrics", headers={"Accept": accept})).get_data()
+    response = await client.get(
+        "/metrics", headers={"Accept": accept, "Accept-Encoding": "gzip, deflate"}
+    )
+    assert response.headers["Content-Encoding"] == "gzip"
+    assert "Accept-Encoding" in response.headers["Vary"]
+    unpacked = gzip.decompress(await response.get_data())
+    assert unpacked.splitlines()[:5] == plain.splitlines()[:5]
+
+
+def test_workers_merge_exemplars_latest_first() -> None:
+    def worker(request_id: str, at: float) -> exposition.Snapshot:
+        family = exposition.Family("errors_total", "counter", "Errors.")
+        family.samples[(("type", "x"),)] = 1.0
+        family.exemplars[(("type", "x"),)] = ((("request_id", request_id),), 1.0, at)
+        return {"errors_total": family}
+
+    older, newer = worker("older-request", 100.0), worker("newer-request", 200.0)
+    for parts in ([older, newer], [newer, older]):
+        round_trip = [exposition.from_json(exposition.to_json(part)) for part in parts]
+        merged = exposition.merge(round_trip)
+        text = exposition.render_openmetrics(merged).decode()
+        (sample,) = [s for s in _openmetrics(text).values() if s.name == "errors_total"]
+        assert sample.value == 2
+        assert sample.exemplar.labels == {"request_id": "newer-request"}
