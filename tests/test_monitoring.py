@@ -7,6 +7,7 @@ import re
 import signal
 import subprocess
 import threading
+import time
 import uuid
 from collections.abc import Iterator
 from contextlib import contextmanager, suppress
@@ -414,3 +415,35 @@ def test_monitoring_run_on_ports_of_choice(tmp_path: Path, postgres_url: str) ->
         finally:
             run.send_signal(signal.SIGTERM)
             assert run.wait(timeout=30) is not None
+
+
+def test_prometheus_stores_the_exemplars_it_scrapes(tmp_path: Path, postgres_url: str) -> None:
+    """A real Prometheus (exemplar storage on, as monitoring/run starts it) asks for
+    OpenMetrics by itself and keeps the request id of a request that landed in a bucket."""
+    with running_server(tmp_path, _service_env(postgres_url)) as server:
+        target = server.base_url.removeprefix("http://")
+        config = prometheus_config(tmp_path, target, None, shorten=False)
+        with prometheus(tmp_path, config) as url:
+            request_id = f"exemplar-{uuid.uuid4().hex}"
+            trace = "4bf92f3577b34da6a3ce929d0e0e4736"
+            headers = {"X-Request-ID": request_id, "traceparent": f"00-{trace}-{'3' * 16}-01"}
+            assert httpx.get(server.base_url + "/", headers=headers).status_code == 200
+
+            def stored() -> list[dict[str, Any]]:
+                now = time.time()
+                found = httpx.get(
+                    url + "/api/v1/query_exemplars",
+                    params={
+                        "query": 'http_request_duration_seconds_bucket{endpoint="/"}',
+                        "start": now - 300,
+                        "end": now + 60,
+                    },
+                    timeout=10,
+                ).json()["data"]
+                return [e["labels"] for series in found for e in series["exemplars"]]
+
+            wait_until(
+                lambda: {"request_id": request_id, "trace_id": trace} in stored(),
+                60,
+                f"Prometheus kept no exemplar for {request_id}: {stored()}",
+            )

@@ -94,6 +94,7 @@ def prometheus(tmp_path: Path, config: Path) -> Iterator[str]:
         # Alerts that fire before Alertmanager is discovered (up to 5 s) are otherwise only
         # re-sent after the default minute.
         "--rules.alert.resend-delay=2s",
+        "--enable-feature=exemplar-storage",  # as monitoring/run starts it
     ]
     url = f"http://127.0.0.1:{port}"
     with process(command, url + "/-/ready", tmp_path / "prometheus.log"):
