@@ -20,7 +20,7 @@ import yaml
 
 from service.settings import Settings
 from tests.conftest import REDIS_URL
-from tests.support.server import Server, free_port, running_server
+from tests.support.server import PRODUCTION_ENV, Server, free_port, running_server
 from tests.support.stack import (
     MONITORING,
     ThreadedProxy,
@@ -418,32 +418,47 @@ def test_monitoring_run_on_ports_of_choice(tmp_path: Path, postgres_url: str) ->
 
 
 def test_prometheus_stores_the_exemplars_it_scrapes(tmp_path: Path, postgres_url: str) -> None:
-    """A real Prometheus (exemplar storage on, as monitoring/run starts it) asks for
-    OpenMetrics by itself and keeps the request id of a request that landed in a bucket."""
-    with running_server(tmp_path, _service_env(postgres_url)) as server:
+    """A real Prometheus (exemplar storage on, as monitoring/run starts it) asks for OpenMetrics
+    by itself and keeps, for a slow request's latency bucket, a 500's count and an unhandled
+    error's count, the request id the client received, which names a request_finished line."""
+    env = {**_service_env(postgres_url, LOG_LEVEL="INFO"), **PRODUCTION_ENV}
+    with running_server(tmp_path, env, app="tests.support.apps:app") as server:
         target = server.base_url.removeprefix("http://")
         config = prometheus_config(tmp_path, target, None, shorten=False)
         with prometheus(tmp_path, config) as url:
-            request_id = f"exemplar-{uuid.uuid4().hex}"
             trace = "4bf92f3577b34da6a3ce929d0e0e4736"
-            headers = {"X-Request-ID": request_id, "traceparent": f"00-{trace}-{'3' * 16}-01"}
-            assert httpx.get(server.base_url + "/", headers=headers).status_code == 200
+            traced = {"traceparent": f"00-{trace}-{'3' * 16}-01"}
+            slow = httpx.get(server.base_url + "/test/slow/300", headers=traced, timeout=30)
+            boom = httpx.get(server.base_url + "/test/boom", timeout=30)
+            assert (slow.status_code, boom.status_code) == (200, 500)
+            slow_id, boom_id = slow.headers["X-Request-ID"], boom.headers["X-Request-ID"]
 
-            def stored() -> list[dict[str, Any]]:
+            def kept(query: str) -> list[dict[str, str]]:
                 now = time.time()
                 found = httpx.get(
                     url + "/api/v1/query_exemplars",
-                    params={
-                        "query": 'http_request_duration_seconds_bucket{endpoint="/"}',
-                        "start": now - 300,
-                        "end": now + 60,
-                    },
+                    params={"query": query, "start": now - 300, "end": now + 60},
                     timeout=10,
                 ).json()["data"]
                 return [e["labels"] for series in found for e in series["exemplars"]]
 
-            wait_until(
-                lambda: {"request_id": request_id, "trace_id": trace} in stored(),
-                60,
-                f"Prometheus kept no exemplar for {request_id}: {stored()}",
-            )
+            for query, labels in (
+                (
+                    'http_request_duration_seconds_bucket{endpoint="/test/slow/<int:milliseconds>"}',
+                    {"request_id": slow_id, "trace_id": trace},
+                ),
+                ('http_requests_total{status="500"}', {"request_id": boom_id}),
+                ("app_errors_total", {"request_id": boom_id}),
+            ):
+                wait_until(
+                    lambda q=query, want=labels: want in kept(q),
+                    60,
+                    f"Prometheus kept no exemplar {labels} for {query}: {kept(query)}",
+                )
+    finished = {
+        event["request_id"]: event
+        for event in map(json.loads, filter(lambda line: line.startswith("{"), server.lines()))
+        if event["event"] == "request_finished"
+    }
+    assert finished[slow_id]["trace_id"] == trace
+    assert finished[boom_id]["status"] == 500
