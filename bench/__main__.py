@@ -21,6 +21,7 @@ BENCHMARKS = {
     "login_timing": "bench.login_timing",
     "password_policy": "bench.password_policy",
     "failure_paths": "bench.failure_paths",
+    "exemplars": "bench.exemplars",
 }
 
 
