@@ -127,3 +127,25 @@ def test_workers_merge_exemplars_latest_first() -> None:
         (sample,) = [s for s in _openmetrics(text).values() if s.name == "errors_total"]
         assert sample.value == 2
         assert sample.exemplar.labels == {"request_id": "newer-request"}
+
+
+@pytest.mark.parametrize("backend", ["embedded"], indirect=True)
+async def test_hostile_ids_cannot_break_either_format(client: Client) -> None:
+    hostile = [
+        {"X-Request-ID": 'abc"} 1 # {x="y'},
+        {"X-Request-ID": "with space-0123456789"},
+        {"X-Request-ID": "a" * 129},
+        {"traceparent": '00-4bf92f3577b34da6a3ce929d0e0e4736-"00f067aa0ba902b7-01'},
+        {"traceparent": "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01 # {}"},
+    ]
+    for headers in hostile:
+        await client.get("/nope/%C3%A9%22%7D", headers=headers)
+        await client.get("/", headers=headers)
+    openmetrics = await (await client.get("/metrics", headers={"Accept": OPENMETRICS})).get_data(
+        as_text=True
+    )
+    samples = _openmetrics(openmetrics)
+    examples = [s.exemplar.labels for s in samples.values() if s.exemplar is not None]
+    assert examples and all(set(labels) == {"request_id"} for labels in examples)
+    assert all(len(labels["request_id"]) == 32 for labels in examples)  # replaced, not kept
+    parse(await (await client.get("/metrics")).get_data(as_text=True))
