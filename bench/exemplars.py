@@ -20,11 +20,11 @@ from typing import Any
 
 from bench.machine import spread, summary, write
 from bench.metrics_cost import (
+    _SCOPE,
     REQUESTS,
     RUNS,
     _configure,
-    _receive,
-    _send,
+    _per_request_us,
     _time_ms,
     _trivial_app,
     populate,
@@ -34,13 +34,7 @@ from service.observability.metrics import Metrics
 from service.request_record import RequestObserver
 from service.settings import load_settings
 
-_PLAIN = {
-    "type": "http",
-    "method": "GET",
-    "path": "/api/auth/me",
-    "headers": [(b"host", b"localhost"), (b"x-request-id", b"bench-request-0001")],
-    "client": ("127.0.0.1", 50000),
-}
+_PLAIN = _SCOPE
 _TRACED = {
     **_PLAIN,
     "headers": [
@@ -48,13 +42,6 @@ _TRACED = {
         (b"traceparent", b"00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01"),
     ],
 }
-
-
-async def _per_request_us(app: Any, scope: dict[str, Any]) -> float:
-    started = time.perf_counter()
-    for _ in range(REQUESTS):
-        await app(dict(scope), _receive, _send)
-    return (time.perf_counter() - started) / REQUESTS * 1e6
 
 
 def _recording_us(metrics: Metrics, request_id: str | None) -> float:

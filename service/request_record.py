@@ -123,14 +123,13 @@ class RequestObserver:
         finally:
             elapsed = time.perf_counter() - started_at
             if track:
-                trace_id = context.trace.trace_id if context.trace is not None else None
                 self.metrics.request_finished(
                     method,
                     context.route or UNMATCHED,
                     status,
                     elapsed,
                     context.request_id,
-                    trace_id,
+                    context.trace_id,
                 )
             if self.settings.log_health_requests or not is_poll:
                 self._log_finished(context, status, elapsed, sent_bytes)

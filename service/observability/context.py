@@ -57,6 +57,10 @@ class RequestContext:
     # and probe requests do.
     has_cookies: bool = False
 
+    @property
+    def trace_id(self) -> str | None:
+        return self.trace.trace_id if self.trace is not None else None
+
 
 _current: ContextVar[RequestContext | None] = ContextVar("request_context", default=None)
 

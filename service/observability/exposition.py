@@ -30,6 +30,8 @@ Merge = Literal["sum", "max", "min"]
 LabelKey = tuple[tuple[str, str], ...]
 # An exemplar: its labels, the observed value, and when (seconds since the epoch).
 Exemplar = tuple[LabelKey, float, float]
+# As recorded per request, cheaply: request id, trace id, value, time; labels are made on scrape.
+RawExemplar = tuple[str, str | None, float, float]
 
 
 @dataclass(slots=True)
@@ -57,7 +59,7 @@ Snapshot = dict[str, Family]
 def snapshot(
     registry: Registry,
     gauge_merge: dict[str, Merge],
-    counter_exemplars: dict[str, dict[LabelKey, Exemplar]] | None = None,
+    counter_exemplars: dict[str, dict[LabelKey, RawExemplar]] | None = None,
 ) -> Snapshot:
     """Copy every collector's current values; runs on the loop, so nothing changes meanwhile.
 
@@ -83,8 +85,10 @@ def snapshot(
                         family.exemplars[(*labels, ("le", _format_bound(bound)))] = example
             else:
                 family.samples[labels] = value
-        if counter_exemplars and collector.name in counter_exemplars:
-            family.exemplars.update(counter_exemplars[collector.name])
+        for labels, raw in (counter_exemplars or {}).get(collector.name, {}).items():
+            example = _from_raw(raw)
+            if example is not None:
+                family.exemplars[labels] = example
         families[collector.name] = family
     return families
 
@@ -218,8 +222,8 @@ def exemplar_labels(request_id: str, trace_id: str | None) -> LabelKey | None:
     return labels or None
 
 
-def _from_raw(raw: tuple[str, str | None, float, float] | None) -> Exemplar | None:
-    """(request id, trace id, value, time) as recorded per request, into an exemplar."""
+def _from_raw(raw: RawExemplar | None) -> Exemplar | None:
+    """An exemplar as recorded per request, with its labels made."""
     if raw is None:
         return None
     request_id, trace_id, value, at = raw

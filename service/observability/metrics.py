@@ -70,10 +70,6 @@ LOGOUT_SCOPES: tuple[LogoutScope, ...] = get_args(LogoutScope)
 _STATUS_TEXT = {status: str(status) for status in range(100, 600)}
 
 
-# What an exemplar needs, kept raw on the hot path: request id, trace id, value, time.
-RawExemplar = tuple[str, str | None, float, float]
-
-
 class Series:
     """A fast path over one aioprometheus collector for a fixed list of label names.
 
@@ -100,7 +96,7 @@ class Series:
             self._store[key] += amount
 
     def observe(
-        self, values: tuple[str, ...], amount: float, example: RawExemplar | None = None
+        self, values: tuple[str, ...], amount: float, example: exposition.RawExemplar | None = None
     ) -> None:
         key = self._keys.get(values)
         if key is None:
@@ -143,7 +139,7 @@ class BucketCounts:
         self.observations = observations
         self.sum = total
         # The latest request seen in each bucket; its labels are made only when scraped.
-        self.exemplars: list[RawExemplar | None] = [None] * len(bounds)
+        self.exemplars: list[exposition.RawExemplar | None] = [None] * len(bounds)
 
     @classmethod
     def replacing(cls, histogram: Any) -> BucketCounts:
@@ -152,7 +148,7 @@ class BucketCounts:
         counts = [now - before for now, before in zip(cumulative, [0, *cumulative], strict=False)]
         return cls(list(histogram.buckets), counts, histogram.observations, histogram.sum)
 
-    def observe(self, value: float, example: RawExemplar | None = None) -> None:
+    def observe(self, value: float, example: exposition.RawExemplar | None = None) -> None:
         # The first bound >= value: Prometheus buckets are "less than or equal".
         index = bisect_left(self._bounds, value)
         self._counts[index] += 1
@@ -161,7 +157,7 @@ class BucketCounts:
         if example is not None:
             self.exemplars[index] = example
 
-    def remember(self, value: float, example: RawExemplar) -> None:
+    def remember(self, value: float, example: exposition.RawExemplar) -> None:
         """Keep `example` for the bucket of `value`, already counted."""
         self.exemplars[bisect_left(self._bounds, value)] = example
 
@@ -367,7 +363,7 @@ class Metrics:
         self._in_progress = Series(self.http_in_progress, "method")
         self._finished_keys: dict[tuple[str, str, int], tuple[Any, Any, Any]] = {}
         # The latest request behind chosen counter series (5xx answers, unhandled errors).
-        self._counter_examples: dict[str, dict[exposition.LabelKey, RawExemplar]] = {
+        self._counter_examples: dict[str, dict[exposition.LabelKey, exposition.RawExemplar]] = {
             "http_requests_total": {},
             "app_errors_total": {},
         }
@@ -431,7 +427,7 @@ class Metrics:
         endpoint: str,
         status: int,
         seconds: float,
-        example: RawExemplar | None,
+        example: exposition.RawExemplar | None,
     ) -> None:
         labels = (method, endpoint, _STATUS_TEXT.get(status) or str(status))
         self._in_progress.add((method,), -1)
@@ -454,22 +450,11 @@ class Metrics:
         self.app_errors.inc({"type": label})
         context = current_context()
         if context is not None:
-            trace_id = context.trace.trace_id if context.trace is not None else None
-            example = (context.request_id, trace_id, 1.0, time.time())
+            example = (context.request_id, context.trace_id, 1.0, time.time())
             self._counter_examples["app_errors_total"][(("type", label),)] = example
 
-    def _exemplars(self) -> dict[str, dict[exposition.LabelKey, exposition.Exemplar]]:
-        made: dict[str, dict[exposition.LabelKey, exposition.Exemplar]] = {}
-        for name, examples in self._counter_examples.items():
-            made[name] = {}
-            for sample, (request_id, trace_id, value, at) in list(examples.items()):
-                labels = exposition.exemplar_labels(request_id, trace_id)
-                if labels is not None:
-                    made[name][sample] = (labels, value, at)
-        return made
-
     def snapshot(self) -> exposition.Snapshot:
-        return exposition.snapshot(self.registry, self._gauge_merge, self._exemplars())
+        return exposition.snapshot(self.registry, self._gauge_merge, self._counter_examples)
 
     def watch_pool(self, engine: AsyncEngine) -> None:
         """The engine whose connection pool `db_pool_connections` reports (handed in by the
