@@ -5,7 +5,8 @@ Four servers, each one worker pinned to core 0, wrk on core 1, all on loopback:
 - `service`: the service, production settings, request observability on;
 - `service-off`: the same with `REQUEST_OBSERVABILITY=false`;
 - `flask`: the original design (bench/reference_flask), gunicorn with one sync worker.
-Part 1 (`GET /`, 64 connections) and part 2 (`/api/health` and a login, at 1, 16 and 64
+Part 1 (`GET /`, 64 connections) and part 2 (`/api/health`, a login and a signed-in
+`GET /api/auth/me` with the session cookie each server's login gave, at 1, 16 and 64
 connections, service against flask) repeat every measurement 5 times, interleaved A/B/A/B, after a
 warm-up, on real PostgreSQL (a `scene_packer_bench` database, migrated) and Redis.
 """
@@ -18,7 +19,8 @@ import subprocess
 import sys
 import tempfile
 import time
-from contextlib import ExitStack
+from collections.abc import Iterator, Mapping
+from contextlib import ExitStack, contextmanager
 from pathlib import Path
 from typing import Any
 
@@ -142,33 +144,70 @@ def _trivial(servers: dict[str, Server]) -> dict[str, Any]:
 
 def _versus_flask(servers: dict[str, Server], login_script: Path) -> dict[str, Any]:
     out: dict[str, Any] = {}
-    for endpoint, path, script in (
-        ("health", "/api/health", None),
-        ("login", "/api/auth/login", login_script),
-    ):
-        for connections in CONCURRENCY:
-            for name in ("service", "flask"):
-                wrk(servers[name].url + path, connections=connections, seconds=2, script=script)
-            runs: dict[str, list[dict[str, float]]] = {"service": [], "flask": []}
-            for _ in range(ROUNDS):
-                for name in ("service", "flask"):
-                    seconds = LOGIN_SECONDS if script is not None else COMPARE_SECONDS
-                    runs[name].append(
-                        wrk(servers[name].url + path, connections=connections,
-                            seconds=seconds, script=script, server=servers[name])
-                    )  # fmt: skip
-                    _drain(servers[name].url)
-                    print(endpoint, connections, name, runs[name][-1], flush=True)
-            ratios = [
-                s["rps"] / f["rps"] if f["rps"] else float("nan")
-                for s, f in zip(runs["service"], runs["flask"], strict=True)
-            ]
-            out[f"{endpoint}_{connections}"] = {
-                "service": _summarise(runs["service"]),
-                "flask": _summarise(runs["flask"]),
-                "throughput_ratio": summary(ratios),
-            }
+    with ExitStack() as stack:
+        me_scripts = {
+            name: stack.enter_context(_signed_in_script(servers[name].url))
+            for name in ("service", "flask")
+        }
+        for endpoint, path, scripts in (
+            ("health", "/api/health", {"service": None, "flask": None}),
+            ("me", "/api/auth/me", me_scripts),
+            ("login", "/api/auth/login", {"service": login_script, "flask": login_script}),
+        ):
+            for connections in CONCURRENCY:
+                out[f"{endpoint}_{connections}"] = _service_against_flask(
+                    servers, endpoint, path, connections, scripts
+                )
     return out
+
+
+@contextmanager
+def _signed_in_script(base_url: str) -> Iterator[Path]:
+    """A wrk script sending the session cookie a login on `base_url` gave."""
+    response = httpx.post(
+        base_url + "/api/auth/login", json={"username": "bench", "password": PASSWORD}
+    )
+    response.raise_for_status()
+    cookie = "; ".join(f"{name}={value}" for name, value in response.cookies.items())
+    httpx.get(base_url + "/api/auth/me", headers={"Cookie": cookie}).raise_for_status()
+    with tempfile.NamedTemporaryFile("w", suffix=".lua", delete=False) as script:
+        script.write(f'wrk.headers["Cookie"] = "{cookie}"\n')
+    try:
+        yield Path(script.name)
+    finally:
+        Path(script.name).unlink()
+
+
+def _service_against_flask(
+    servers: dict[str, Server],
+    endpoint: str,
+    path: str,
+    connections: int,
+    scripts: Mapping[str, Path | None],
+) -> dict[str, Any]:
+    for name in ("service", "flask"):
+        script = scripts[name]
+        wrk(servers[name].url + path, connections=connections, seconds=2, script=script)
+    runs: dict[str, list[dict[str, float]]] = {"service": [], "flask": []}
+    for _ in range(ROUNDS):
+        for name in ("service", "flask"):
+            script = scripts[name]
+            seconds = LOGIN_SECONDS if endpoint == "login" else COMPARE_SECONDS
+            runs[name].append(
+                wrk(servers[name].url + path, connections=connections,
+                    seconds=seconds, script=script, server=servers[name])
+            )  # fmt: skip
+            _drain(servers[name].url)
+            print(endpoint, connections, name, runs[name][-1], flush=True)
+    ratios = [
+        s["rps"] / f["rps"] if f["rps"] else float("nan")
+        for s, f in zip(runs["service"], runs["flask"], strict=True)
+    ]
+    return {
+        "service": _summarise(runs["service"]),
+        "flask": _summarise(runs["flask"]),
+        "throughput_ratio": summary(ratios),
+    }
 
 
 def _drain(base_url: str) -> None:
@@ -226,7 +265,7 @@ def _table(results: dict[str, Any]) -> str:
     lines += [
         "",
         "Against the original design (Flask, gunicorn sync), one worker each, interleaved "
-        "5 × 5 s (health) and 5 × 10 s (login):",
+        "5 × 5 s (health, a signed-in `GET /api/auth/me`) and 5 × 10 s (login):",
         "",
         "| endpoint | connections | service req/s | flask req/s | ratio median (min–max) "
         "| service p99 ms | flask p99 ms | service CPU µs/request | flask CPU µs/request |",

@@ -19,6 +19,7 @@ requests is the cost per request, start-up and shutdown excluded.
 from __future__ import annotations
 
 import asyncio
+import importlib
 import os
 import re
 import shutil
@@ -46,12 +47,20 @@ FEW, MANY = 200, 1_200
 SERVER_FEW, SERVER_MANY = 200, 2_200
 SERVER_ROUNDS = 3
 WARM_UP = 200
+# `ceiling`: the bare Quart app of bench/ceiling_app.py answering the same `GET /` (the
+# performance issue's framework tax is `off` against it).
+CEILING_APP = "bench.ceiling_app:app"
 VARIANTS = {
+    "ceiling": {"BENCH_APP": CEILING_APP},
     "off": {"REQUEST_OBSERVABILITY": "false"},
     "on": {},
     "on, no log line": {"LOG_LEVEL": "WARNING"},
 }
-SERVER_VARIANTS = {"off": {"REQUEST_OBSERVABILITY": "false"}, "on": {}}
+SERVER_VARIANTS = {
+    "ceiling": {"BENCH_APP": CEILING_APP},
+    "off": {"REQUEST_OBSERVABILITY": "false"},
+    "on": {},
+}
 _ENV = {
     "ENVIRONMENT": "production",
     "SECRET_KEY": "bench-secret-key-bench-secret-key-0123456789",
@@ -161,7 +170,8 @@ def _count_server(variant: str, requests: int) -> int:
         }  # fmt: skip
         command = [
             "valgrind", "--tool=callgrind", "--callgrind-out-file=/dev/null",
-            sys.executable, "-m", "hypercorn", "--config", str(config), "service.asgi:app",
+            sys.executable, "-m", "hypercorn", "--config", str(config),
+            env.get("BENCH_APP", "service.asgi:app"),
         ]  # fmt: skip
         log = Path(tmp) / "server.log"
         with open(log, "wb") as output:
@@ -171,7 +181,8 @@ def _count_server(variant: str, requests: int) -> int:
             try:
                 base_url = f"http://127.0.0.1:{port}"
                 # start-up under valgrind is slow
-                wait_ready(base_url, process, "/api/health/live", seconds=600)
+                ready_path = "/" if "BENCH_APP" in env else "/api/health/live"
+                wait_ready(base_url, process, ready_path, seconds=600)
                 with httpx.Client(base_url=base_url, timeout=120) as client:
                     for _ in range(WARM_UP + requests):
                         client.get("/").raise_for_status()
@@ -209,10 +220,7 @@ def _wait_idle(pid: int) -> None:
 
 
 async def _serve(requests: int) -> None:
-    from service.app import create_app
-    from service.settings import load_settings
-
-    app = create_app(load_settings())
+    app = _load_app()
     scope = {
         "type": "http", "asgi": {"version": "3.0"}, "http_version": "1.1", "method": "GET",
         "scheme": "http", "path": "/", "raw_path": b"/", "query_string": b"", "root_path": "",
@@ -238,6 +246,17 @@ async def _serve(requests: int) -> None:
 
     for _ in range(WARM_UP + requests):
         await app(scope, receiver(), send)
+
+
+def _load_app() -> Any:
+    """The service as `create_app` makes it, or the app BENCH_APP names (`module:attribute`)."""
+    if "BENCH_APP" in os.environ:
+        module, _, attribute = os.environ["BENCH_APP"].partition(":")
+        return getattr(importlib.import_module(module), attribute)
+    from service.app import create_app
+    from service.settings import load_settings
+
+    return create_app(load_settings())
 
 
 if __name__ == "__main__":

@@ -21,6 +21,7 @@ from quart_schema.openapi import OpenAPIProvider
 from service.errors import ErrorBody
 from service.settings import Settings
 from service.version import VERSION
+from service.wrappers import ServiceJSONProvider
 
 DOCS_ASSETS_PATH = "/docs/assets"
 _SWAGGER_FILES = {"swagger-ui-bundle.js", "swagger-ui.css", "favicon-32x32.png", "LICENSE"}
@@ -38,6 +39,29 @@ def declare_errors(*statuses: int) -> Callable[[Route], Route]:
         return route
 
     return declare
+
+
+def _render_with_orjson(app: Quart) -> None:
+    """quart-schema installs its JSON provider (the standard library's encoder, with pydantic's
+    conversion for what JSON has no type for); this one renders through orjson
+    (service/wrappers.py) and keeps quart-schema's conversion."""
+    app.json = ServiceJSONProvider(app, default=getattr(app.json, "default", None))
+
+
+def _convert_only_models(app: Quart) -> None:
+    """quart-schema wraps `make_response` to turn returned models into JSON, on every answer;
+    the routes here return finished Responses, for which the conversion did nothing at a cost of
+    a few microseconds (two `model_dump` passes reading the app's config). Those go straight to
+    Quart's; anything else still goes through quart-schema."""
+    converting = app.make_response
+    plain = type(app).make_response.__get__(app)
+
+    async def make_response(result: Any) -> Any:
+        if isinstance(result, Response):
+            return await plain(result)
+        return await converting(result)
+
+    app.make_response = make_response  # type: ignore[method-assign]
 
 
 class NoContent:
@@ -61,6 +85,8 @@ def init_api_docs(app: Quart, settings: Settings) -> None:
         QuartSchema(
             app, openapi_path=None, swagger_ui_path=None, redoc_ui_path=None, scalar_ui_path=None
         )
+        _convert_only_models(app)
+        _render_with_orjson(app)
         return
     QuartSchema(
         app,
@@ -69,6 +95,8 @@ def init_api_docs(app: Quart, settings: Settings) -> None:
         scalar_ui_path=None,
         openapi_provider_class=_Provider,
     )
+    _convert_only_models(app)
+    _render_with_orjson(app)
     app.config.update(
         QUART_SCHEMA_SWAGGER_JS_URL=f"{DOCS_ASSETS_PATH}/swagger-ui-bundle.js",
         QUART_SCHEMA_SWAGGER_CSS_URL=f"{DOCS_ASSETS_PATH}/swagger-ui.css",

@@ -3,13 +3,16 @@
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
+from typing import Any
 
 import structlog
 from quart import Quart
 from quart.ctx import RequestContext
 from quart.globals import request_ctx
+from quart.sessions import NullSession, SessionInterface, SessionMixin
 from quart.typing import ResponseReturnValue, ResponseTypes
+from quart.wrappers import BaseRequestWebsocket
 
 from service.active_users import ActiveUsers, init_active_users
 from service.api_docs import init_api_docs
@@ -17,6 +20,7 @@ from service.blueprints import auth, health, meta, rum
 from service.blueprints import metrics as metrics_blueprint
 from service.cache import init_cache
 from service.db import init_db
+from service.deadlines import Deadlines
 from service.errors import deadline_exceeded, register_error_handlers
 from service.health import init_health
 from service.lifecycle import Lifecycle, StopReason, init_lifecycle
@@ -25,6 +29,7 @@ from service.observability.logging import configure_logging
 from service.observability.metrics import init_metrics, instrument_engine
 from service.observability.multiprocess import init_worker_snapshots
 from service.passwords import init_passwords
+from service.probes import ProbeEdge
 from service.proxy_fix import ProxyFix
 from service.rate_limits import init_rate_limits, rate_limited_routes
 from service.request_record import (
@@ -39,16 +44,38 @@ from service.unavailable import Dependency, FailureReason
 from service.wrappers import ServiceRequest
 
 _logger = structlog.get_logger("service.request")
+# Hooks, views, error handlers and session methods; a function made per request is not kept.
+_ASYNC_FUNCTIONS_KEPT = 1024
+
+
+class _NoCookieSession(SessionInterface):
+    """Quart's signed-cookie `session` is not used (sign-in keeps its sessions server-side,
+    service/sessions.py); opening and saving it built a signer on every request."""
+
+    null_session_class = NullSession
+    _null = NullSession()
+
+    async def open_session(self, app: Quart, request: BaseRequestWebsocket) -> NullSession:
+        return self._null
+
+    async def save_session(self, app: Quart, session: SessionMixin, response: object) -> None:
+        pass
 
 
 class ServiceApp(Quart):
     request_class = ServiceRequest
+    session_interface = _NoCookieSession()  # type: ignore[assignment]  # Quart names its own
     # Set by create_app when REQUEST_OBSERVABILITY is on: who to tell about a signed-in user.
     active_users: ActiveUsers | None = None
     request_timeout: float = 5.0  # REQUEST_TIMEOUT
+    deadlines: Deadlines
     # Told which dependency a request was waiting on when its deadline passed.
     dependency_failed: Callable[[Dependency, FailureReason], None] | None = None
     lifecycle: Lifecycle
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self._async_functions: dict[Callable[..., Any], Callable[..., Awaitable[Any]]] = {}
 
     def begin_draining(self, reason: StopReason, in_flight: int) -> None:
         """Called by the supervisor (service/supervisor.py) when this worker is to stop."""
@@ -61,12 +88,14 @@ class ServiceApp(Quart):
         # hashing queue), instead of their own timeouts adding up. Past it the work is cancelled
         # (connections are returned or discarded by their context managers) and the client is
         # told to retry.
+        task = self.deadlines.begin()
         try:
-            async with asyncio.timeout(self.request_timeout) as deadline:
-                return await super().full_dispatch_request(request_context)
-        except TimeoutError:
-            if not deadline.expired():
+            return await super().full_dispatch_request(request_context)
+        except asyncio.CancelledError:
+            if not self.deadlines.expired(task):
                 raise
+        finally:
+            self.deadlines.end(task)
         context = current_context()
         dependency = context.waiting_on if context is not None else None
         _logger.warning(
@@ -91,6 +120,17 @@ class ServiceApp(Quart):
 
     def log_exception(self, exc_info: ExcInfo) -> None:
         log_request_failure(exc_info)
+
+    def ensure_async(self, func: Callable[..., Any]) -> Callable[..., Awaitable[Any]]:
+        # Quart calls this for every hook, view and session method of every request; its
+        # `inspect.iscoroutinefunction` check cost more than most hooks themselves. The answer
+        # for a function does not change: remembered, for the few hundred functions an app has.
+        known = self._async_functions.get(func)
+        if known is None:
+            known = super().ensure_async(func)
+            if len(self._async_functions) < _ASYNC_FUNCTIONS_KEPT:
+                self._async_functions[func] = known
+        return known
 
 
 def create_app(settings: Settings | None = None) -> ServiceApp:
@@ -122,6 +162,8 @@ def create_app(settings: Settings | None = None) -> ServiceApp:
     if settings.request_observability:
         app.active_users = active_users
     app.request_timeout = settings.request_timeout
+    app.deadlines = Deadlines(settings.request_timeout)
+    app.after_serving(app.deadlines.close)
     app.dependency_failed = metrics.dependency_failed
     init_rate_limits(app, settings)
     init_passwords(app, settings)
@@ -135,6 +177,8 @@ def create_app(settings: Settings | None = None) -> ServiceApp:
     app.register_blueprint(rum.create_blueprint(app, settings, metrics))
     app.register_blueprint(auth.create_blueprint(settings, sessions, metrics))
     metrics.expect_rate_limits(rate_limited_routes(app))
+    # Inside the request record (request ids, metrics and log lines as for every request).
+    app.asgi_app = ProbeEdge(app.asgi_app, health_monitor)  # type: ignore[method-assign]
     if settings.request_observability:
         app.asgi_app = RequestObserver(app.asgi_app, settings, metrics)  # type: ignore[method-assign]
     if settings.trusted_proxies:

@@ -27,7 +27,7 @@ from typing import cast
 
 import orjson
 import structlog
-from quart import Quart
+from quart import Quart, Response, g
 from quart_auth import Action, AuthUser, QuartAuth, current_user
 from sqlalchemy.ext.asyncio import AsyncSession
 
@@ -333,6 +333,13 @@ class _SessionAuth(QuartAuth):
     def __init__(self, app: Quart, store: SessionStore) -> None:
         self.store = store
         super().__init__(app, user_class=SessionUser)
+
+    async def after_request(self, response: Response) -> Response:
+        # Nothing asked for the user (no cookie came, no login): there is no cookie to write.
+        # quart-auth would resolve the user of every request just to find that out.
+        if self.attribute_name not in g:
+            return response
+        return await super().after_request(response)
 
     def resolve_user(self) -> AuthUser:
         auth_id: object = self.load_cookie()  # cookie mode only (QUART_AUTH_MODE is not set)

@@ -1,4 +1,5 @@
-"""The request class the app uses: Quart's, with a JSON body that cannot become a 500.
+"""JSON in and out through orjson: the request class, with a body that cannot become a 500,
+and the provider behind `jsonify`.
 
 Quart decodes the body as UTF-8 before its own error handling and parses it with the standard
 library, so invalid UTF-8 (`UnicodeDecodeError`) or a deeply nested document (`RecursionError`)
@@ -6,14 +7,27 @@ escaped as a 500 that any client could cause. Here the bytes go to orjson (the p
 and the logs already use): it checks UTF-8 itself (RFC 8259: JSON is UTF-8), stops at 1,024 levels
 of nesting and refuses infinities, and every refusal is a `ValueError`, which Quart answers with
 400 (`bad_request`).
+
+`jsonify` renders with orjson too (the standard library's encoder was one of the larger costs of
+a small answer, bench/README.md), keeping what the provider it replaces (quart-schema's, set up
+in service/api_docs.py) promised: sorted keys, what JSON has no type for (dates, models) handed
+to that provider's `default` (pydantic's conversion: dates in ISO 8601), anything orjson refuses
+(an integer beyond 64 bits) rendered by the standard library, indented output in debug mode.
 """
 
 from __future__ import annotations
 
-from typing import Any
+import json
+from collections.abc import Callable
+from typing import Any, cast
 
 import orjson
+from quart import Quart
+from quart.json.provider import DefaultJSONProvider
 from quart.wrappers import Request
+
+# Dates go to the provider's `default`, as the standard library's encoder sent them there.
+_DUMP_OPTIONS = orjson.OPT_SORT_KEYS | orjson.OPT_NON_STR_KEYS | orjson.OPT_PASSTHROUGH_DATETIME
 
 
 class ServiceRequest(Request):
@@ -32,3 +46,31 @@ class ServiceRequest(Request):
         if cache:
             self._cached_json[silent] = result
         return result
+
+
+class ServiceJSONProvider(DefaultJSONProvider):
+    def __init__(self, app: Quart, default: Callable[[Any], Any] | None = None) -> None:
+        super().__init__(app)
+        if default is not None:
+            self.default = default
+
+    def dumps(self, obj: Any, **kwargs: Any) -> str:
+        # `dumps` has no final newline; `json_body` has, as `jsonify` writes it.
+        if kwargs:  # indentation or other `json.dumps` options: the standard library's
+            return super().dumps(obj, **kwargs)
+        return json_body(obj, self.default)[:-1].decode()
+
+    def response(self, *args: Any, **kwargs: Any) -> Any:
+        if self._app.debug:
+            return super().response(*args, **kwargs)
+        body = json_body(self._prepare_response_obj(args, kwargs), self.default)
+        return cast(Quart, self._app).response_class(body, mimetype=self.mimetype)
+
+
+def json_body(obj: Any, default: Callable[[Any], Any] = DefaultJSONProvider.default) -> bytes:
+    """`obj` as `jsonify` writes it (with its final newline); `default` renders what JSON has
+    no type for."""
+    try:
+        return orjson.dumps(obj, default=default, option=_DUMP_OPTIONS) + b"\n"
+    except TypeError:  # orjson.JSONEncodeError: let the standard library render or refuse it
+        return json.dumps(obj, default=default, sort_keys=True).encode() + b"\n"

@@ -32,6 +32,7 @@ LAYERS: list[tuple[str, tuple[str, ...]]] = [
         "http",
         (
             "service.errors",
+            "service.deadlines",
             "service.rate_limits",
             "service.proxy_fix",
             "service.request_record",
@@ -39,6 +40,7 @@ LAYERS: list[tuple[str, tuple[str, ...]]] = [
             "service.blueprints",
             "service.lifecycle",
             "service.api_docs",
+            "service.probes",
         ),
     ),
     ("app", ("service.app", "service.asgi")),

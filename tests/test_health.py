@@ -15,6 +15,7 @@ from pydantic import SecretStr
 from sqlalchemy.engine import make_url
 
 from service.app import create_app
+from service.observability.context import add_request_context
 from service.settings import Settings
 from tests.conftest import (
     PG_ADMIN_URL,
@@ -261,6 +262,78 @@ async def test_health_metrics_and_background_refresh(settings: Settings) -> None
     for check in ("database", "cache", "disk", "memory"):
         assert value(samples, "health_check_status", check=check) == 1
     assert value(samples, "health_check_duration_seconds_count", check="database") >= 2
+
+
+def test_probes_over_http_get_and_head(tmp_path: Path) -> None:
+    """Through hypercorn (the test client recomputes lengths): HEAD gives GET's headers, with
+    the length of the body it leaves out, on a kept-alive connection."""
+    with (
+        running_server(tmp_path, PRODUCTION_ENV) as server,
+        httpx.Client(base_url=server.base_url, timeout=HANG_GUARD) as client,
+    ):
+        for path in ("/api/health", "/api/health/live", "/api/health/ready"):
+            get = client.get(path, headers={"X-Request-ID": "probe-request-0001"})
+            head = client.head(path)
+            assert get.status_code == head.status_code == 200
+            assert get.headers["X-Request-ID"] == "probe-request-0001"
+            assert head.content == b"" and len(get.content) > 0
+            assert head.headers["Content-Length"] == str(len(get.content))
+            for header in ("Content-Type", "Cache-Control"):
+                assert head.headers[header] == get.headers[header]
+            assert get.headers["Content-Type"] == "application/json"
+            assert get.json()["status"] in ("healthy", "alive", "ready")
+
+
+async def test_probes_outside_the_edge_get_quarts_answers(client: Client) -> None:
+    """The edge answers only GET and HEAD on the exact paths; the rest reaches the routes."""
+    post = await client.post("/api/health/ready")
+    assert post.status_code == 405
+    error = (await post.get_json())["error"]
+    assert error["code"] == "method_not_allowed" and error["request_id"]
+    assert post.headers["X-Request-ID"] == error["request_id"]
+    assert (await client.get("/api/health/nothing")).status_code == 404
+    # Mounted under a root path, the app answers the same probes through its routes.
+    for path in ("/api/health", "/api/health/live", "/api/health/ready"):
+        edge = await client.get(path)
+        routed = await client.get(f"/svc{path}", root_path="/svc")
+        assert routed.status_code == edge.status_code == 200
+        assert routed.headers["Cache-Control"] == "no-store"
+        edge_body, routed_body = await edge.get_json(), await routed.get_json()
+        for body in (edge_body, routed_body):
+            body.pop("timestamp", None)
+            for check in body.get("checks", {}).values():
+                check.pop("duration_ms")
+        assert routed_body == edge_body
+
+
+async def test_probes_answer_when_the_apps_hooks_fail(settings: Settings) -> None:
+    """A broken per-request hook takes the routed requests down, not the load balancer's view."""
+    app = create_app(_with(settings))
+
+    @app.before_request
+    async def broken() -> None:
+        raise RuntimeError("a hook that fails")
+
+    async with app.test_app() as test_app:
+        client = test_app.test_client()
+        assert (await client.get("/")).status_code == 500
+        for path in ("/api/health", "/api/health/live", "/api/health/ready"):
+            response = await client.get(path)
+            assert response.status_code == 200, path
+            assert response.headers["X-Request-ID"]
+
+
+async def test_logged_probes_carry_their_route(settings: Settings) -> None:
+    app = create_app(_with(settings, log_health_requests=True, metrics_track_probes=True))
+    async with app.test_app() as test_app:
+        client = test_app.test_client()
+        with structlog.testing.capture_logs(processors=[add_request_context]) as events:
+            await client.get("/api/health/ready")
+        (line,) = [e for e in events if e["event"] == "request_finished"]
+        assert (line["status"], line["route"]) == (200, "/api/health/ready")
+        samples = parse(await (await client.get("/metrics")).get_data(as_text=True))
+    ready = {"endpoint": "/api/health/ready", "method": "GET", "status": "200"}
+    assert value(samples, "http_requests_total", **ready) == 1
 
 
 async def test_polls_are_not_logged_or_counted_by_default(client: Client) -> None:

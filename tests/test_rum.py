@@ -161,6 +161,8 @@ async def test_whole_beacon_rejections(rum: Client, body: bytes, status: int, re
     ("entry", "reason"),
     [
         ({"name": "FID", "value": 10}, "unknown_metric"),
+        ({"name": ["FCP"], "value": 10}, "unknown_metric"),  # unhashable: was a 500
+        ({"name": {"x": 1}, "value": 10}, "unknown_metric"),
         ({"name": "FCP", "value": -1}, "invalid_value"),
         ({"name": "LCP", "value": 61_000}, "invalid_value"),
         ({"name": "INP", "value": "fast"}, "invalid_value"),

@@ -2,18 +2,17 @@
 
 from __future__ import annotations
 
+from collections.abc import Awaitable, Callable
 from typing import Any, Literal
 
 from pydantic import BaseModel
 from quart import Blueprint, Response, jsonify
 from quart_schema import document_response
 
-from service.health import get_health
+from service.health import HealthMonitor, get_health
 from service.observability.context import HEALTH_PATH
 
 blueprint = Blueprint("health", __name__, url_prefix=HEALTH_PATH)
-
-_NO_STORE = {"Cache-Control": "no-store"}
 
 
 class HealthBody(BaseModel):
@@ -42,15 +41,14 @@ class Readiness(BaseModel):
 @document_response(HealthBody, 503)
 async def health() -> Response:
     """The full report: 200 when every critical check is healthy, 503 (degraded) otherwise."""
-    report = await get_health().report()
-    return _json(report.as_json(), 200 if report.ready else 503)
+    return _json(*await report_answer(get_health()))
 
 
 @blueprint.get("/live")
 @document_response(Liveness, 200)
 async def live() -> Response:
     """Liveness: touches no dependency; answers while the process serves."""
-    return _json({"status": "alive"}, 200)
+    return _json(*await live_answer(get_health()))
 
 
 @blueprint.get("/ready")
@@ -58,10 +56,27 @@ async def live() -> Response:
 @document_response(Readiness, 503)
 async def ready() -> Response:
     """Readiness: 200 only when every critical check passes and the worker is not stopping."""
-    monitor = get_health()
+    return _json(*await ready_answer(get_health()))
+
+
+# Each probe's answer, as a status and a JSON body: given here by the routes above and, before
+# Quart, by the probe edge (service/probes.py), which serves them in production.
+Answer = tuple[int, dict[str, object]]
+
+
+async def report_answer(monitor: HealthMonitor) -> Answer:
+    report = await monitor.report()
+    return 200 if report.ready else 503, report.as_json()
+
+
+async def live_answer(monitor: HealthMonitor) -> Answer:
+    return 200, {"status": "alive"}
+
+
+async def ready_answer(monitor: HealthMonitor) -> Answer:
     if monitor.draining:
         # Stopping: the load balancer should send no more, though requests are still served.
-        return _json({"status": "not_ready", "reasons": {"service": "draining"}}, 503)
+        return 503, {"status": "not_ready", "reasons": {"service": "draining"}}
     report = await monitor.report()
     body: dict[str, object] = {
         "status": "ready" if report.ready else "not_ready",
@@ -69,11 +84,19 @@ async def ready() -> Response:
     }
     if not report.ready:
         body["reasons"] = report.failing()
-    return _json(body, 200 if report.ready else 503)
+    return 200 if report.ready else 503, body
 
 
-def _json(body: dict[str, object], status: int) -> Response:
+ANSWERS: dict[str, Callable[[HealthMonitor], Awaitable[Answer]]] = {
+    HEALTH_PATH: report_answer,
+    f"{HEALTH_PATH}/live": live_answer,
+    f"{HEALTH_PATH}/ready": ready_answer,
+}
+NO_STORE = {"Cache-Control": "no-store"}
+
+
+def _json(status: int, body: dict[str, object]) -> Response:
     response = jsonify(body)
     response.status_code = status
-    response.headers.update(_NO_STORE)
+    response.headers.update(NO_STORE)
     return response

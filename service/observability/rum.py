@@ -120,7 +120,7 @@ class BeaconReceiver:
 
     def _metric(self, page: str, item: dict[str, Any]) -> str | None:
         name, value = item.get("name"), item.get("value")
-        if name not in VITALS and name != "CLS":
+        if not isinstance(name, str) or (name not in VITALS and name != "CLS"):
             return "unknown_metric"
         if not _valid_number(value):
             return "invalid_value"

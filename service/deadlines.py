@@ -1,0 +1,80 @@
+"""One deadline per request (REQUEST_TIMEOUT), kept by one sweeper task per worker.
+
+A request registers its task and its expiry in a dict when it starts and removes them when it
+ends; a sweeper task wakes every `resolution` seconds and cancels the requests past their expiry.
+That is a dict write and a dict removal per request, where `asyncio.timeout` around each request
+scheduled and cancelled a timer handle and ran a context manager (3.6 µs of CPU per request,
+bench/README.md). The price: a deadline is kept to within `resolution` (a tenth of the timeout,
+at most 50 ms) rather than to the millisecond.
+
+The cancellation is told apart from any other (a client that went away, a stopping server) by
+the set of tasks the sweeper cancelled, as `asyncio.timeout` does with its own state.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextvars
+from contextlib import suppress
+
+MAX_RESOLUTION = 0.05
+
+
+class Deadlines:
+    def __init__(self, timeout: float) -> None:
+        self.timeout = timeout
+        self.resolution = min(MAX_RESOLUTION, timeout / 10)
+        self._expiries: dict[asyncio.Task[object], float] = {}
+        self._expired: set[asyncio.Task[object]] = set()
+        self._sweeper: asyncio.Task[None] | None = None
+        self._loop: asyncio.AbstractEventLoop | None = None
+
+    def begin(self) -> asyncio.Task[object]:
+        """Start the deadline of the running task (a request); `end` must follow."""
+        loop = asyncio.get_running_loop()
+        if loop is not self._loop:  # the first request of this event loop
+            self._start_sweeper(loop)
+        task = asyncio.current_task(loop)
+        assert task is not None
+        self._expiries[task] = loop.time() + self.timeout
+        return task
+
+    def expired(self, task: asyncio.Task[object]) -> bool:
+        """Whether the task was cancelled because its deadline passed."""
+        return task in self._expired
+
+    def end(self, task: asyncio.Task[object]) -> None:
+        """The request is over: forget its deadline, and take back the cancellation the sweeper
+        sent if it did, so that the task's own later waits are not cancelled again."""
+        self._expiries.pop(task, None)
+        if task in self._expired:
+            self._expired.discard(task)
+            task.uncancel()
+
+    async def close(self) -> None:
+        """Stop the sweeper (the app stops serving)."""
+        if self._sweeper is not None:
+            self._sweeper.cancel()
+            with suppress(asyncio.CancelledError):
+                await self._sweeper
+            self._sweeper = None
+            self._loop = None
+
+    def _start_sweeper(self, loop: asyncio.AbstractEventLoop) -> None:
+        self._loop = loop
+        self._expiries.clear()
+        self._expired.clear()
+        # Its own empty context: not a copy of the request's that happened to start it.
+        self._sweeper = loop.create_task(self._sweep(loop), context=contextvars.Context())
+
+    async def _sweep(self, loop: asyncio.AbstractEventLoop) -> None:
+        while True:
+            await asyncio.sleep(self.resolution)
+            if not self._expiries:
+                continue
+            now = loop.time()
+            overdue = [task for task, expiry in self._expiries.items() if expiry <= now]
+            for task in overdue:
+                del self._expiries[task]
+                self._expired.add(task)
+                task.cancel()
