@@ -109,6 +109,9 @@ def run() -> None:
         "end_to_end_observability_percent": (end_to_end["on"] / end_to_end["off"] - 1) * 100,
         "end_to_end_rounds": rounds,
         "end_to_end_round_percents": round_percents,
+        # The framework tax: the service without observability against bare Quart.
+        "framework_tax_percent": (off / per_request["ceiling"] - 1) * 100,
+        "end_to_end_framework_tax_percent": (end_to_end["off"] / end_to_end["ceiling"] - 1) * 100,
     }
     lines = [
         f"`GET /` in-process, {MANY} vs {FEW} requests under callgrind:",
@@ -127,6 +130,10 @@ def run() -> None:
         "Observability on vs off in each round: "
         + ", ".join(f"{percent:+.2f} %" for percent in round_percents)
         + ".",
+        "",
+        f"Framework tax (off against the bare-Quart ceiling): "
+        f"{results['framework_tax_percent']:+.1f} % in-process, "
+        f"{results['end_to_end_framework_tax_percent']:+.1f} % end to end.",
     ]
     write("instructions", results, "\n".join(lines) + "\n")
 

@@ -142,3 +142,47 @@ async def test_a_route_that_needs_no_session_answers_while_the_database_hangs(
     assert elapsed < BOUND
     assert me.status_code == 503
     assert (await me.get_json())["error"]["code"] == "service_unavailable"
+
+
+@pytest.mark.parametrize("backend", ["postgres"], indirect=True)
+async def test_only_the_overdue_request_is_cut(settings: Settings, postgres_url: str) -> None:
+    """One sweeper keeps every request's deadline: while logins hang on a locked table past
+    theirs, requests that started beside them answer as usual, and none of them is cancelled."""
+    app = create_app(settings.model_copy(update={"request_timeout": DEADLINE}))
+    dsn = make_url(postgres_url).set(drivername="postgresql").render_as_string(hide_password=False)
+    async with app.test_app() as test_app:
+        client = test_app.test_client()
+        assert (await register(client)).status_code == 201
+        locker = await asyncpg.connect(dsn)
+        try:
+            transaction = locker.transaction()
+            await transaction.start()
+            await locker.execute("LOCK TABLE users IN ACCESS EXCLUSIVE MODE")
+
+            async def steady() -> list[int]:
+                statuses = []
+                for _ in range(20):  # spread over the hung logins' whole deadline
+                    statuses.append((await client.get("/")).status_code)
+                    await asyncio.sleep(DEADLINE / 10)
+                return statuses
+
+            hung, fast = await asyncio.wait_for(
+                asyncio.gather(asyncio.gather(*(login(client) for _ in range(2))), steady()),
+                BOUND * 3,
+            )
+            await transaction.rollback()
+        finally:
+            await locker.close()
+        assert [r.status_code for r in hung] == [503, 503]
+        assert fast == [200] * 20
+        assert (await login(client)).status_code == 200  # the sweeper still runs
+
+
+async def test_the_sweeper_stops_with_the_app(settings: Settings) -> None:
+    app = create_app(settings)
+    async with app.test_app() as test_app:
+        assert (await test_app.test_client().get("/")).status_code == 200
+        coroutines = {task: task.get_coro() for task in asyncio.all_tasks()}
+        sweepers = [t for t, c in coroutines.items() if c.__qualname__ == "Deadlines._sweep"]
+        assert len(sweepers) == 1
+    assert sweepers[0].done()
