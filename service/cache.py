@@ -5,10 +5,11 @@ Failures of the backend surface as `CacheError`, so callers decide whether to fa
 
 from __future__ import annotations
 
+import asyncio
 import time
 from collections import OrderedDict
-from collections.abc import Awaitable, Callable, Iterator
-from contextlib import contextmanager
+from collections.abc import Awaitable, Callable
+from types import TracebackType
 from typing import Any, Protocol
 
 import redis.asyncio as aioredis
@@ -143,58 +144,65 @@ return 1
 class RedisCache:
     shared = True
 
-    def __init__(self, client: aioredis.Redis, prefix: str) -> None:
+    def __init__(self, client: aioredis.Redis, prefix: str, timeout: float) -> None:
         self.client = client
         self.prefix = prefix
+        self.timeout = timeout
         self._acquire = client.register_script(_ACQUIRE_RATE)
         self._set_unless = client.register_script(_SET_UNLESS)
 
     async def get(self, key: str) -> str | None:
-        with _redis_failure("get"):
+        async with _RedisCommand("get", self.timeout):
             value = await self.client.get(self.prefix + key)
         # Bytes this code did not write must not fail the read: callers parse what they get.
         return value.decode(errors="replace") if isinstance(value, bytes) else value
 
     async def set(self, key: str, value: str, ttl: float) -> None:
-        with _redis_failure("set"):
+        async with _RedisCommand("set", self.timeout):
             await self.client.set(self.prefix + key, value, px=_millis(ttl))
 
     async def set_unless(self, key: str, value: str, ttl: float, *, unless: str) -> None:
-        with _redis_failure("set_unless"):
+        async with _RedisCommand("set_unless", self.timeout):
             await self._set_unless(keys=[self.prefix + key], args=[value, _millis(ttl), unless])
 
     async def set_many(self, keys: list[str], value: str, ttl: float) -> None:
-        with _redis_failure("set_many"):
-            async with self.client.pipeline(transaction=False) as pipe:
-                for key in keys:
-                    pipe.set(self.prefix + key, value, px=_millis(ttl))
-                await pipe.execute()
+        async with (
+            _RedisCommand("set_many", self.timeout),
+            self.client.pipeline(transaction=False) as pipe,
+        ):
+            for key in keys:
+                pipe.set(self.prefix + key, value, px=_millis(ttl))
+            await pipe.execute()
 
     async def delete(self, key: str) -> None:
-        with _redis_failure("delete"):
+        async with _RedisCommand("delete", self.timeout):
             await self.client.delete(self.prefix + key)
 
     async def acquire_rate(
         self, key: str, now: float, interval: float, period: float
     ) -> tuple[float, float]:
-        with _redis_failure("acquire_rate"):
+        async with _RedisCommand("acquire_rate", self.timeout):
             wait, tat = await self._acquire(keys=[self.prefix + key], args=[now, interval, period])
         return float(wait), float(tat)
 
     async def mark_seen(self, key: str, member: str, at: float, ttl: float) -> None:
         """Add a member with a score; the whole set expires `ttl` after its last addition."""
-        with _redis_failure("mark_seen"):
-            async with self.client.pipeline(transaction=True) as pipe:
-                pipe.zadd(self.prefix + key, {member: at})
-                pipe.pexpire(self.prefix + key, _millis(ttl))
-                await pipe.execute()
+        async with (
+            _RedisCommand("mark_seen", self.timeout),
+            self.client.pipeline(transaction=True) as pipe,
+        ):
+            pipe.zadd(self.prefix + key, {member: at})
+            pipe.pexpire(self.prefix + key, _millis(ttl))
+            await pipe.execute()
 
     async def count_seen(self, key: str, since: float) -> int:
-        with _redis_failure("count_seen"):
-            async with self.client.pipeline(transaction=True) as pipe:
-                pipe.zremrangebyscore(self.prefix + key, "-inf", f"({since}")
-                pipe.zcard(self.prefix + key)
-                _, count = await pipe.execute()
+        async with (
+            _RedisCommand("count_seen", self.timeout),
+            self.client.pipeline(transaction=True) as pipe,
+        ):
+            pipe.zremrangebyscore(self.prefix + key, "-inf", f"({since}")
+            pipe.zcard(self.prefix + key)
+            _, count = await pipe.execute()
         return int(count)
 
     async def close(self) -> None:
@@ -276,13 +284,37 @@ class InstrumentedCache:
             raise
 
 
-@contextmanager
-def _redis_failure(operation: str) -> Iterator[None]:
-    """Redis and network errors become CacheError, which callers handle without knowing Redis."""
-    try:
-        yield
-    except (RedisError, OSError) as exc:
-        raise CacheError(f"{operation} failed") from exc
+class _RedisCommand:
+    """One Redis command (or pipeline) under REDIS_SOCKET_TIMEOUT. Redis, network and timeout
+    errors become CacheError, which callers handle without knowing Redis.
+
+    The timeout is kept here, not by redis-py's `socket_timeout`: with that set, redis-py wraps
+    every write in `asyncio.wait_for` (a new task per command) and every read in its own timeout,
+    about a third of a cached read's CPU (bench/README.md, "Seventh session"). A command cut
+    here is cancelled inside redis-py, which drops that connection, as on its own timeout.
+    """
+
+    __slots__ = ("operation", "timeout")
+
+    def __init__(self, operation: str, seconds: float) -> None:
+        self.operation = operation
+        self.timeout = asyncio.timeout(seconds)
+
+    async def __aenter__(self) -> None:
+        await self.timeout.__aenter__()
+
+    async def __aexit__(
+        self,
+        kind: type[BaseException] | None,
+        error: BaseException | None,
+        traceback: TracebackType | None,
+    ) -> None:
+        try:
+            await self.timeout.__aexit__(kind, error, traceback)
+        except TimeoutError as expired:
+            raise CacheError(f"{self.operation} timed out") from expired
+        if isinstance(error, RedisError | OSError):
+            raise CacheError(f"{self.operation} failed") from error
 
 
 def _millis(seconds: float) -> int:
@@ -299,12 +331,13 @@ def create_cache(settings: Settings) -> Cache:
         return MemoryCache()
     client = aioredis.Redis.from_url(
         settings.redis_url.get_secret_value(),
-        socket_timeout=settings.redis_socket_timeout,
+        # Replies are timed by RedisCache itself (_RedisCommand); connects by redis-py.
+        socket_timeout=None,
         socket_connect_timeout=settings.redis_socket_timeout,
         health_check_interval=30,
         retry=Retry(NoBackoff(), retries=0),
     )
-    return RedisCache(client, settings.cache_key_prefix)
+    return RedisCache(client, settings.cache_key_prefix, settings.redis_socket_timeout)
 
 
 def init_cache(

@@ -186,3 +186,34 @@ async def test_the_sweeper_stops_with_the_app(settings: Settings) -> None:
         sweepers = [t for t, c in coroutines.items() if c.__qualname__ == "Deadlines._sweep"]
         assert len(sweepers) == 1
     assert sweepers[0].done()
+
+
+@pytest.mark.parametrize("backend", ["postgres"], indirect=True)
+async def test_redis_replies_are_timed_by_redis_socket_timeout(settings: Settings) -> None:
+    """A Redis that accepts and never answers: each command gives up after REDIS_SOCKET_TIMEOUT
+    (kept by the cache itself, not redis-py), well inside the request's deadline, as a cache
+    timeout; the next request meets the same, on a fresh connection."""
+    hung = HungServer()
+    await hung.start()
+    changes = {
+        "redis_url": SecretStr(f"redis://127.0.0.1:{hung.port}/0"),
+        "redis_socket_timeout": 0.3,
+        "request_timeout": 30,
+        "health_refresh_seconds": 0,
+    }
+    app = create_app(settings.model_copy(update=changes))
+    try:
+        async with app.test_app() as test_app:
+            client = test_app.test_client()
+            with structlog.testing.capture_logs() as logs:
+                for _ in range(2):
+                    started = time.monotonic()
+                    response = await asyncio.wait_for(login(client), BOUND * 3)
+                    assert response.status_code == 503
+                    assert time.monotonic() - started < BOUND  # not the 30 s deadline
+            assert not [line for line in logs if line["event"] == "request_deadline_exceeded"]
+            samples = parse(await (await client.get("/metrics")).get_data(as_text=True))
+            cause = {"dependency": "cache", "reason": "timeout"}
+            assert value(samples, "dependency_errors_total", **cause) >= 2
+    finally:
+        await hung.stop()
