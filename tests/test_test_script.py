@@ -46,6 +46,7 @@ def test_without_the_tools_it_names_them_and_stops() -> None:
     assert result.returncode == 2, result.stderr
     assert result.stdout == ""
     assert result.stderr.splitlines() == [
-        "scripts/test: install Debian's prometheus prometheus-alertmanager chromium "
-        "(apt-get install prometheus prometheus-alertmanager chromium), or run this as root"
+        "scripts/test: install Debian's prometheus prometheus-alertmanager chromium nodejs npm "
+        "(apt-get install prometheus prometheus-alertmanager chromium nodejs npm), "
+        "or run this as root"
     ]
