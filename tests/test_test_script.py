@@ -47,6 +47,6 @@ def test_without_the_tools_it_names_them_and_stops() -> None:
     assert result.stdout == ""
     assert result.stderr.splitlines() == [
         "scripts/test: install Debian's prometheus prometheus-alertmanager chromium nodejs npm "
-        "(apt-get install prometheus prometheus-alertmanager chromium nodejs npm), "
-        "or run this as root"
+        "haproxy (apt-get install prometheus prometheus-alertmanager chromium nodejs npm "
+        "haproxy), or run this as root"
     ]
