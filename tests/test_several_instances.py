@@ -1,8 +1,8 @@
 """Two instances (two workers each, under `scene-packer serve`) behind a real HAProxy running
 deploy/haproxy/haproxy.cfg unchanged, on real PostgreSQL and Redis. Under steady load through
 HAProxy: one instance's database is cut (a TCP proxy), HAProxy takes it out on its readiness
-checks and clients see no 5xx after that; it comes back when the database does; rate limits are
-global across instances; a real Prometheus discovers both instances through `file_sd_configs`
+checks and clients see no 5xx after that; it comes back when the database does; active users and
+rate limits are global across instances; a real Prometheus discovers both instances through `file_sd_configs`
 and `DatabaseDown` names the right one; a SIGTERM to one instance under load fails no client
 request."""
 
@@ -24,9 +24,10 @@ import httpx
 import yaml
 from sqlalchemy.engine import make_url
 
-from tests.conftest import REDIS_URL
+from tests.conftest import REDIS_URL, login, register
 from tests.support import ROOT
 from tests.support.faults import TcpProxy
+from tests.support.metrics_helpers import parse, value
 from tests.support.server import PRODUCTION_ENV, Server, free_port, running_server
 from tests.support.stack import prometheus, prometheus_config, query
 
@@ -152,6 +153,7 @@ def _instance_env(database_url: str, prefix: str) -> dict[str, str]:
         "LOGIN_LIMIT_PER_IP": str(LOGIN_LIMIT),
         "LOGIN_LIMIT_PER_USERNAME": str(LOGIN_LIMIT * 10),
         "LOG_LEVEL": "WARNING",
+        "SESSION_COOKIE_SECURE": "false",  # plain HTTP through HAProxy in this test
     }
 
 
@@ -237,11 +239,20 @@ async def test_two_instances_behind_haproxy_on_a_bad_day(tmp_path: Path, postgre
         assert not load.failures, load.failures[:3]
         assert after_down == [], after_down[:5]
 
-        # 3. Rate limits are global: the per-address login limit counts attempts on both
-        # instances (HAProxy spreads them; X-Forwarded-For names the client to each).
+        # 3. Active users and rate limits are global. A user signed in through HAProxy is counted
+        # once, by both instances, whichever answered; the per-address login limit counts the
+        # attempts both instances saw (X-Forwarded-For, which HAProxy extends, names the client).
         async with httpx.AsyncClient(base_url=haproxy.url, timeout=20) as client:
+            assert (await register(client)).status_code == 201
+            assert (await login(client)).status_code == 200
+            for _ in range(6):
+                assert (await client.get("/api/auth/me")).status_code == 200
+            for instance in instances.values():
+                scraped = (await client.get(instance.base_url + "/metrics")).text
+                assert value(parse(scraped), "active_users") == 1
+            elsewhere = {"X-Forwarded-For": "203.0.113.7"}
             statuses = [
-                (await client.post("/api/auth/login", json=_NOBODY)).status_code
+                (await client.post("/api/auth/login", json=_NOBODY, headers=elsewhere)).status_code
                 for _ in range(LOGIN_LIMIT + 1)
             ]
         assert statuses == [401] * LOGIN_LIMIT + [429]
