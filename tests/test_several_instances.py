@@ -1,10 +1,10 @@
 """Two instances (two workers each, under `scene-packer serve`) behind a real HAProxy running
 deploy/haproxy/haproxy.cfg unchanged, on real PostgreSQL and Redis. Under steady load through
 HAProxy: one instance's database is cut (a TCP proxy), HAProxy takes it out on its readiness
-checks and clients see no 5xx after that; it comes back when the database does; active users and
-rate limits are global across instances; a real Prometheus discovers both instances through `file_sd_configs`
-and `DatabaseDown` names the right one; a SIGTERM to one instance under load fails no client
-request."""
+checks and clients see no 5xx after that; it comes back when the database does; active users
+and rate limits are global across instances; a real Prometheus discovers both instances through
+`file_sd_configs` and `DatabaseDown` names the right one; a SIGTERM to one instance under load
+fails no client request."""
 
 from __future__ import annotations
 
