@@ -67,8 +67,7 @@ class ServiceApp(Quart):
     session_interface = _NoCookieSession()  # type: ignore[assignment]  # Quart names its own
     # Set by create_app when REQUEST_OBSERVABILITY is on: who to tell about a signed-in user.
     active_users: ActiveUsers | None = None
-    request_timeout: float = 5.0  # REQUEST_TIMEOUT
-    deadlines: Deadlines
+    deadlines: Deadlines  # REQUEST_TIMEOUT, kept per request
     # Told which dependency a request was waiting on when its deadline passed.
     dependency_failed: Callable[[Dependency, FailureReason], None] | None = None
     lifecycle: Lifecycle
@@ -99,7 +98,9 @@ class ServiceApp(Quart):
         context = current_context()
         dependency = context.waiting_on if context is not None else None
         _logger.warning(
-            "request_deadline_exceeded", timeout_seconds=self.request_timeout, waiting_on=dependency
+            "request_deadline_exceeded",
+            timeout_seconds=self.deadlines.timeout,
+            waiting_on=dependency,
         )
         if dependency is not None and self.dependency_failed is not None:
             self.dependency_failed(dependency, "timeout")
@@ -115,7 +116,7 @@ class ServiceApp(Quart):
         if self.active_users is not None:
             request = (request_context or request_ctx).request
             # Half the request's budget: a route that needs no session keeps the other half.
-            await bind_route_and_user(request, self.active_users, self.request_timeout / 2)
+            await bind_route_and_user(request, self.active_users, self.deadlines.timeout / 2)
         return await super().preprocess_request(request_context)
 
     def log_exception(self, exc_info: ExcInfo) -> None:
@@ -161,7 +162,6 @@ def create_app(settings: Settings | None = None) -> ServiceApp:
     active_users = init_active_users(app, settings, metrics)
     if settings.request_observability:
         app.active_users = active_users
-    app.request_timeout = settings.request_timeout
     app.deadlines = Deadlines(settings.request_timeout)
     app.after_serving(app.deadlines.close)
     app.dependency_failed = metrics.dependency_failed
