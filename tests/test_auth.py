@@ -8,6 +8,7 @@ import threading
 from typing import Any
 
 import pytest
+import structlog
 from quart import Quart
 
 from service import passwords
@@ -202,6 +203,24 @@ async def test_auth_answers_are_never_cached(client: Client) -> None:
     responses.append(await login(client, password="a wrong password"))
     for response in responses:
         assert response.headers["Cache-Control"] == "no-store"
+
+
+async def test_an_oversized_body_past_the_address_limit_is_429_not_500(settings: Settings) -> None:
+    """The per-address limit answers 429 without reading the body; the rejected-login record
+    must not read it afterwards either (a body over MAX_BODY_BYTES was a 500 there)."""
+    limits = {"login_limit_per_ip": 1, "login_limit_per_username": 100}
+    app = create_app(settings.model_copy(update=limits))
+    async with app.test_app() as test_app:
+        client = test_app.test_client()
+        assert (await login(client, "nobody", "a wrong password")).status_code == 401
+        oversized = {"username": "bob", "password": "x" * (settings.max_body_bytes + 1)}
+        with structlog.testing.capture_logs() as logs:
+            response = await client.post("/api/auth/login", json=oversized)
+        assert response.status_code == 429
+        assert (await response.get_json())["error"]["request_id"]
+        assert not [line for line in logs if line["event"] == "request_failed"]
+        (line,) = [line for line in logs if line["event"] == "login_failed"]
+        assert (line["reason"], line["username"]) == ("rate_limited", None)
 
 
 async def test_malformed_usernames_spend_no_username_budget(settings: Settings) -> None:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+from contextlib import suppress
 from datetime import UTC, datetime
 
 import structlog
@@ -11,6 +12,7 @@ from quart import Blueprint, Response, jsonify, request
 from quart_auth import current_user, login_required, login_user, logout_user
 from quart_rate_limiter import rate_limit
 from quart_schema import document_response, validate_request
+from werkzeug.exceptions import RequestEntityTooLarge
 
 from service.api_docs import NoContent, declare_errors
 from service.cache import CacheError, get_cache
@@ -128,7 +130,11 @@ def create_blueprint(settings: Settings, sessions: SessionStore, metrics: Metric
     async def log_rejected_login(response: Response) -> Response:
         reason = _REJECTED_LOGIN_REASONS.get(response.status_code)
         if request.endpoint == "auth.login" and request.method == "POST" and reason is not None:
-            username = await submitted_username() if response.status_code != 413 else None
+            username = None
+            # A body over MAX_BODY_BYTES cannot be read (413) even when the answer was another
+            # refusal that never read it (a 429 from the per-address limit): logged without a name.
+            with suppress(RequestEntityTooLarge):
+                username = await submitted_username()
             metrics.login_answered(reason)
             logger.warning("login_failed", username=username, reason=reason)
         return response
