@@ -190,8 +190,12 @@ def test_the_pod_runs_locked_down_with_a_memory_limit() -> None:
     assert pod["securityContext"]["runAsNonRoot"] is True
     assert container["securityContext"]["readOnlyRootFilesystem"] is True
     assert container["securityContext"]["allowPrivilegeEscalation"] is False
-    # the cgroup-aware memory metric and health check read this limit
-    assert container["resources"]["limits"]["memory"]
+    # the cgroup-aware memory metric and health check read this limit; the password hashes of
+    # every worker (argon2, 64 MiB each) fit inside it
+    limit = container["resources"]["limits"]["memory"]
+    assert limit.endswith("Mi")
+    threads = int(_one("ConfigMap", "scene-packer")["data"]["PASSWORD_HASH_THREADS"])
+    assert _hypercorn().workers * threads * 64 < int(limit.removesuffix("Mi"))
     mounts = {m["mountPath"] for m in container["volumeMounts"] if not m.get("readOnly")}
     assert _one("ConfigMap", "scene-packer")["data"]["DATA_DIR"] in mounts
     dockerfile = (ROOT / "Dockerfile").read_text()
