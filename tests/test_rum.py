@@ -4,10 +4,8 @@ from __future__ import annotations
 
 import asyncio
 import json
-from pathlib import Path
 from typing import Any
 
-import httpx
 import pytest
 import structlog
 from hypothesis import HealthCheck, given
@@ -19,10 +17,7 @@ from service.app import create_app
 from service.observability.rum import ERROR_KINDS, REJECTION_REASONS, VITALS
 from service.settings import Settings
 from tests.conftest import Client
-from tests.support.browser import chromium, open_page
 from tests.support.metrics_helpers import Samples, parse, value
-from tests.support.server import Server, running_server
-from tests.support.stack import wait_until
 
 BOOKS = "/books/<int:book_id>"
 
@@ -154,7 +149,8 @@ async def test_whole_beacon_rejections(rum: Client, body: bytes, status: int, re
     assert error["code"] == reason and error["request_id"]
     after = await _samples(rum)
     assert _rejected(after, reason) == _rejected(before, reason) + 1
-    assert not [k for k in after if k[0].startswith("frontend_") and "rejected" not in k[0]]
+    frontend = {k for k in after if k[0].startswith("frontend_")}
+    assert frontend == {k for k in before if k[0].startswith("frontend_")}  # no new series
 
 
 @pytest.mark.parametrize(
@@ -342,42 +338,3 @@ async def _post_random_payloads(rum_app: Quart) -> None:
         assert label.get("metric", "FCP") in VITALS
         assert label.get("kind", "other") in ERROR_KINDS | {"other"}
         assert label.get("reason", "malformed") in REJECTION_REASONS
-
-
-# ------------------------------------------------------------------ a real browser
-
-
-def test_a_real_browser_reports_timings_errors_and_api_calls(tmp_path: Path) -> None:
-    with running_server(tmp_path, {"LOG_LEVEL": "INFO"}) as server, chromium(tmp_path) as socket:
-        page = open_page(socket, server.base_url + "/rum/demo")
-        page.wait_for("Page.loadEventFired", 30)
-        # The demo page throws and calls GET /api/auth/me; once the API answered, leave it.
-        wait_until(lambda: _api_called(server), 30, "the page never called the API")
-        page.send("Page.navigate", url=server.base_url + "/")
-
-        def reported() -> bool:
-            samples = _scrape(server)
-            demo = "/rum/demo"
-            fcp = value(samples, "frontend_web_vital_seconds_count", metric="FCP", page=demo)
-            error = value(samples, "frontend_js_errors_total", page=demo, kind="TypeError")
-            api = value(
-                samples,
-                "frontend_api_request_duration_seconds_count",
-                endpoint="/api/auth/me",
-                method="GET",
-            )
-            return fcp >= 1 and error >= 1 and api >= 1
-
-        wait_until(reported, 30, "the beacon never arrived:\n" + server.output.read_text()[-3000:])
-
-
-def _scrape(server: Server) -> Samples:
-    return parse(httpx.get(server.base_url + "/metrics", timeout=10).text)
-
-
-def _api_called(server: Server) -> bool:
-    samples = _scrape(server)
-    return (
-        value(samples, "http_requests_total", method="GET", endpoint="/api/auth/me", status="401")
-        >= 1
-    )

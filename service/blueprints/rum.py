@@ -1,6 +1,10 @@
-"""Browser beacons: `POST /api/rum`, and the demo page `GET /rum/demo` that uses rum.js."""
+"""Browser beacons: `POST /api/rum`, and the demo pages under `GET /rum/demo` that use rum.js."""
 
 from __future__ import annotations
+
+import mimetypes
+from collections.abc import Awaitable, Callable
+from pathlib import Path
 
 from pydantic import BaseModel
 from quart import Blueprint, Quart, Response, request
@@ -12,6 +16,8 @@ from service.observability.metrics import Metrics
 from service.observability.rum import REJECTIONS, BeaconReceiver, Rejected
 from service.proxy_fix import client_address
 from service.settings import Settings
+
+DEMO = Path(__file__).resolve().parent.parent / "rum_demo"
 
 
 class VitalEntry(BaseModel):
@@ -70,34 +76,31 @@ def create_blueprint(app: Quart, settings: Settings, metrics: Metrics) -> Bluepr
         return Response(status=204)
 
     if settings.rum_demo:  # development only, unless RUM_DEMO_ENABLED: not in the API
-
-        @blueprint.get("/rum/demo")
-        @hide
-        async def demo() -> Response:
-            return Response(_DEMO_PAGE, content_type="text/html; charset=utf-8")
+        for route, (body, content_type) in _demo_files().items():
+            endpoint = "demo" + route.replace(".", "_")  # an endpoint name has no dots
+            blueprint.add_url_rule(route, endpoint, hide(_serve(body, content_type)))
 
     return blueprint
 
 
-_DEMO_PAGE = """<!doctype html>
-<html lang="en">
-<head>
-<meta charset="utf-8">
-<title>Scene Packer RUM demo</title>
-<script src="/static/rum.js"></script>
-</head>
-<body>
-<h1>Real-user monitoring demo</h1>
-<p>This page reports its timings, a deliberate JavaScript error and the timing of an API call
-to <code>POST /api/rum</code> when it is hidden or left.</p>
-<button id="shift" type="button">Click me</button>
-<script>
-  fetch("/api/auth/me").catch(function () {});
-  setTimeout(function () { null.deliberate; }, 50);
-  if (new URLSearchParams(location.search).has("leave")) {
-    setTimeout(function () { location.href = "/"; }, 1500);
-  }
-</script>
-</body>
-</html>
-"""
+def _demo_files() -> dict[str, tuple[bytes, str]]:
+    """service/rum_demo/: `index.html` at /rum/demo, `NAME.html` at /rum/demo/NAME, anything else
+    at /rum/demo/FILE. Each page is its own route, so each is its own `page` label."""
+    files: dict[str, tuple[bytes, str]] = {}
+    for path in sorted(DEMO.iterdir()):
+        if path.suffix == ".html":
+            route = "/rum/demo" if path.stem == "index" else f"/rum/demo/{path.stem}"
+        else:
+            route = f"/rum/demo/{path.name}"
+        content_type = mimetypes.guess_type(path.name)[0] or "application/octet-stream"
+        if content_type.startswith("text/") or content_type.endswith("javascript"):
+            content_type += "; charset=utf-8"
+        files[route] = (path.read_bytes(), content_type)
+    return files
+
+
+def _serve(body: bytes, content_type: str) -> Callable[[], Awaitable[Response]]:
+    async def demo() -> Response:
+        return Response(body, content_type=content_type)
+
+    return demo

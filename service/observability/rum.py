@@ -4,6 +4,8 @@ The beacon endpoint is public, so everything here assumes hostile input: the bod
 every entry validated, and label values come only from bounded sets (the service's own route
 templates, the `RUM_PAGES` allow-list, fixed metric names and error kinds), so no payload can
 create a series that is not already possible. A rejection is counted by reason and never a 5xx.
+What a browser says in free text (an error message, the culprit of a poor vital) reaches only
+the log: scrubbed, cut short, and within a per-process budget of lines.
 """
 
 from __future__ import annotations
@@ -19,7 +21,7 @@ import structlog
 from werkzeug.routing import Map, MapAdapter, Rule
 
 from service.observability.logging import mask_secrets
-from service.observability.metrics import OTHER, Metrics, method_label
+from service.observability.metrics import OTHER, VITAL_THRESHOLDS, Metrics, method_label
 from service.settings import Settings
 
 logger = structlog.get_logger("service.rum")
@@ -29,7 +31,30 @@ MAX_ENTRIES = 50
 MAX_SECONDS = 60.0
 MAX_CLS = 10.0
 MAX_MESSAGE = 120
+MAX_TARGET = 100  # web-vitals cuts its selectors at 100 characters too
+# Lines logged from beacons (`frontend_error`, `web_vital_poor`) per process: a steady rate and a
+# burst; lines over it are dropped and counted in `frontend_log_lines_dropped_total`.
+LOG_LINES_PER_SECOND = 10.0
+LOG_LINES_BURST = 100
+LOGGED_EVENTS = ("frontend_error", "web_vital_poor")
 VITALS = frozenset({"FCP", "LCP", "INP", "TTFB"})
+CORE_VITALS = frozenset({"LCP", "CLS", "INP"})  # a poor one is logged with its culprit
+# The values the web-vitals library gives these fields; anything else is left out of the log.
+NAVIGATION_TYPES = frozenset(
+    {"navigate", "reload", "back-forward", "back-forward-cache", "prerender", "restore",
+     "soft-navigation"}
+)  # fmt: skip
+LOAD_STATES = frozenset({"loading", "dom-interactive", "dom-content-loaded", "complete"})
+INTERACTION_TYPES = frozenset({"pointer", "keyboard"})
+# The culprit of a poor vital as rum.js sends it: beacon field -> log field. Durations and times
+# are milliseconds.
+ATTRIBUTION_MILLISECONDS = {
+    "timeToFirstByte": "time_to_first_byte_ms", "resourceLoadDelay": "resource_load_delay_ms",
+    "resourceLoadDuration": "resource_load_duration_ms",
+    "elementRenderDelay": "element_render_delay_ms", "time": "largest_shift_time_ms",
+    "inputDelay": "input_delay_ms", "processingDuration": "processing_duration_ms",
+    "presentationDelay": "presentation_delay_ms",
+}  # fmt: skip
 ERROR_KINDS = frozenset(
     {
         "Error", "TypeError", "ReferenceError", "SyntaxError", "RangeError", "URIError",
@@ -74,8 +99,11 @@ class BeaconReceiver:
         self._api = app_rules
         self._pages = Map([Rule(page, endpoint=page) for page in settings.rum_pages]).bind("rum")
         self._buckets = _TokenBuckets(settings.rum_rate_per_second, settings.rum_burst)
+        self._log_budget = _TokenBuckets(LOG_LINES_PER_SECOND, LOG_LINES_BURST, capacity=1)
         for reason in REJECTION_REASONS:  # exported from 0
             metrics.frontend_rejected.add({"reason": reason}, 0)
+        for event in LOGGED_EVENTS:
+            metrics.frontend_log_dropped.add({"event": event}, 0)
 
     def reject(self, reason: str, status: int) -> Rejected:
         self.metrics.frontend_rejected.inc({"reason": reason})
@@ -128,11 +156,19 @@ class BeaconReceiver:
             if value > MAX_CLS:
                 return "invalid_value"
             self.metrics.frontend_cls.observe({"page": page}, float(value))
-            return None
-        seconds = float(value) / 1000
-        if seconds > MAX_SECONDS:
-            return "invalid_value"
-        self.metrics.frontend_vitals.observe({"metric": name, "page": page}, seconds)
+            score = float(value)
+        else:
+            score = float(value) / 1000
+            if score > MAX_SECONDS:
+                return "invalid_value"
+            self.metrics.frontend_vitals.observe({"metric": name, "page": page}, score)
+        poor = score > VITAL_THRESHOLDS[name][1]
+        if poor and name in CORE_VITALS and self._may_log("web_vital_poor"):
+            logger.warning(
+                "web_vital_poor", page=page, metric=name, value=value,
+                navigation=_one_of(item.get("navigation"), NAVIGATION_TYPES),
+                **culprit(item.get("attribution")),
+            )  # fmt: skip
         return None
 
     def _error(self, page: str, item: dict[str, Any]) -> str | None:
@@ -142,7 +178,8 @@ class BeaconReceiver:
             return "malformed"
         label = kind if kind in ERROR_KINDS else OTHER
         self.metrics.frontend_js_errors.inc({"page": page, "kind": label})
-        logger.warning("frontend_error", page=page, kind=label, message=scrub_message(message))
+        if self._may_log("frontend_error"):
+            logger.warning("frontend_error", page=page, kind=label, message=scrub_message(message))
         return None
 
     def _api_call(self, page: str, item: dict[str, Any]) -> str | None:
@@ -164,6 +201,12 @@ class BeaconReceiver:
         if status == 0 or status >= 500:
             self.metrics.frontend_api_errors.inc({"endpoint": endpoint})
         return None
+
+    def _may_log(self, event: str) -> bool:
+        if self._log_budget.take(""):
+            return True
+        self.metrics.frontend_log_dropped.inc({"event": event})
+        return False
 
     def _page(self, path: object) -> str:
         if not isinstance(path, str) or not path.startswith("/") or len(path) > 2048:
@@ -189,16 +232,50 @@ def _template(adapter: MapAdapter, path: str, method: str) -> str | None:
     return str(rule.rule)
 
 
-def scrub_message(message: str) -> str:
-    """A JS error message for the log: short, on one line, and without URLs, secrets
-    (`token=…`, `Bearer …`, JWTs, hashes), long hex or base64 runs, e-mail addresses or long
-    numbers (identifiers, card or phone numbers) a page might have put in it."""
-    text = _URL.sub("<url>", " ".join(message[: MAX_MESSAGE * 2].split()))
+def culprit(attribution: object) -> dict[str, Any]:
+    """The log fields of a poor vital's attribution (rum.js, `culprit`): the element's selector
+    and the resource's path scrubbed and cut to `MAX_TARGET`, known words only, durations in
+    range; whatever else a beacon puts there is left out."""
+    if not isinstance(attribution, dict):
+        return {}
+    fields: dict[str, Any] = {}
+    for key, field in (("target", "target"), ("url", "url_path")):
+        text = attribution.get(key)
+        if isinstance(text, str) and text:
+            if key == "url":
+                text = text.split("?", 1)[0].split("#", 1)[0]
+            fields[field] = scrub_message(text, MAX_TARGET)
+    for key, field, words in (
+        ("type", "interaction_type", INTERACTION_TYPES),
+        ("loadState", "load_state", LOAD_STATES),
+    ):
+        word = _one_of(attribution.get(key), words)
+        if word is not None:
+            fields[field] = word
+    for key, field in ATTRIBUTION_MILLISECONDS.items():
+        number = attribution.get(key)
+        if _valid_number(number) and number <= MAX_SECONDS * 1000:
+            fields[field] = round(float(number), 1)
+    shift = attribution.get("shift")
+    if _valid_number(shift) and shift <= MAX_CLS:
+        fields["largest_shift_value"] = round(float(shift), 4)
+    return fields
+
+
+def scrub_message(message: str, limit: int = MAX_MESSAGE) -> str:
+    """Browser text for the log: short, on one line, and without URLs, secrets (`token=…`,
+    `Bearer …`, JWTs, hashes), long hex or base64 runs, e-mail addresses or long numbers
+    (identifiers, card or phone numbers) a page might have put in it."""
+    text = _URL.sub("<url>", " ".join(message[: limit * 2].split()))
     text = mask_secrets(text)
     text = _LONG_TOKEN.sub("<token>", text)
     text = _EMAIL.sub("<email>", text)
     text = _LONG_NUMBER.sub("<number>", text)
-    return text[:MAX_MESSAGE]
+    return text[:limit]
+
+
+def _one_of(value: object, words: frozenset[str]) -> str | None:
+    return value if isinstance(value, str) and value in words else None
 
 
 def _valid_number(value: object) -> TypeGuard[int | float]:

@@ -1,17 +1,29 @@
-/* eBook Scene Packer real-user monitoring: page timings, JavaScript errors and API timings,
- * beaconed to the service. Include with one tag, no build step:
- *   <script src="/static/rum.js" defer></script>
- * Optional: data-endpoint="/api/rum" on the tag. Values are milliseconds (CLS unitless);
- * see POST /api/rum in the service's README for the body. */
+/* eBook Scene Packer real-user monitoring, beaconed to the service. Include with one tag, no
+ * build step:
+ *   <script src="/static/rum.js"></script>
+ * The web vitals (FCP, LCP, CLS, INP, TTFB) come from Google's web-vitals library (attribution
+ * build), which this script loads from beside itself: its definitions are Chrome's, Search
+ * Console's and CrUX's, back/forward-cache restores and prerendering included. This script
+ * adds what is the service's own: JavaScript errors, timings of same-origin /api/ calls made
+ * with fetch or XMLHttpRequest, batching within the receiver's limits, and sending when the page
+ * is hidden or left (sendBeacon, falling back to fetch with keepalive).
+ * Optional attributes on the tag: data-endpoint="/api/rum", data-web-vitals="<its URL>".
+ * Values are milliseconds (CLS unitless); see POST /api/rum in the service's README. */
 (function () {
   "use strict";
   var script = document.currentScript;
-  var endpoint = (script && script.getAttribute("data-endpoint")) || "/api/rum";
+  var endpoint = attribute("data-endpoint") || "/api/rum";
+  var library = attribute("data-web-vitals") ||
+    new URL("web-vitals.attribution.iife.js", (script && script.src) || location.href).href;
   var MAX_ENTRIES = 30; // the receiver accepts 50 per beacon and 16 KB
   var MAX_MESSAGE = 150;
+  var MAX_TEXT = 100; // selectors and paths; the receiver keeps 100 characters
   var queue = { metrics: [], errors: [], api: [] };
-  var final = { LCP: null, CLS: 0, INP: null };
-  var finalSent = false;
+  var originalFetch = window.fetch;
+
+  function attribute(name) {
+    return script && script.getAttribute(name);
+  }
 
   function size() {
     return queue.metrics.length + queue.errors.length + queue.api.length;
@@ -19,44 +31,71 @@
 
   function push(list, entry) {
     list.push(entry);
-    if (size() >= MAX_ENTRIES) flush(false);
+    if (size() >= MAX_ENTRIES) flush();
   }
 
-  function observe(type, onEntry, options) {
+  // ---------------------------------------------------------------- web vitals
+
+  function text(value) {
+    return typeof value === "string" ? value.slice(0, MAX_TEXT) : undefined;
+  }
+
+  function path(url) {
     try {
-      var observer = new PerformanceObserver(function (list) {
-        list.getEntries().forEach(onEntry);
-      });
-      var settings = { type: type, buffered: true };
-      for (var key in options || {}) settings[key] = options[key];
-      observer.observe(settings);
+      return url ? new URL(url, location.href).pathname.slice(0, MAX_TEXT) : undefined;
     } catch (e) {
-      /* metric not supported by this browser */
+      return undefined;
     }
   }
 
-  observe("paint", function (entry) {
-    if (entry.name === "first-contentful-paint") {
-      push(queue.metrics, { name: "FCP", value: entry.startTime });
+  // What a frontend developer needs to act on a poor value, and nothing that names a user.
+  function culprit(metric) {
+    var a = metric.attribution || {};
+    if (metric.name === "LCP") {
+      return {
+        target: text(a.target), url: path(a.url), timeToFirstByte: a.timeToFirstByte,
+        resourceLoadDelay: a.resourceLoadDelay, resourceLoadDuration: a.resourceLoadDuration,
+        elementRenderDelay: a.elementRenderDelay
+      };
     }
-  });
-  observe("largest-contentful-paint", function (entry) {
-    final.LCP = entry.startTime;
-  });
-  observe("layout-shift", function (entry) {
-    if (!entry.hadRecentInput) final.CLS += entry.value;
-  });
-  // INP approximated as the slowest interaction of the page view.
-  observe("event", function (entry) {
-    if (entry.interactionId && (final.INP === null || entry.duration > final.INP)) {
-      final.INP = entry.duration;
+    if (metric.name === "CLS") {
+      return {
+        target: text(a.largestShiftTarget), time: a.largestShiftTime,
+        shift: a.largestShiftValue, loadState: text(a.loadState)
+      };
     }
-  }, { durationThreshold: 16 });
-
-  var navigation = performance.getEntriesByType && performance.getEntriesByType("navigation")[0];
-  if (navigation && navigation.responseStart > 0) {
-    push(queue.metrics, { name: "TTFB", value: navigation.responseStart });
+    if (metric.name === "INP") {
+      return {
+        target: text(a.interactionTarget), type: text(a.interactionType),
+        inputDelay: a.inputDelay, processingDuration: a.processingDuration,
+        presentationDelay: a.presentationDelay, loadState: text(a.loadState)
+      };
+    }
+    return undefined;
   }
+
+  function report(metric) {
+    if (!(metric.value >= 0)) return;
+    var entry = { name: metric.name, value: metric.value, navigation: metric.navigationType };
+    if (metric.rating === "poor") entry.attribution = culprit(metric);
+    push(queue.metrics, entry);
+  }
+
+  var tag = document.createElement("script");
+  tag.src = library;
+  tag.async = true;
+  tag.onload = function () {
+    var vitals = window.webVitals;
+    if (!vitals) return;
+    [vitals.onFCP, vitals.onLCP, vitals.onCLS, vitals.onINP, vitals.onTTFB].forEach(
+      function (on) {
+        if (typeof on === "function") on(report);
+      }
+    );
+  };
+  (document.head || document.documentElement).appendChild(tag);
+
+  // ---------------------------------------------------------------- errors
 
   function errorKind(error, fallback) {
     return (error && error.name) || fallback;
@@ -77,38 +116,71 @@
     });
   });
 
-  if (window.fetch) {
-    var originalFetch = window.fetch;
+  // ---------------------------------------------------------------- API calls
+
+  // The call to time, or null: same-origin /api/ calls other than the beacon itself.
+  function apiCall(method, target) {
+    try {
+      var url = new URL(String(target), location.href);
+      if (url.origin !== location.origin || url.pathname.indexOf("/api/") !== 0 ||
+        url.pathname === endpoint) return null;
+      return { endpoint: url.pathname, method: String(method || "GET").toUpperCase() };
+    } catch (e) {
+      return null;
+    }
+  }
+
+  function record(call, status, started) {
+    push(queue.api, {
+      endpoint: call.endpoint, method: call.method, status: status,
+      duration: performance.now() - started
+    });
+  }
+
+  if (originalFetch) {
     window.fetch = function (input, init) {
-      var url = new URL(typeof input === "string" ? input : input.url, location.href);
-      var method = ((init && init.method) || (input && input.method) || "GET").toUpperCase();
-      var timed = url.origin === location.origin && url.pathname.indexOf("/api/") === 0 &&
-        url.pathname !== endpoint;
-      if (!timed) return originalFetch.apply(this, arguments);
+      var request = typeof Request === "function" && input instanceof Request ? input : null;
+      var call = apiCall((init && init.method) || (request && request.method),
+        request ? request.url : input);
+      if (!call) return originalFetch.apply(this, arguments);
       var started = performance.now();
-      function record(status) {
-        push(queue.api, {
-          endpoint: url.pathname, method: method, status: status,
-          duration: performance.now() - started
-        });
-      }
       return originalFetch.apply(this, arguments).then(function (response) {
-        record(response.status);
+        record(call, response.status, started);
         return response;
       }, function (error) {
-        record(0);
+        record(call, 0, started); // a network failure or an abort: the browser saw no answer
         throw error;
       });
     };
   }
 
-  function flush(pageEnds) {
-    if (!finalSent && pageEnds) {
-      finalSent = true; // LCP, CLS and INP are only final once the page is hidden
-      if (final.LCP !== null) queue.metrics.push({ name: "LCP", value: final.LCP });
-      queue.metrics.push({ name: "CLS", value: final.CLS });
-      if (final.INP !== null) queue.metrics.push({ name: "INP", value: final.INP });
-    }
+  var XHR = window.XMLHttpRequest;
+  if (XHR && typeof WeakMap === "function") {
+    var calls = new WeakMap();
+    var open = XHR.prototype.open;
+    var send = XHR.prototype.send;
+    XHR.prototype.open = function (method, url) {
+      var call = apiCall(method, url);
+      if (call) calls.set(this, call);
+      else calls.delete(this);
+      return open.apply(this, arguments);
+    };
+    XHR.prototype.send = function () {
+      var call = calls.get(this);
+      if (call) {
+        var started = performance.now();
+        // loadend follows load, error, abort and timeout alike; status is 0 without an answer
+        this.addEventListener("loadend", function () {
+          record(call, this.status, started);
+        });
+      }
+      return send.apply(this, arguments);
+    };
+  }
+
+  // ---------------------------------------------------------------- sending
+
+  function flush() {
     if (!size()) return;
     var body = JSON.stringify({
       page: location.pathname, metrics: queue.metrics, errors: queue.errors, api: queue.api
@@ -120,21 +192,17 @@
     } catch (e) {
       sent = false;
     }
-    if (!sent && window.fetch) {
-      originalFetchOrFetch()(endpoint, {
+    if (!sent && originalFetch) {
+      originalFetch.call(window, endpoint, {
         method: "POST", body: body, keepalive: true, headers: { "Content-Type": "text/plain" }
       }).catch(function () {});
     }
   }
 
-  function originalFetchOrFetch() {
-    return typeof originalFetch === "function" ? originalFetch : window.fetch;
-  }
-
+  // web-vitals reports LCP, CLS and INP from its own capturing listener on window, which runs
+  // before this one on the document: the beacon sent here already holds them.
   document.addEventListener("visibilitychange", function () {
-    if (document.visibilityState === "hidden") flush(true);
+    if (document.visibilityState === "hidden") flush();
   });
-  window.addEventListener("pagehide", function () {
-    flush(true);
-  });
+  window.addEventListener("pagehide", flush);
 })();

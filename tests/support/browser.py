@@ -43,10 +43,13 @@ class Page:
         return _call(self.socket, next(self._ids), method, params, self.session_id, self.events)
 
     def wait_for(self, method: str, seconds: float) -> dict[str, Any]:
+        """The next `method` event of this tab (events of other tabs are dropped)."""
         deadline = time.monotonic() + seconds
         while time.monotonic() < deadline:
-            for event in self.events:
-                if event.get("method") == method:
+            for event in list(self.events):
+                if event.get("sessionId") != self.session_id:
+                    self.events.remove(event)
+                elif event.get("method") == method:
                     self.events.remove(event)
                     return event
             try:
@@ -54,6 +57,33 @@ class Page:
             except TimeoutError:
                 continue
         raise AssertionError(f"no {method} within {seconds} s")
+
+    def evaluate(self, expression: str) -> Any:
+        """The value of a JavaScript expression in the page (a promise is awaited)."""
+        result = self.send(
+            "Runtime.evaluate", expression=expression, returnByValue=True, awaitPromise=True
+        )
+        if "exceptionDetails" in result:
+            raise AssertionError(f"{expression}: {result['exceptionDetails']}")
+        return result["result"].get("value")
+
+    def load(self, url: str) -> None:
+        """Navigate and wait for the page's load event."""
+        self.send("Page.navigate", url=url)
+        self.wait_for("Page.loadEventFired", 30)
+
+    def click(self, selector: str) -> None:
+        """A real (trusted) mouse click in the middle of the element, held for 0.1 s."""
+        box = self.evaluate(
+            f"(({{x, y, width, height}}) => ({{x, y, width, height}}))"
+            f"(document.querySelector({json.dumps(selector)}).getBoundingClientRect())"
+        )
+        x, y = box["x"] + box["width"] / 2, box["y"] + box["height"] / 2
+        for kind in ("mousePressed", "mouseReleased"):
+            self.send("Input.dispatchMouseEvent", type=kind, x=x, y=y, button="left", clickCount=1)
+            # Held as a person would, past the next frame. Pressed and released within one
+            # frame, Chromium reports the pointerdown as the interaction, and without a target.
+            time.sleep(0.1)
 
 
 @contextmanager
@@ -76,6 +106,7 @@ def chromium(tmp_path: Path) -> Iterator[ClientConnection]:
 
 
 def open_page(socket: ClientConnection, url: str) -> Page:
+    """A new tab; it starts loading `url` (about:blank: set the tab up, then `load`)."""
     events: list[dict[str, Any]] = []
     target = _call(socket, 2, "Target.createTarget", {"url": "about:blank"}, None, events)
     attached = _call(
@@ -84,7 +115,8 @@ def open_page(socket: ClientConnection, url: str) -> Page:
     )  # fmt: skip
     page = Page(socket, attached["sessionId"])
     page.send("Page.enable")
-    page.send("Page.navigate", url=url)
+    if url != "about:blank":
+        page.send("Page.navigate", url=url)
     return page
 
 
