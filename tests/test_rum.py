@@ -4,6 +4,10 @@ from __future__ import annotations
 
 import asyncio
 import json
+import shutil
+import subprocess
+import sys
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -14,12 +18,23 @@ from hypothesis import strategies as st
 from quart import Quart
 
 from service.app import create_app
-from service.observability.rum import ERROR_KINDS, REJECTION_REASONS, VITALS
+from service.observability.context import add_request_context
+from service.observability.rum import (
+    ATTRIBUTION_MILLISECONDS,
+    CORE_VITALS,
+    ERROR_KINDS,
+    LOG_LINES_BURST,
+    NAVIGATION_TYPES,
+    REJECTION_REASONS,
+    VITALS,
+)
 from service.settings import Settings
 from tests.conftest import Client
+from tests.support import ROOT
 from tests.support.metrics_helpers import Samples, parse, value
 
 BOOKS = "/books/<int:book_id>"
+DEMO_PAGES = ("layout-shift", "slow-interaction", "lcp-image", "xhr")
 
 
 def _beacon(**parts: Any) -> dict[str, Any]:
@@ -252,17 +267,169 @@ async def test_js_error_messages_are_scrubbed_of_tokens(
     assert line["message"].split()[0] == message.split()[0]  # the rest of the message stays
 
 
-async def test_rum_script_and_demo_page(rum: Client, settings: Settings) -> None:
+async def test_rum_script_library_and_demo_pages(rum: Client, settings: Settings) -> None:
     script = await rum.get("/static/rum.js")
     assert script.status_code == 200
     assert "javascript" in script.headers["Content-Type"]
-    assert "sendBeacon" in await script.get_data(as_text=True)
-    page = await rum.get("/rum/demo")
-    assert page.status_code == 200
-    assert '<script src="/static/rum.js"></script>' in await page.get_data(as_text=True)
+    text = await script.get_data(as_text=True)
+    assert "sendBeacon" in text and "web-vitals.attribution.iife.js" in text
+    library = await rum.get("/static/web-vitals.attribution.iife.js")
+    assert library.status_code == 200 and "javascript" in library.headers["Content-Type"]
+    assert (await library.get_data(as_text=True)).startswith("var webVitals=")
+    demos = ["/rum/demo", *(f"/rum/demo/{name}" for name in DEMO_PAGES)]
+    for path in demos:
+        page = await rum.get(path)
+        assert page.status_code == 200, path
+        assert page.headers["Content-Type"] == "text/html; charset=utf-8"
+        assert '<script src="/static/rum.js"></script>' in await page.get_data(as_text=True)
+    cover = await rum.get("/rum/demo/cover.svg")
+    assert cover.headers["Content-Type"] == "image/svg+xml"
     hidden = create_app(settings.model_copy(update={"rum_demo_enabled": False}))
     async with hidden.test_app() as test_app:
-        assert (await test_app.test_client().get("/rum/demo")).status_code == 404
+        for path in [*demos, "/rum/demo/demo.js"]:
+            assert (await test_app.test_client().get(path)).status_code == 404, path
+
+
+def test_the_served_web_vitals_is_the_pinned_one() -> None:
+    checked = subprocess.run(
+        [sys.executable, ROOT / "scripts" / "vendor-web-vitals", "--check"],
+        capture_output=True, text=True, timeout=60,
+    )  # fmt: skip
+    assert checked.returncode == 0, checked.stderr
+    pin = json.loads((ROOT / "scripts" / "web-vitals.json").read_text())
+    assert f"web-vitals {pin['version']} is served as pinned" in checked.stdout
+
+
+def test_the_pin_check_fails_on_a_changed_file(tmp_path: Path) -> None:
+    """The check on a copy of the repository's layout, its served file changed by one byte."""
+    for part in ("scripts/vendor-web-vitals", "scripts/web-vitals.json", *_VENDORED):
+        (tmp_path / part).parent.mkdir(parents=True, exist_ok=True)
+        shutil.copy(ROOT / part, tmp_path / part)
+    served = tmp_path / _VENDORED[0]
+    served.write_bytes(served.read_bytes().replace(b"webVitals", b"webVitalz", 1))
+    (tmp_path / _VENDORED[1]).unlink()
+    checked = subprocess.run(
+        [sys.executable, tmp_path / "scripts" / "vendor-web-vitals", "--check"],
+        capture_output=True, text=True, timeout=60,
+    )  # fmt: skip
+    assert checked.returncode == 1
+    assert f"{_VENDORED[0]} is not web-vitals" in checked.stderr
+    assert f"{_VENDORED[1]} is missing" in checked.stderr
+
+
+def test_the_pin_is_what_the_registry_serves_for_that_version() -> None:
+    """npm fetches the pinned version: its integrity and its file are the pinned ones."""
+    checked = subprocess.run(
+        [sys.executable, ROOT / "scripts" / "vendor-web-vitals", "--check", "--remote"],
+        capture_output=True, text=True, timeout=300,
+    )  # fmt: skip
+    assert checked.returncode == 0, checked.stderr
+
+
+_VENDORED = (
+    "service/static/web-vitals.attribution.iife.js",
+    "service/static/web-vitals.LICENSE.txt",
+)
+
+
+# ------------------------------------------------------------------ poor vitals in the log
+
+
+_JWT = "eyJhbGciOiJIUzI1NiJ9.eyJzdWIiOiI0MiJ9.c2lnbmF0dXJl"
+
+
+def _poor_lines(events: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    return [e for e in events if e["event"] == "web_vital_poor"]
+
+
+async def test_a_poor_vital_is_logged_with_its_culprit(rum: Client) -> None:
+    inp = {
+        "name": "INP", "value": 608, "navigation": "navigate",
+        "attribution": {
+            "target": "#buy", "type": "pointer", "inputDelay": 1.1,
+            "processingDuration": 601.14, "presentationDelay": 5.8, "loadState": "complete",
+        },
+    }  # fmt: skip
+    lcp = {
+        "name": "LCP", "value": 4256, "navigation": "back-forward-cache",
+        "attribution": {
+            "target": "#cover", "url": "https://cdn.example/covers/cover.svg?sig=abc#x",
+            "timeToFirstByte": 5.3, "resourceLoadDelay": 4229.5, "resourceLoadDuration": 2.1,
+            "elementRenderDelay": 19.1,
+        },
+    }  # fmt: skip
+    cls = {"name": "CLS", "value": 0.31, "attribution": {"target": "div#content>p", "shift": 0.3}}
+    with structlog.testing.capture_logs(processors=[add_request_context]) as events:
+        response = await _post(rum, _beacon(metrics=[inp, lcp, cls]))
+    assert response.status_code == 204
+    inp_line, lcp_line, cls_line = _poor_lines(events)
+    assert inp_line == {
+        **inp_line,
+        "page": BOOKS, "metric": "INP", "value": 608, "navigation": "navigate", "target": "#buy",
+        "interaction_type": "pointer", "input_delay_ms": 1.1, "processing_duration_ms": 601.1,
+        "presentation_delay_ms": 5.8, "load_state": "complete", "log_level": "warning",
+    }  # fmt: skip
+    assert inp_line["request_id"]  # the beacon's request, like every line of a request
+    assert lcp_line["url_path"] == "<url>"  # a full URL is never logged, even without query
+    assert lcp_line["navigation"] == "back-forward-cache"
+    assert lcp_line["resource_load_delay_ms"] == 4229.5 and lcp_line["target"] == "#cover"
+    assert cls_line["largest_shift_value"] == 0.3 and cls_line["target"] == "div#content>p"
+
+
+async def test_good_vitals_and_poor_fcp_or_ttfb_are_not_logged(rum: Client) -> None:
+    metrics = [
+        {"name": "INP", "value": 500, "attribution": {"target": "#a"}},  # at the line: not poor
+        {"name": "LCP", "value": 2500},
+        {"name": "CLS", "value": 0.25},
+        {"name": "FCP", "value": 9000},  # poor, but no culprit to act on
+        {"name": "TTFB", "value": 9000},
+    ]
+    with structlog.testing.capture_logs() as events:
+        await _post(rum, _beacon(metrics=metrics))
+    assert not _poor_lines(events)
+    samples = await _samples(rum)
+    assert value(samples, "frontend_web_vital_seconds_count", metric="INP", page=BOOKS) == 1
+
+
+@pytest.mark.parametrize(
+    ("attribution", "expected"),
+    [
+        ({"target": "#user-jane.doe@mail.example"}, {"target": "#<email>"}),
+        ({"target": "#order-1234567>td"}, {"target": "#order-<number>>td"}),
+        ({"target": "x" * 500}, {"target": "x" * 100}),
+        ({"target": "a\nb\tc"}, {"target": "a b c"}),
+        ({"url": "/covers/4412345678.jpg?token=abc"}, {"url_path": "/covers/<number>.jpg"}),
+        ({"url": f"/reset/{_JWT}"}, {"url_path": "/reset/[REDACTED]"}),
+        ({"type": "telepathy", "loadState": "<script>"}, {}),
+        ({"inputDelay": -1, "processingDuration": "600", "presentationDelay": 1e12}, {}),
+        ({"inputDelay": True, "shift": 99}, {}),
+        ({"target": ["#a"], "url": {"x": 1}, "time": None}, {}),
+        ("#slow", {}),
+        (None, {}),
+    ],
+)  # fmt: skip
+async def test_a_culprit_is_scrubbed_bounded_and_typed(
+    rum: Client, attribution: object, expected: dict[str, Any]
+) -> None:
+    entry = {"name": "INP", "value": 900, "navigation": "x" * 50, "attribution": attribution}
+    with structlog.testing.capture_logs() as events:
+        assert (await _post(rum, _beacon(metrics=[entry]))).status_code == 204
+    (line,) = _poor_lines(events)
+    culprit = {k: v for k, v in line.items() if k not in {"event", "log_level", "page", "metric"}}
+    assert culprit == {"value": 900, "navigation": None, **expected}
+
+
+async def test_beacon_log_lines_have_a_budget_and_the_rest_are_counted(rum: Client) -> None:
+    errors = [{"kind": "TypeError", "message": "x is undefined"}] * 50
+    with structlog.testing.capture_logs() as events:
+        for _ in range(3):
+            assert (await _post(rum, _beacon(errors=errors))).status_code == 204
+    logged = len([e for e in events if e["event"] == "frontend_error"])
+    samples = await _samples(rum)
+    dropped = value(samples, "frontend_log_lines_dropped_total", event="frontend_error")
+    assert LOG_LINES_BURST <= logged < 150 and logged + dropped == 150
+    # the metrics still count every error
+    assert value(samples, "frontend_js_errors_total", page=BOOKS, kind="TypeError") == 150
 
 
 # ------------------------------------------------------------------ property-based
@@ -277,6 +444,20 @@ _json = st.recursive(
     ),
     max_leaves=20,
 )
+_attribution = st.dictionaries(
+    st.sampled_from(
+        ["target", "url", "type", "loadState", "shift", *ATTRIBUTION_MILLISECONDS, "other"]
+    ),
+    st.text(max_size=300)
+    | st.sampled_from(["pointer", "keyboard", "complete", "/covers/1.jpg?t=secret"])
+    | st.floats()
+    | st.integers(),
+    max_size=10,
+)
+_LOG_FIELDS = {
+    "event", "log_level", "page", "metric", "value", "navigation", "target", "url_path",
+    "interaction_type", "load_state", "largest_shift_value", *ATTRIBUTION_MILLISECONDS.values(),
+}  # fmt: skip
 _paths = st.sampled_from(["/api/auth/me", "/api/x/1", "/", "//", "/api/auth/login?x=1"])
 _entry = st.fixed_dictionaries(
     {},
@@ -289,9 +470,23 @@ _entry = st.fixed_dictionaries(
         "method": st.sampled_from(["GET", "POST", "get", "BREW"]) | st.text(max_size=6),
         "status": st.integers(min_value=-5, max_value=700) | st.text(max_size=3),
         "duration": st.floats(allow_nan=False) | st.integers(min_value=-10, max_value=10**9),
+        "navigation": st.sampled_from(sorted(NAVIGATION_TYPES)) | st.text(max_size=8) | _json,
+        "attribution": _attribution | _json,
     },
 )
-_lists = st.lists(_entry, max_size=8) | _json
+_poor_entry = st.one_of(
+    *(
+        st.fixed_dictionaries(
+            {"name": st.just(name), "value": st.floats(low, high)},
+            optional={
+                "navigation": st.sampled_from(sorted(NAVIGATION_TYPES)) | _json,
+                "attribution": _attribution | _json,
+            },
+        )
+        for name, low, high in (("LCP", 4001, 60_000), ("INP", 501, 60_000), ("CLS", 0.26, 10))
+    )
+)
+_lists = st.lists(_entry | _poor_entry, max_size=8) | _json
 _payloads = (
     st.fixed_dictionaries(
         {},
@@ -326,8 +521,19 @@ async def _post_random_payloads(rum_app: Quart) -> None:
         response = asyncio.run_coroutine_threadsafe(_post(client, payload), loop).result(30)
         statuses.append(response.status_code)
 
-    await asyncio.to_thread(post_examples)
+    with structlog.testing.capture_logs() as events:
+        await asyncio.to_thread(post_examples)
     assert statuses and set(statuses) <= {204, 400, 413}
+    poor = _poor_lines(events)
+    assert poor  # the examples reach the log line
+    for line in poor:
+        assert set(line) <= _LOG_FIELDS, line
+        assert line["metric"] in CORE_VITALS and line["navigation"] in NAVIGATION_TYPES | {None}
+        for field in ("target", "url_path"):
+            text = line.get(field, "")
+            assert len(text) <= 100 and "\n" not in text and "secret" not in text, line
+        numbers = [v for k, v in line.items() if k.endswith("_ms") or k == "largest_shift_value"]
+        assert all(isinstance(n, float) and 0 <= n <= 60_000 for n in numbers), line
     templates = {rule.rule for rule in rum_app.url_map.iter_rules()} | {BOOKS, "other"}
     for name, labels in await _samples(client):
         if not name.startswith("frontend_"):
