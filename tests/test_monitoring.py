@@ -18,6 +18,7 @@ import httpx
 import pytest
 import yaml
 
+from service.observability.metrics import VITAL_THRESHOLDS
 from service.settings import Settings
 from tests.conftest import REDIS_URL
 from tests.support.server import PRODUCTION_ENV, Server, free_port, running_server
@@ -105,6 +106,27 @@ def test_resource_alerts_use_the_health_check_thresholds() -> None:
     memory_used = defaults["memory_warning_percent"].default / 100
     assert alerts["DiskSpaceLow"].endswith(f"(system_disk_free_ratio) < {disk_free:.2f}")
     assert alerts["MemoryHigh"].endswith(f"(system_memory_used_ratio) >= {memory_used:.2f}")
+
+
+def test_vital_panels_draw_the_thresholds_the_service_rates_with() -> None:
+    """Each vital's p75 panel draws its good and poor lines, and the good-share panel cuts at
+    the good threshold, both from the one definition the receiver and the buckets use."""
+    panels = _panels(json.loads(DASHBOARD.read_text()))
+    for name, thresholds in VITAL_THRESHOLDS.items():
+        series = "frontend_cls_bucket" if name == "CLS" else f'metric="{name}"'
+        (panel,) = [
+            p for p in panels
+            if p["targets"][0]["expr"].startswith("histogram_quantile(0.75")
+            and series in p["targets"][0]["expr"]
+        ]  # fmt: skip
+        steps = panel["fieldConfig"]["defaults"]["thresholds"]["steps"]
+        assert tuple(step["value"] for step in steps[1:]) == thresholds, panel["title"]
+        assert panel["fieldConfig"]["defaults"]["custom"]["thresholdsStyle"]["mode"] != "off"
+        (good,) = [
+            t["expr"] for p in panels for t in p["targets"]
+            if t.get("legendFormat") == name and "le=" in t["expr"]
+        ]  # fmt: skip
+        assert f'le="{thresholds[0]}"' in good and series.replace("_bucket", "") in good
 
 
 def test_amtool_accepts_the_config_and_routes_each_severity() -> None:
@@ -205,7 +227,16 @@ def test_every_dashboard_panel_returns_data(tmp_path: Path, postgres_url: str) -
             assert client.get("/test/boom").status_code == 500
             beacon = {
                 "page": "/rum/demo",
-                "metrics": [{"name": "FCP", "value": 900}, {"name": "CLS", "value": 0.02}],
+                "metrics": [
+                    {"name": name, "value": value}
+                    for name, value in (
+                        ("FCP", 900),
+                        ("LCP", 2100),
+                        ("INP", 120),
+                        ("TTFB", 300),
+                        ("CLS", 0.02),
+                    )
+                ],
                 "errors": [{"kind": "TypeError", "message": "x is undefined"}],
                 "api": [
                     {"endpoint": "/api/auth/me", "method": "GET", "status": 503, "duration": 80}
