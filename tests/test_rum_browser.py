@@ -20,6 +20,16 @@ from tests.support.stack import wait_until
 
 TIMED = ("FCP", "LCP", "INP", "TTFB")
 FRAME_MS = 1000 / 60
+REUSED_XHR = """(async () => {
+  const xhr = new XMLHttpRequest();
+  const call = (url) => new Promise(done => {
+    xhr.onloadend = () => done(xhr.status);
+    xhr.open("GET", url);
+    xhr.send();
+  });
+  return [await call("/api/auth/me"), await call(new URL("/api/auth/me", location.href)),
+          await call("/")];
+})()"""
 # Headless Chromium may never be idle: an idle callback runs at its timeout.
 IDLE = "new Promise(done => requestIdleCallback(done, {timeout: 1000}))"
 # web-vitals takes in an interaction's entries when the page is next idle, or at the latest
@@ -100,12 +110,15 @@ def test_xhr_calls_are_timed_and_a_failing_one_counted(site: tuple[Server, Page]
     wait_until(lambda: page.evaluate("document.getElementById('done').textContent"), 30, "xhr")
     assert page.evaluate("document.getElementById('done').textContent") == "401 0"
     page.send("Fetch.disable")
+    # One request object opened and sent twice (and once to a page that is not the API): each
+    # call is timed once.
+    assert page.evaluate(REUSED_XHR) == [401, 401, 200]
     library = _leave(server, page, path)
 
     samples = _beacon_arrived(server, path, library)
     me = {"endpoint": "/api/auth/me", "method": "GET"}
     logout = {"endpoint": "/api/auth/logout", "method": "POST"}
-    assert value(samples, "frontend_api_request_duration_seconds_count", **me) == 1
+    assert value(samples, "frontend_api_request_duration_seconds_count", **me) == 3
     assert value(samples, "frontend_api_request_duration_seconds_count", **logout) == 1
     assert value(samples, "frontend_api_errors_total", endpoint="/api/auth/logout") == 1
     assert value(samples, "frontend_api_errors_total", endpoint="/api/auth/me") == 0
@@ -132,6 +145,72 @@ def test_a_back_forward_cache_restore_sends_its_own_beacon(site: tuple[Server, P
     assert value(samples, "frontend_js_errors_total", page=path, kind="TypeError") == 1
     fetched = {"endpoint": "/api/auth/me", "method": "GET"}
     assert value(samples, "frontend_api_request_duration_seconds_count", **fetched) >= 1
+
+
+HOSTILE_PAGE = r"""(async () => {
+  for (let i = 0; i < 3; i++) setTimeout(() => { throw {name: 1n, message: "m"}; }, 0);
+  setTimeout(() => {
+    throw new Error("x".repeat(133) + "\u{1F600} tail, alice.smith@example.com");
+  }, 0);
+  Promise.reject(Object.create(null));
+  await new Promise(done => setTimeout(done, 100));
+  const statuses = [];
+  for (let i = 0; i < 40; i++) statuses.push((await fetch("/api/auth/me")).status);
+  for (let i = 0; i < 25; i++) {
+    statuses.push((await fetch("/api/books/" + "a".repeat(700) + i)).status);
+  }
+  statuses.push(await new Promise(done => {  // sent again from its own load handler
+    const xhr = new XMLHttpRequest();
+    let calls = 0;
+    xhr.onload = () => {
+      if (calls++ < 1) { xhr.open("GET", "/api/auth/me?again"); xhr.send(); }
+      else done(xhr.status);
+    };
+    xhr.open("GET", "/api/auth/me");
+    xhr.send();
+  }));
+  return statuses;
+})()"""
+
+
+def test_hostile_page_code_breaks_neither_the_page_nor_the_beacons(
+    site: tuple[Server, Page],
+) -> None:
+    """Errors whose name cannot be serialised, an emoji cut in half, a rejection that cannot
+    be printed, API paths long enough to make a beacon too large, a request object sent again
+    from its own handler: the page's calls all answer, rum.js throws nothing, and every call
+    and error reaches the service, none refused."""
+    server, page = site
+    page.send("Runtime.enable")
+    page.load(server.base_url + "/rum/demo/xhr")
+    statuses = page.evaluate(HOSTILE_PAGE)
+    assert statuses == [401] * 40 + [404] * 25 + [401]
+    _leave(server, page, "/rum/demo/xhr")
+
+    me = {"endpoint": "/api/auth/me", "method": "GET"}
+    other = {"endpoint": "other", "method": "GET"}
+
+    def arrived() -> bool:
+        samples = _scrape(server)
+        return (
+            value(samples, "frontend_api_request_duration_seconds_count", **me) == 1 + 40 + 2
+            and value(samples, "frontend_api_request_duration_seconds_count", **other) == 25
+        )
+
+    wait_until(arrived, 30, f"API timings lost:\n{_tail(server)}")
+    samples = _scrape(server)
+    page_errors = {"page": "/rum/demo/xhr"}
+    assert value(samples, "frontend_js_errors_total", **page_errors, kind="other") == 3
+    assert value(samples, "frontend_js_errors_total", **page_errors, kind="Error") == 1
+    assert value(samples, "frontend_js_errors_total", **page_errors, kind="unhandledrejection") == 1
+    assert value(samples, "frontend_api_errors_total", endpoint="/api/auth/me") == 0
+    for reason in ("malformed", "body_too_large", "too_many_entries", "invalid_value"):
+        assert value(samples, "frontend_beacons_rejected_total", reason=reason) == 0, reason
+    thrown = [e for e in page.events if e.get("method") == "Runtime.exceptionThrown"]
+    assert thrown and not [e for e in thrown if "rum.js" in json.dumps(e)]
+    messages = [line["message"] for line in _log(server) if line["event"] == "frontend_error"]
+    assert any("\ufffd" not in m and m.startswith("Uncaught Error: xxx") for m in messages)
+    assert not [m for m in messages if "alice" in m or "example.com" in m]
 
 
 # ------------------------------------------------------------------ helpers

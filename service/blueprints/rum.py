@@ -67,7 +67,7 @@ def create_blueprint(app: Quart, settings: Settings, metrics: Metrics) -> Bluepr
         try:
             receiver.admit(client, request.headers.get("Origin"), request.content_length)
             body = await request.get_data(cache=False, as_text=False, parse_form_data=False)
-            receiver.receive(body)
+            receiver.receive(body, client)
         except Rejected as rejected:
             headers = {"Retry-After": "1"} if rejected.status == 429 else None
             raise APIError(

@@ -10,11 +10,14 @@ the log: scrubbed, cut short, and within a per-process budget of lines.
 
 from __future__ import annotations
 
+import json
 import math
 import re
 import time
+import unicodedata
 from collections import OrderedDict
 from typing import Any, TypeGuard
+from urllib.parse import unquote
 
 import orjson
 import structlog
@@ -32,10 +35,13 @@ MAX_SECONDS = 60.0
 MAX_CLS = 10.0
 MAX_MESSAGE = 120
 MAX_TARGET = 100  # web-vitals cuts its selectors at 100 characters too
-# Lines logged from beacons (`frontend_error`, `web_vital_poor`) per process: a steady rate and a
-# burst; lines over it are dropped and counted in `frontend_log_lines_dropped_total`.
+# Lines logged from beacons (`frontend_error`, `web_vital_poor`) per process, and per client
+# address within it, so that one client cannot use the whole budget: a steady rate and a burst
+# each; lines over either are dropped and counted in `frontend_log_lines_dropped_total`.
 LOG_LINES_PER_SECOND = 10.0
 LOG_LINES_BURST = 100
+CLIENT_LOG_LINES_PER_SECOND = 1.0
+CLIENT_LOG_LINES_BURST = 20
 LOGGED_EVENTS = ("frontend_error", "web_vital_poor")
 VITALS = frozenset({"FCP", "LCP", "INP", "TTFB"})
 CORE_VITALS = frozenset({"LCP", "CLS", "INP"})  # a poor one is logged with its culprit
@@ -73,8 +79,13 @@ REJECTIONS: dict[str, str] = {
     "rate_limited": "Too many beacons from this client; retry later.",
 }
 REJECTION_REASONS = tuple(REJECTIONS)
-_EMAIL = re.compile(r"[\w.+-]+@[\w-]+\.[\w.-]+")
+# Anything around an @, so that an address cut short (`alice.smith@ex`) is still one.
+_EMAIL = re.compile(r"[^\s@<>\"'()\[\],;/]+@[^\s<>\"'()\[\],;/]*")
 _LONG_NUMBER = re.compile(r"\d{4,}")
+# Digits grouped by spaces, dots, dashes or brackets (`123-45-678`, `+44 20 7946 0958`): masked
+# when the group holds six digits or more.
+_GROUPED_NUMBER = re.compile(r"\+?\d[\d .()-]{4,}\d")
+_SURROGATE_ESCAPE = re.compile(rb"\\u[dD][89a-fA-F]")
 _URL = re.compile(r"\b[a-z][a-z0-9+.-]*://\S+", re.IGNORECASE)
 # Long runs of base64/base64url with both letters and digits, or of hex: keys, tokens, ids.
 _LONG_TOKEN = re.compile(
@@ -100,6 +111,7 @@ class BeaconReceiver:
         self._pages = Map([Rule(page, endpoint=page) for page in settings.rum_pages]).bind("rum")
         self._buckets = _TokenBuckets(settings.rum_rate_per_second, settings.rum_burst)
         self._log_budget = _TokenBuckets(LOG_LINES_PER_SECOND, LOG_LINES_BURST, capacity=1)
+        self._client_log_budget = _TokenBuckets(CLIENT_LOG_LINES_PER_SECOND, CLIENT_LOG_LINES_BURST)
         for reason in REJECTION_REASONS:  # exported from 0
             metrics.frontend_rejected.add({"reason": reason}, 0)
         for event in LOGGED_EVENTS:
@@ -119,13 +131,13 @@ class BeaconReceiver:
         if length is not None and length > MAX_BODY_BYTES:
             raise self.reject("body_too_large", 413)
 
-    def receive(self, body: bytes) -> None:
+    def receive(self, body: bytes, client: str) -> None:
         """Record what a beacon holds; entries that fail validation are counted and dropped."""
         if len(body) > MAX_BODY_BYTES:
             raise self.reject("body_too_large", 413)
         try:
-            beacon = orjson.loads(body)
-        except orjson.JSONDecodeError:
+            beacon = _parse(body)
+        except ValueError:
             raise self.reject("malformed", 400) from None
         if not isinstance(beacon, dict):
             raise self.reject("malformed", 400)
@@ -142,11 +154,11 @@ class BeaconReceiver:
             (api, self._api_call),
         ):
             for item in items:
-                reason = record(page, item) if isinstance(item, dict) else "malformed"
+                reason = record(page, item, client) if isinstance(item, dict) else "malformed"
                 if reason is not None:
                     self.metrics.frontend_rejected.inc({"reason": reason})
 
-    def _metric(self, page: str, item: dict[str, Any]) -> str | None:
+    def _metric(self, page: str, item: dict[str, Any], client: str) -> str | None:
         name, value = item.get("name"), item.get("value")
         if not isinstance(name, str) or (name not in VITALS and name != "CLS"):
             return "unknown_metric"
@@ -163,26 +175,27 @@ class BeaconReceiver:
                 return "invalid_value"
             self.metrics.frontend_vitals.observe({"metric": name, "page": page}, score)
         poor = score > VITAL_THRESHOLDS[name][1]
-        if poor and name in CORE_VITALS and self._may_log("web_vital_poor"):
+        if poor and name in CORE_VITALS and self._may_log("web_vital_poor", client):
+            navigation = _one_of(item.get("navigation"), NAVIGATION_TYPES)
+            known = {"navigation": navigation} if navigation else {}
             logger.warning(
-                "web_vital_poor", page=page, metric=name, value=value,
-                navigation=_one_of(item.get("navigation"), NAVIGATION_TYPES),
+                "web_vital_poor", page=page, metric=name, value=value, **known,
                 **culprit(item.get("attribution")),
             )  # fmt: skip
         return None
 
-    def _error(self, page: str, item: dict[str, Any]) -> str | None:
+    def _error(self, page: str, item: dict[str, Any], client: str) -> str | None:
         kind = item.get("kind")
         message = item.get("message", "")
         if not isinstance(kind, str) or not isinstance(message, str):
             return "malformed"
         label = kind if kind in ERROR_KINDS else OTHER
         self.metrics.frontend_js_errors.inc({"page": page, "kind": label})
-        if self._may_log("frontend_error"):
+        if self._may_log("frontend_error", client):
             logger.warning("frontend_error", page=page, kind=label, message=scrub_message(message))
         return None
 
-    def _api_call(self, page: str, item: dict[str, Any]) -> str | None:
+    def _api_call(self, page: str, item: dict[str, Any], client: str) -> str | None:
         path, method = item.get("endpoint"), item.get("method", "GET")
         status, duration = item.get("status"), item.get("duration")
         if not isinstance(path, str) or not isinstance(method, str):
@@ -202,8 +215,8 @@ class BeaconReceiver:
             self.metrics.frontend_api_errors.inc({"endpoint": endpoint})
         return None
 
-    def _may_log(self, event: str) -> bool:
-        if self._log_budget.take(""):
+    def _may_log(self, event: str, client: str) -> bool:
+        if self._client_log_budget.take(client) and self._log_budget.take(""):
             return True
         self.metrics.frontend_log_dropped.inc({"event": event})
         return False
@@ -242,8 +255,8 @@ def culprit(attribution: object) -> dict[str, Any]:
     for key, field in (("target", "target"), ("url", "url_path")):
         text = attribution.get(key)
         if isinstance(text, str) and text:
-            if key == "url":
-                text = text.split("?", 1)[0].split("#", 1)[0]
+            if key == "url":  # a path as browsers encode it: %40 is an @
+                text = unquote(text.split("?", 1)[0].split("#", 1)[0])
             fields[field] = scrub_message(text, MAX_TARGET)
     for key, field, words in (
         ("type", "interaction_type", INTERACTION_TYPES),
@@ -255,23 +268,63 @@ def culprit(attribution: object) -> dict[str, Any]:
     for key, field in ATTRIBUTION_MILLISECONDS.items():
         number = attribution.get(key)
         if _valid_number(number) and number <= MAX_SECONDS * 1000:
-            fields[field] = round(float(number), 1)
+            fields[field] = round(float(number), 1) + 0.0  # + 0.0: never -0.0
     shift = attribution.get("shift")
     if _valid_number(shift) and shift <= MAX_CLS:
-        fields["largest_shift_value"] = round(float(shift), 4)
+        fields["largest_shift_value"] = round(float(shift), 4) + 0.0
     return fields
 
 
 def scrub_message(message: str, limit: int = MAX_MESSAGE) -> str:
-    """Browser text for the log: short, on one line, and without URLs, secrets (`token=…`,
-    `Bearer …`, JWTs, hashes), long hex or base64 runs, e-mail addresses or long numbers
-    (identifiers, card or phone numbers) a page might have put in it."""
-    text = _URL.sub("<url>", " ".join(message[: limit * 2].split()))
+    """Browser text for the log: short, on one line, without control or invisible formatting
+    characters (bidi overrides, zero-width) or lone surrogates, and without URLs, secrets
+    (`token=…`, `Bearer …`, JWTs, hashes), long hex or base64 runs, e-mail addresses (whole or
+    cut short) or numbers (identifiers, card or phone numbers, grouped or not) a page might have
+    put in it."""
+    text = " ".join(message[: limit * 4].encode("utf-8", "replace").decode().split())
+    text = "".join(c for c in text if unicodedata.category(c) not in _INVISIBLE)
+    text = _URL.sub("<url>", text)
     text = mask_secrets(text)
     text = _LONG_TOKEN.sub("<token>", text)
     text = _EMAIL.sub("<email>", text)
+    text = _GROUPED_NUMBER.sub(_grouped_number, text)
     text = _LONG_NUMBER.sub("<number>", text)
     return text[:limit]
+
+
+_INVISIBLE = frozenset({"Cc", "Cf"})  # controls other than whitespace; bidi, zero-width
+
+
+def _grouped_number(match: re.Match[str]) -> str:
+    digits = sum(c.isdigit() for c in match.group())
+    return "<number>" if digits >= 6 else match.group()
+
+
+def _parse(body: bytes) -> object:
+    """The beacon's JSON. orjson refuses a lone UTF-16 surrogate escape (`"\\ud83d"`), which
+    browsers' `JSON.stringify` writes for a string cut in the middle of an emoji; such a body is
+    read by the standard library instead (its strings are made whole where they are logged).
+    Either way: UTF-8 only, no NaN or infinities."""
+    try:
+        return orjson.loads(body)
+    except orjson.JSONDecodeError:
+        if not _SURROGATE_ESCAPE.search(body):
+            raise
+    try:
+        return json.loads(body.decode(), parse_constant=_refuse, parse_float=_finite)
+    except RecursionError:
+        raise ValueError("nested too deeply") from None
+
+
+def _refuse(constant: str) -> float:
+    raise ValueError(f"{constant} is not JSON")
+
+
+def _finite(text: str) -> float:
+    number = float(text)
+    if not math.isfinite(number):
+        raise ValueError(f"{text} is not a finite number")
+    return number
 
 
 def _one_of(value: object, words: frozenset[str]) -> str | None:

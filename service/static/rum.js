@@ -6,7 +6,8 @@
  * Console's and CrUX's, back/forward-cache restores and prerendering included. This script
  * adds what is the service's own: JavaScript errors, timings of same-origin /api/ calls made
  * with fetch or XMLHttpRequest, batching within the receiver's limits, and sending when the page
- * is hidden or left (sendBeacon, falling back to fetch with keepalive).
+ * is hidden or left (sendBeacon, falling back to fetch with keepalive). It never throws into the
+ * page: whatever goes wrong here is dropped.
  * Optional attributes on the tag: data-endpoint="/api/rum", data-web-vitals="<its URL>".
  * Values are milliseconds (CLS unitless); see POST /api/rum in the service's README. */
 (function () {
@@ -15,14 +16,20 @@
   var endpoint = attribute("data-endpoint") || "/api/rum";
   var library = attribute("data-web-vitals") ||
     new URL("web-vitals.attribution.iife.js", (script && script.src) || location.href).href;
-  var MAX_ENTRIES = 30; // the receiver accepts 50 per beacon and 16 KB
+  var MAX_ENTRIES = 30; // the receiver accepts 50 per beacon
+  var MAX_BYTES = 15000; // and 16 KB
   var MAX_MESSAGE = 150;
-  var MAX_TEXT = 100; // selectors and paths; the receiver keeps 100 characters
-  var queue = { metrics: [], errors: [], api: [] };
+  var MAX_TEXT = 100; // selectors, paths and error kinds; the receiver keeps 100 characters
+  var MAX_PATH = 200;
+  var queue = empty();
   var originalFetch = window.fetch;
 
   function attribute(name) {
     return script && script.getAttribute(name);
+  }
+
+  function empty() {
+    return { metrics: [], errors: [], api: [] };
   }
 
   function size() {
@@ -34,15 +41,34 @@
     if (size() >= MAX_ENTRIES) flush();
   }
 
+  // Page text for the beacon: a string whatever it was, e-mail addresses masked before it is
+  // cut (a cut address no longer looks like one), no lone surrogate (the receiver's JSON parser
+  // refuses one, and with it the beacon), at most `limit` characters.
+  function text(value, limit) {
+    var s;
+    try {
+      s = String(value);
+    } catch (e) {
+      return "[unprintable]";
+    }
+    s = s.replace(/[^\s@<>"']+@[^\s@<>"']+/g, "<email>");
+    s = s.replace(/[\uD800-\uDBFF][\uDC00-\uDFFF]|[\uD800-\uDFFF]/g, function (pair) {
+      return pair.length === 2 ? pair : "\uFFFD";
+    });
+    if (s.length <= limit) return s;
+    var end = /[\uD800-\uDBFF]/.test(s.charAt(limit - 1)) ? limit - 1 : limit;
+    return s.slice(0, end);
+  }
+
   // ---------------------------------------------------------------- web vitals
 
-  function text(value) {
-    return typeof value === "string" ? value.slice(0, MAX_TEXT) : undefined;
+  function optional(value) {
+    return typeof value === "string" ? text(value, MAX_TEXT) : undefined;
   }
 
   function path(url) {
     try {
-      return url ? new URL(url, location.href).pathname.slice(0, MAX_TEXT) : undefined;
+      return url ? text(new URL(url, location.href).pathname, MAX_TEXT) : undefined;
     } catch (e) {
       return undefined;
     }
@@ -53,32 +79,36 @@
     var a = metric.attribution || {};
     if (metric.name === "LCP") {
       return {
-        target: text(a.target), url: path(a.url), timeToFirstByte: a.timeToFirstByte,
+        target: optional(a.target), url: path(a.url), timeToFirstByte: a.timeToFirstByte,
         resourceLoadDelay: a.resourceLoadDelay, resourceLoadDuration: a.resourceLoadDuration,
         elementRenderDelay: a.elementRenderDelay
       };
     }
     if (metric.name === "CLS") {
       return {
-        target: text(a.largestShiftTarget), time: a.largestShiftTime,
-        shift: a.largestShiftValue, loadState: text(a.loadState)
+        target: optional(a.largestShiftTarget), time: a.largestShiftTime,
+        shift: a.largestShiftValue, loadState: optional(a.loadState)
       };
     }
     if (metric.name === "INP") {
       return {
-        target: text(a.interactionTarget), type: text(a.interactionType),
+        target: optional(a.interactionTarget), type: optional(a.interactionType),
         inputDelay: a.inputDelay, processingDuration: a.processingDuration,
-        presentationDelay: a.presentationDelay, loadState: text(a.loadState)
+        presentationDelay: a.presentationDelay, loadState: optional(a.loadState)
       };
     }
     return undefined;
   }
 
   function report(metric) {
-    if (!(metric.value >= 0)) return;
-    var entry = { name: metric.name, value: metric.value, navigation: metric.navigationType };
-    if (metric.rating === "poor") entry.attribution = culprit(metric);
-    push(queue.metrics, entry);
+    try {
+      if (!(metric.value >= 0)) return;
+      var entry = { name: metric.name, value: metric.value, navigation: metric.navigationType };
+      if (metric.rating === "poor") entry.attribution = culprit(metric);
+      push(queue.metrics, entry);
+    } catch (e) {
+      /* dropped */
+    }
   }
 
   var tag = document.createElement("script");
@@ -97,23 +127,21 @@
 
   // ---------------------------------------------------------------- errors
 
-  function errorKind(error, fallback) {
-    return (error && error.name) || fallback;
+  function error(kind, message) {
+    try {
+      push(queue.errors, { kind: text(kind, MAX_TEXT), message: text(message, MAX_MESSAGE) });
+    } catch (e) {
+      /* dropped */
+    }
   }
 
   window.addEventListener("error", function (event) {
     if (!event.message) return; // a resource failed to load, not a script error
-    push(queue.errors, {
-      kind: errorKind(event.error, "Error"),
-      message: String(event.message).slice(0, MAX_MESSAGE)
-    });
+    error((event.error && event.error.name) || "Error", event.message);
   });
   window.addEventListener("unhandledrejection", function (event) {
     var reason = event.reason;
-    push(queue.errors, {
-      kind: "unhandledrejection",
-      message: String((reason && reason.message) || reason).slice(0, MAX_MESSAGE)
-    });
+    error("unhandledrejection", (reason && reason.message) || reason);
   });
 
   // ---------------------------------------------------------------- API calls
@@ -124,68 +152,126 @@
       var url = new URL(String(target), location.href);
       if (url.origin !== location.origin || url.pathname.indexOf("/api/") !== 0 ||
         url.pathname === endpoint) return null;
-      return { endpoint: url.pathname, method: String(method || "GET").toUpperCase() };
+      return {
+        endpoint: text(url.pathname, MAX_PATH), method: text(method || "GET", 10).toUpperCase()
+      };
     } catch (e) {
       return null;
     }
   }
 
   function record(call, status, started) {
-    push(queue.api, {
-      endpoint: call.endpoint, method: call.method, status: status,
-      duration: performance.now() - started
-    });
+    try {
+      push(queue.api, {
+        endpoint: call.endpoint, method: call.method, status: status,
+        duration: performance.now() - started
+      });
+    } catch (e) {
+      /* dropped */
+    }
   }
 
   if (originalFetch) {
     window.fetch = function (input, init) {
-      var request = typeof Request === "function" && input instanceof Request ? input : null;
-      var call = apiCall((init && init.method) || (request && request.method),
-        request ? request.url : input);
+      var call = null;
+      try {
+        var request = typeof Request === "function" && input instanceof Request ? input : null;
+        call = apiCall((init && init.method) || (request && request.method),
+          request ? request.url : input);
+      } catch (e) {
+        call = null;
+      }
       if (!call) return originalFetch.apply(this, arguments);
       var started = performance.now();
       return originalFetch.apply(this, arguments).then(function (response) {
         record(call, response.status, started);
         return response;
-      }, function (error) {
+      }, function (failure) {
         record(call, 0, started); // a network failure or an abort: the browser saw no answer
-        throw error;
+        throw failure;
       });
     };
   }
 
+  // A request object can be opened and sent again, even from its own event handlers, which run
+  // before any listener added here: a call is over when its readyState reaches DONE (before
+  // load, error, abort, timeout and loadend, whatever the outcome; status 0 without an answer),
+  // or when the page opens the object again first.
   var XHR = window.XMLHttpRequest;
   if (XHR && typeof WeakMap === "function") {
-    var calls = new WeakMap();
+    var opened = new WeakMap(); // request -> the API call it was opened for
+    var pending = new WeakMap(); // request -> { call, started } of the call in flight
     var open = XHR.prototype.open;
     var send = XHR.prototype.send;
     XHR.prototype.open = function (method, url) {
+      settle(this);
       var call = apiCall(method, url);
-      if (call) calls.set(this, call);
-      else calls.delete(this);
+      if (call) opened.set(this, call);
+      else opened.delete(this);
       return open.apply(this, arguments);
     };
     XHR.prototype.send = function () {
-      var call = calls.get(this);
+      var call = opened.get(this);
       if (call) {
-        var started = performance.now();
-        // loadend follows load, error, abort and timeout alike; status is 0 without an answer
-        this.addEventListener("loadend", function () {
-          record(call, this.status, started);
+        var request = this;
+        var state = { call: call, started: performance.now() };
+        pending.set(this, state);
+        this.addEventListener("readystatechange", function done() {
+          if (pending.get(request) !== state) {
+            request.removeEventListener("readystatechange", done);
+          } else if (request.readyState === 4) {
+            request.removeEventListener("readystatechange", done);
+            settle(request);
+          }
         });
       }
-      return send.apply(this, arguments);
+      try {
+        return send.apply(this, arguments);
+      } finally {
+        if (this.readyState === 4) settle(this); // a synchronous request
+      }
     };
+  }
+
+  function settle(request) {
+    var state = pending.get(request);
+    if (!state) return;
+    pending.delete(request);
+    record(state.call, request.readyState === 4 ? request.status : 0, state.started);
   }
 
   // ---------------------------------------------------------------- sending
 
   function flush() {
     if (!size()) return;
+    var batch = queue;
+    queue = empty();
+    try {
+      deliver(batch);
+    } catch (e) {
+      /* dropped */
+    }
+  }
+
+  // One beacon, or two halves of it when it would be over the receiver's size limit.
+  function deliver(batch) {
     var body = JSON.stringify({
-      page: location.pathname, metrics: queue.metrics, errors: queue.errors, api: queue.api
+      page: location.pathname, metrics: batch.metrics, errors: batch.errors, api: batch.api
     });
-    queue = { metrics: [], errors: [], api: [] };
+    if (bytes(body) > MAX_BYTES) {
+      var entries = [];
+      ["metrics", "errors", "api"].forEach(function (list) {
+        batch[list].forEach(function (entry) { entries.push([list, entry]); });
+      });
+      if (entries.length < 2) return;
+      var half = Math.ceil(entries.length / 2);
+      [entries.slice(0, half), entries.slice(half)].forEach(function (part) {
+        var smaller = empty();
+        part.forEach(function (item) { smaller[item[0]].push(item[1]); });
+        deliver(smaller);
+      });
+      return;
+    }
     var sent = false;
     try {
       sent = navigator.sendBeacon && navigator.sendBeacon(endpoint, body); // text/plain
@@ -199,8 +285,14 @@
     }
   }
 
-  // web-vitals reports LCP, CLS and INP from its own capturing listener on window, which runs
-  // before this one on the document: the beacon sent here already holds them.
+  function bytes(body) {
+    return typeof TextEncoder === "function" ? new TextEncoder().encode(body).length
+      : body.length * 3;
+  }
+
+  // Leaving a page, Chromium fires pagehide before visibilitychange: the beacon sent at pagehide
+  // holds what was queued by then; web-vitals then reports LCP, CLS and INP from its capturing
+  // visibilitychange listener, before the one here sends them.
   document.addEventListener("visibilitychange", function () {
     if (document.visibilityState === "hidden") flush();
   });
