@@ -169,6 +169,14 @@ HOSTILE_PAGE = r"""(async () => {
     xhr.open("GET", "/api/auth/me");
     xhr.send();
   }));
+  const foreign = "http://localhost:" + location.port + "/api/health";  // another origin
+  await fetch(foreign, {mode: "no-cors"}).catch(() => {});
+  await new Promise(done => {
+    const xhr = new XMLHttpRequest();
+    xhr.onloadend = done;
+    xhr.open("GET", foreign);
+    xhr.send();
+  });
   return statuses;
 })()"""
 
@@ -179,7 +187,7 @@ def test_hostile_page_code_breaks_neither_the_page_nor_the_beacons(
     """Errors whose name cannot be serialised, an emoji cut in half, a rejection that cannot
     be printed, API paths long enough to make a beacon too large, a request object sent again
     from its own handler: the page's calls all answer, rum.js throws nothing, and every call
-    and error reaches the service, none refused."""
+    and error reaches the service, none refused. Calls to another origin are not timed."""
     server, page = site
     page.send("Runtime.enable")
     page.load(server.base_url + "/rum/demo/xhr")
@@ -204,6 +212,8 @@ def test_hostile_page_code_breaks_neither_the_page_nor_the_beacons(
     assert value(samples, "frontend_js_errors_total", **page_errors, kind="Error") == 1
     assert value(samples, "frontend_js_errors_total", **page_errors, kind="unhandledrejection") == 1
     assert value(samples, "frontend_api_errors_total", endpoint="/api/auth/me") == 0
+    health = {"endpoint": "/api/health", "method": "GET"}
+    assert value(samples, "frontend_api_request_duration_seconds_count", **health) == 0
     for reason in ("malformed", "body_too_large", "too_many_entries", "invalid_value"):
         assert value(samples, "frontend_beacons_rejected_total", reason=reason) == 0, reason
     thrown = [e for e in page.events if e.get("method") == "Runtime.exceptionThrown"]
