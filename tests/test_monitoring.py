@@ -37,6 +37,7 @@ from tests.support.stack import (
 PROMETHEUS_DIR = MONITORING / "prometheus"
 ALERTMANAGER_CONFIG = MONITORING / "alertmanager" / "alertmanager.yml"
 DASHBOARD = MONITORING / "grafana" / "dashboards" / "scene-packer.json"
+RUNBOOK_URL = '{{{{ or $externalLabels.runbook_base "monitoring/README.md" }}}}#{anchor}'
 
 
 def _run(*command: str) -> subprocess.CompletedProcess[str]:
@@ -75,7 +76,7 @@ def test_every_alert_is_documented_and_unit_tested() -> None:
         name = rule["alert"]
         assert rule["labels"]["severity"] in {"critical", "warning", "none"}, name
         assert {"summary", "description", "runbook_url"} <= set(rule["annotations"]), name
-        assert rule["annotations"]["runbook_url"] == f"monitoring/README.md#{name.lower()}"
+        assert rule["annotations"]["runbook_url"] == RUNBOOK_URL.format(anchor=name.lower())
         assert name.lower() in anchors, f"{name} has no section in monitoring/README.md"
         assert f"alertname: {name}" in unit_tests, f"{name} has no promtool unit test"
     p95 = [
@@ -306,6 +307,16 @@ def test_alerts_fire_route_inhibit_and_resolve(tmp_path: Path, postgres_url: str
                     f"DatabaseDown did not reach the pager: {webhook.alerts()}",
                 )
                 assert any(a[0] == "pager" for a in webhook.alerts())
+                # The page links its runbook absolutely, from prometheus.yml's one base.
+                base = yaml.safe_load(config.read_text())["global"]["external_labels"]
+                assert base["runbook_base"].startswith("https://")
+                (paged,) = {
+                    alert["annotations"]["runbook_url"]
+                    for note in list(webhook.notifications)
+                    for alert in note["alerts"]
+                    if alert["labels"]["alertname"] == "DatabaseDown"
+                }
+                assert paged == base["runbook_base"] + "#databasedown"
                 slow = ["/test/slow/2300"] * 3
                 with _background_traffic(server, ["/test/boom", *slow], 0.0):
                     for alertname in ("HighErrorRate", "HighLatencyP95"):
@@ -408,9 +419,13 @@ def test_a_down_dependency_inhibits_its_own_jobs_symptoms_only(tmp_path: Path, c
     } == {"active"}
 
 
+RUNBOOK_BASE = "https://wiki.example/ops/it's scene packer\\?a=1&b=2|c #ops"
+
+
 def test_monitoring_run_on_ports_of_choice(tmp_path: Path, postgres_url: str) -> None:
-    """monitoring/run as the README shows it, on free ports: Prometheus scrapes the service,
-    itself and Alertmanager, and sends to that Alertmanager; SIGTERM stops both."""
+    """monitoring/run as the README shows it, on free ports and a runbook base of choice:
+    Prometheus scrapes the service, itself and Alertmanager, sends to that Alertmanager, and
+    links each alert's runbook from that base; SIGTERM stops both."""
     prometheus_address = f"127.0.0.1:{free_port()}"
     alertmanager_address = f"127.0.0.1:{free_port()}"
     with running_server(tmp_path, _service_env(postgres_url)) as server:
@@ -420,6 +435,7 @@ def test_monitoring_run_on_ports_of_choice(tmp_path: Path, postgres_url: str) ->
                 str(MONITORING / "run"),
                 "--prometheus", prometheus_address,
                 "--alertmanager", alertmanager_address,
+                "--runbook-base", RUNBOOK_BASE,
                 service_address,
             ],
             stdout=subprocess.DEVNULL,
@@ -443,6 +459,17 @@ def test_monitoring_run_on_ports_of_choice(tmp_path: Path, postgres_url: str) ->
                 60,
                 "Prometheus did not find the Alertmanager it was given",
             )
+
+            def watchdog_runbook() -> str | None:
+                with suppress(httpx.TransportError):
+                    alerts = httpx.get(f"{url}/api/v1/alerts", timeout=5).json()["data"]["alerts"]
+                    for alert in alerts:
+                        if alert["labels"]["alertname"] == "Watchdog":
+                            return str(alert["annotations"]["runbook_url"])
+                return None
+
+            wait_until(lambda: watchdog_runbook() is not None, 60, "no Watchdog")
+            assert watchdog_runbook() == RUNBOOK_BASE + "#watchdog"
         finally:
             run.send_signal(signal.SIGTERM)
             assert run.wait(timeout=30) is not None
