@@ -319,8 +319,8 @@ class Metrics:
         )
         self.frontend_log_dropped = Counter(
             "frontend_log_lines_dropped_total",
-            "Log lines from beacons (frontend_error, web_vital_poor) over the per-process "
-            "budget, not written, by event.",
+            "Log lines from beacons (frontend_error, web_vital_poor) over the log budget (per "
+            "client address, per worker), not written, by event.",
             registry=r,
         )
         self.process_cpu = Counter(
