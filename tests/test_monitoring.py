@@ -515,7 +515,7 @@ def test_prometheus_stores_the_exemplars_it_scrapes(tmp_path: Path, postgres_url
                 )
     finished = {
         event["request_id"]: event
-        for event in map(json.loads, filter(lambda line: line.startswith("{"), server.lines()))
+        for event in server.events()
         if event["event"] == "request_finished"
     }
     assert finished[slow_id]["trace_id"] == trace

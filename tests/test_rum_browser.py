@@ -218,7 +218,7 @@ def test_hostile_page_code_breaks_neither_the_page_nor_the_beacons(
         assert value(samples, "frontend_beacons_rejected_total", reason=reason) == 0, reason
     thrown = [e for e in page.events if e.get("method") == "Runtime.exceptionThrown"]
     assert thrown and not [e for e in thrown if "rum.js" in json.dumps(e)]
-    messages = [line["message"] for line in _log(server) if line["event"] == "frontend_error"]
+    messages = [line["message"] for line in server.events() if line["event"] == "frontend_error"]
     assert any("\ufffd" not in m and m.startswith("Uncaught Error: xxx") for m in messages)
     assert not [m for m in messages if "alice" in m or "example.com" in m]
 
@@ -276,7 +276,7 @@ def _poor(server: Server, metric: str, path: str) -> dict[str, Any]:
     def found() -> list[dict[str, Any]]:
         return [
             line
-            for line in _log(server)
+            for line in server.events()
             if line.get("event") == "web_vital_poor"
             and line.get("metric") == metric
             and line.get("page") == path
@@ -285,14 +285,6 @@ def _poor(server: Server, metric: str, path: str) -> dict[str, Any]:
     wait_until(lambda: bool(found()), 30, f"no web_vital_poor {metric} line:\n{_tail(server)}")
     (line,) = found()
     return line
-
-
-def _log(server: Server) -> list[dict[str, Any]]:
-    lines = []
-    for text in server.lines():
-        if text.startswith("{"):
-            lines.append(json.loads(text))
-    return lines
 
 
 def _bfcache_refusals(page: Page) -> list[Any]:

@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import json
 import os
 import signal
 import uuid
@@ -40,10 +39,6 @@ def _env(tmp_path: Path, postgres_url: str, **extra: str) -> dict[str, str]:
         "REQUEST_TIMEOUT": "60",
         **extra,
     }
-
-
-def _events(server: Server) -> list[dict[str, Any]]:
-    return [json.loads(line) for line in server.lines() if line.startswith("{")]
 
 
 async def _until_in_flight(server: Server, count: int) -> None:
@@ -116,7 +111,7 @@ async def test_a_stop_under_load_answers_every_request_in_flight(
     # refused on a new one: the answers while stopping carry `Connection: close`.
     assert [then for _, then in outcomes if then not in (200, "refused")] == []
     assert exit_code == 0
-    events = _events(server)
+    events = server.events()
     draining = [e for e in events if e["event"] == "service_draining"]
     assert [e["reason"] for e in draining] == ["sigterm"] * workers
     assert sum(e["in_flight_requests"] for e in draining) > 0  # the signal did land under load
@@ -172,7 +167,7 @@ async def test_recycling_drops_no_request(tmp_path: Path, postgres_url: str, wor
         def recycled() -> int:
             return sum(
                 e["event"] == "service_draining" and e["reason"] == "recycle"
-                for e in _events(server)
+                for e in server.events()
             )
 
         outcomes: list[int | str] = []
@@ -195,7 +190,7 @@ async def test_a_stop_while_a_successor_starts_waits_for_every_worker(
         await asyncio.sleep(0.4)
         os.kill(server.process.pid, signal.SIGTERM)
         exit_code = await asyncio.to_thread(server.process.wait, HANG_GUARD)
-        events = _events(server)
+        events = server.events()
     assert exit_code == 0, server.output.read_text()
     assert "Traceback" not in server.output.read_text()
     (master,) = [e for e in events if e["event"] == "server_stopped"]
@@ -235,7 +230,7 @@ async def test_a_worker_killed_while_its_successor_starts_is_replaced_by_it(
         assert len(_workers(server)) == 1
         os.kill(server.process.pid, signal.SIGTERM)
         assert await asyncio.to_thread(server.process.wait, HANG_GUARD) == 0
-    events = _events(server)
+    events = server.events()
     assert [e["pid"] for e in events if e["event"] == "worker_exited"] == [old]
 
 
@@ -255,5 +250,5 @@ async def test_a_worker_that_dies_is_replaced_and_counted(
                 await asyncio.sleep(0.1)
         assert value(replaced, "app_worker_starts_total", reason="replace") == 1
         assert len(_workers(server)) == 1
-    (exited,) = [e for e in _events(server) if e["event"] == "worker_exited"]
+    (exited,) = [e for e in server.events() if e["event"] == "worker_exited"]
     assert (exited["pid"], exited["exit_code"]) == (old, -signal.SIGKILL)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 import signal
 import socket
@@ -37,6 +38,10 @@ class Server:
 
     def lines(self) -> list[str]:
         return self.output.read_text().splitlines()
+
+    def events(self) -> list[dict[str, Any]]:
+        """The JSON log lines of its output (production format), parsed."""
+        return [json.loads(line) for line in self.lines() if line.startswith("{")]
 
 
 def free_port() -> int:
