@@ -23,6 +23,9 @@ DEMO = Path(__file__).resolve().parent.parent / "rum_demo"
 class VitalEntry(BaseModel):
     name: str  # FCP, LCP, INP, TTFB (milliseconds) or CLS (unitless)
     value: float
+    navigation: str | None = None  # web-vitals' navigationType
+    # With a poor LCP, CLS or INP: its culprit (README.md, Frontend monitoring).
+    attribution: dict[str, str | float] | None = None
 
 
 class ErrorEntry(BaseModel):
