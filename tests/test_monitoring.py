@@ -9,15 +9,17 @@ import subprocess
 import threading
 import time
 import uuid
-from collections.abc import Iterator
+from collections.abc import Iterator, Mapping
 from contextlib import contextmanager, suppress
 from pathlib import Path
 from typing import Any
+from urllib.parse import parse_qs, quote, urlsplit
 
 import httpx
 import pytest
 import yaml
 
+from service.observability.exposition import exemplar_labels
 from service.observability.metrics import VITAL_THRESHOLDS
 from service.settings import Settings
 from tests.conftest import REDIS_URL
@@ -37,6 +39,7 @@ from tests.support.stack import (
 PROMETHEUS_DIR = MONITORING / "prometheus"
 ALERTMANAGER_CONFIG = MONITORING / "alertmanager" / "alertmanager.yml"
 DASHBOARD = MONITORING / "grafana" / "dashboards" / "scene-packer.json"
+DATASOURCES = MONITORING / "grafana" / "provisioning" / "datasources" / "prometheus.yaml"
 RUNBOOK_URL = '{{{{ or $externalLabels.runbook_base "monitoring/README.md" }}}}#{anchor}'
 
 
@@ -154,9 +157,7 @@ def test_dashboard_is_plain_provisionable_json() -> None:
     variables = {v["name"]: v for v in dashboard["templating"]["list"]}
     assert {"datasource", "job", "instance"} <= set(variables)
     assert variables["datasource"]["current"]["value"] == "scene-packer-prometheus"
-    provisioned = yaml.safe_load(
-        (MONITORING / "grafana" / "provisioning" / "datasources" / "prometheus.yaml").read_text()
-    )
+    provisioned = yaml.safe_load(DATASOURCES.read_text())
     assert provisioned["datasources"][0]["uid"] == "scene-packer-prometheus"
     for panel in _panels(dashboard):
         assert panel["fieldConfig"]["defaults"].get("unit"), panel["title"]
@@ -166,11 +167,107 @@ def test_dashboard_is_plain_provisionable_json() -> None:
             assert all(window == "$__rate_interval" for window in windows), target["expr"]
 
 
+def test_exemplar_links_are_written_as_grafana_reads_them() -> None:
+    """Grafana expands environment variables in provisioning files (only `$$` is a literal `$`),
+    and expands a data link's variables once, percent-encoding them unless written `:raw`: every
+    exemplar label the service writes gets a link built only from Grafana's `__value.raw` and
+    the dashboard's constant variables, which a provisioning `$` would have emptied."""
+    destinations = _exemplar_destinations()
+    written = exemplar_labels("r" * 16, "a" * 32)
+    assert written is not None
+    assert {name for name, _ in written} == set(destinations)
+    dashboard = json.loads(DASHBOARD.read_text())
+    constants = {v["name"]: v for v in dashboard["templating"]["list"] if v["type"] == "constant"}
+    for destination in destinations.values():
+        assert "datasourceUid" not in destination  # an internal link sends `query`, not `expr`
+        references = re.findall(r"\$\{([^}:]+)(?::([^}]*))?\}", destination["url"])
+        assert ("__value.raw", "") in references
+        for name, format_ in references:
+            if name != "__value.raw":
+                assert name in constants and format_ == "raw", (name, format_)
+                assert constants[name]["hide"] == 2
+    assert _log_search("1a2b3c4d-request", _dashboard_variables()) == (
+        "https://logs.example.invalid/search?q=1a2b3c4d-request"
+    )
+
+
 # ------------------------------------------------------------------ live service
 
 
 def _panels(dashboard: dict[str, Any]) -> list[dict[str, Any]]:
     return [panel for panel in dashboard["panels"] if panel["type"] != "row"]
+
+
+def _panel_query(expr: str) -> str:
+    """A panel's query as Grafana sends it for this service's job and every instance."""
+    return (
+        expr.replace("$__rate_interval", "30s")
+        .replace("$instance", ".*")
+        .replace("$job", "scene-packer")
+    )
+
+
+def _exemplar_destinations() -> dict[str, dict[str, str]]:
+    """The datasource's exemplar links by label name, read as Grafana's provisioning reads
+    them: `$$` is a literal `$`, any other `$` would expand an environment variable."""
+    datasource = yaml.safe_load(DATASOURCES.read_text())["datasources"][0]
+    destinations = {}
+    for destination in datasource["jsonData"]["exemplarTraceIdDestinations"]:
+        parts = destination["url"].split("$$")
+        assert not any("$" in part for part in parts), destination["url"]
+        destinations[destination["name"]] = {**destination, "url": "$".join(parts)}
+    return destinations
+
+
+def _dashboard_variables() -> dict[str, str]:
+    dashboard = json.loads(DASHBOARD.read_text())
+    return {
+        v["name"]: v["query"] for v in dashboard["templating"]["list"] if v["type"] == "constant"
+    }
+
+
+def _log_search(value: str, variables: Mapping[str, str], label: str = "request_id") -> str:
+    """An exemplar's link as Grafana builds it: one pass over the URL, `__value.raw`
+    percent-encoded (Grafana's default for data links), `:raw` variables as they are."""
+
+    def expand(match: re.Match[str]) -> str:
+        name, format_ = match.group(1), match.group(2)
+        if name == "__value.raw":
+            return quote(value, safe="")
+        assert format_ == "raw"
+        return variables[name]
+
+    return re.sub(r"\$\{([^}:]+)(?::([^}]*))?\}", expand, _exemplar_destinations()[label]["url"])
+
+
+def _assert_log_search_finds(value: str, label: str) -> None:
+    """The exemplar's link, with the dashboard's values and with each of the README's
+    examples, searches for exactly that id: as a query parameter of a plain search, or as the
+    line filter of a Loki query in Grafana's Explore."""
+    for variables in (_dashboard_variables(), *_readme_log_searches()):
+        link = urlsplit(_log_search(value, variables, label))
+        parameters = parse_qs(link.query)
+        if link.path == "/explore":
+            (pane,) = json.loads(parameters["panes"][0]).values()
+            (loki,) = pane["queries"]
+            assert loki["datasource"]["uid"] == pane["datasource"]
+            assert loki["expr"].endswith(f' |= "{value}"'), loki["expr"]
+        else:
+            assert parameters == {"q": [value]}, link
+
+
+def _readme_log_searches() -> list[dict[str, str]]:
+    """The log_search_prefix/suffix examples of monitoring/README.md, Log search links."""
+    section = (MONITORING / "README.md").read_text().split("### Log search links", 1)[1]
+    block = section.split("```text\n", 1)[1].split("```", 1)[0]
+    examples: list[dict[str, str]] = []
+    for line in block.splitlines():
+        match = re.search(r"(log_search_prefix|log_search_suffix)(?:  (.*))?$", line)
+        assert match, line
+        if match.group(1) == "log_search_prefix":
+            examples.append({})
+        examples[-1][match.group(1)] = match.group(2) or ""
+    return examples
 
 
 def _service_env(postgres_url: str, **extra: str) -> dict[str, str]:
@@ -249,12 +346,7 @@ def test_every_dashboard_panel_returns_data(tmp_path: Path, postgres_url: str) -
             with _background_traffic(server, ["/api/auth/me", "/", "/nope"], 0.2, beacon):
                 for panel in _panels(dashboard):
                     for panel_target in panel["targets"]:
-                        expr = (
-                            panel_target["expr"]
-                            .replace("$__rate_interval", "30s")
-                            .replace("$instance", ".*")
-                            .replace("$job", "scene-packer")
-                        )
+                        expr = _panel_query(panel_target["expr"])
                         wait_until(
                             lambda e=expr: bool(query(prom, e)),
                             90,
@@ -513,6 +605,23 @@ def test_prometheus_stores_the_exemplars_it_scrapes(tmp_path: Path, postgres_url
                     60,
                     f"Prometheus kept no exemplar {labels} for {query}: {kept(query)}",
                 )
+            # What Grafana asks for each panel that shows exemplars, and the links it builds.
+            wanted = {
+                "Latency p50 / p95 / p99": {"request_id": slow_id, "trace_id": trace},
+                "5xx answers and unhandled errors, with their requests": {"request_id": boom_id},
+            }
+            shown = {
+                panel["title"]: [
+                    _panel_query(t["expr"]) for t in panel["targets"] if t.get("exemplar")
+                ]
+                for panel in _panels(json.loads(DASHBOARD.read_text()))
+            }
+            assert {title for title, queries in shown.items() if queries} == set(wanted)
+            for title, labels in wanted.items():
+                for query in shown[title]:
+                    assert labels in kept(query), (title, query, kept(query))
+                for name, value in labels.items():
+                    _assert_log_search_finds(value, name)
     finished = {
         event["request_id"]: event
         for event in server.events()
