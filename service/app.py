@@ -21,7 +21,7 @@ from service.blueprints import metrics as metrics_blueprint
 from service.cache import init_cache
 from service.db import init_db
 from service.deadlines import Deadlines
-from service.errors import deadline_exceeded, register_error_handlers
+from service.errors import body_timeout, deadline_exceeded, register_error_handlers
 from service.health import init_health
 from service.lifecycle import Lifecycle, StopReason, init_lifecycle
 from service.observability.context import current_context
@@ -96,15 +96,24 @@ class ServiceApp(Quart):
         finally:
             self.deadlines.end(task)
         context = current_context()
-        dependency = context.waiting_on if context is not None else None
-        _logger.warning(
-            "request_deadline_exceeded",
-            timeout_seconds=self.deadlines.timeout,
-            waiting_on=dependency,
-        )
-        if dependency is not None and self.dependency_failed is not None:
-            self.dependency_failed(dependency, "timeout")
-        result = await self.handle_user_exception(deadline_exceeded())
+        waited = context.waiting_on if context is not None else None
+        if waited == "client":  # still sending its body: the client's delay, not ours
+            _logger.info(
+                "request_deadline_exceeded",
+                timeout_seconds=self.deadlines.timeout,
+                waiting_on=waited,
+            )
+            answer = body_timeout()
+        else:
+            _logger.warning(
+                "request_deadline_exceeded",
+                timeout_seconds=self.deadlines.timeout,
+                waiting_on=waited,
+            )
+            if waited is not None and self.dependency_failed is not None:
+                self.dependency_failed(waited, "timeout")
+            answer = deadline_exceeded()
+        result = await self.handle_user_exception(answer)
         return await self.finalize_request(result, request_context)
 
     async def preprocess_request(

@@ -61,6 +61,9 @@ _HTTP_CODES = {
     403: ("forbidden", "You may not do this."),
     404: ("not_found", "No such resource."),
     405: ("method_not_allowed", "This method is not allowed on this resource."),
+    # The client was still sending its body at REQUEST_TIMEOUT (or at Quart's BODY_TIMEOUT, 60 s,
+    # when REQUEST_TIMEOUT is longer).
+    408: ("body_timeout", "The request body did not arrive in time; send it again."),
     409: ("conflict", "The request conflicts with the current state."),
     413: ("body_too_large", "The request body is too large."),
     415: ("unsupported_media_type", "Send the body as application/json."),
@@ -83,6 +86,16 @@ def deadline_exceeded() -> APIError:
         "The request took too long: a backing service is slow; retry later.",
         RETRY_SOON,
     )
+
+
+# The rest of a body that did not arrive in time may still be on its way: the connection is
+# closed after the answer rather than read on.
+_CLOSE = {"Connection": "close"}
+
+
+def body_timeout() -> APIError:
+    """The answer to a request whose client was still sending its body at REQUEST_TIMEOUT."""
+    return APIError(408, *_HTTP_CODES[408], _CLOSE)
 
 
 def error_response(
@@ -151,6 +164,8 @@ async def _handle_http_exception(error: HTTPException) -> Response:
     headers: dict[str, str] = {}
     if isinstance(error, RateLimitExceeded):
         headers["Retry-After"] = str(error.retry_after)
+    if status == 408:
+        headers.update(_CLOSE)
     if status == 405 and error.valid_methods:  # type: ignore[attr-defined]
         headers["Allow"] = ", ".join(error.valid_methods)  # type: ignore[attr-defined]
     return error_response(status, code, message, headers=headers)

@@ -19,18 +19,42 @@ from __future__ import annotations
 
 import json
 from collections.abc import Callable
-from typing import Any, cast
+from typing import Any, Literal, cast, overload
 
 import orjson
 from quart import Quart
 from quart.json.provider import DefaultJSONProvider
 from quart.wrappers import Request
 
+from service.observability.context import waiting_on
+
 # Dates go to the provider's `default`, as the standard library's encoder sent them there.
 _DUMP_OPTIONS = orjson.OPT_SORT_KEYS | orjson.OPT_NON_STR_KEYS | orjson.OPT_PASSTHROUGH_DATETIME
 
 
 class ServiceRequest(Request):
+    # Every body read (JSON, beacons) comes here. A client that declared a body and is still
+    # sending it when the request's deadline passes is the client's delay: 408, not a 503
+    # counted against a dependency (service/app.py).
+    @overload
+    async def get_data(
+        self, cache: bool, as_text: Literal[False], parse_form_data: bool
+    ) -> bytes: ...
+
+    @overload
+    async def get_data(self, cache: bool, as_text: Literal[True], parse_form_data: bool) -> str: ...
+
+    @overload
+    async def get_data(
+        self, cache: bool = True, as_text: bool = False, parse_form_data: bool = False
+    ) -> str | bytes: ...
+
+    async def get_data(
+        self, cache: bool = True, as_text: bool = False, parse_form_data: bool = False
+    ) -> str | bytes:
+        with waiting_on("client"):
+            return await super().get_data(cache, as_text, parse_form_data)
+
     async def get_json(self, force: bool = False, silent: bool = False, cache: bool = True) -> Any:
         # Quart's own method, with the body read as bytes and parsed by orjson. `_cached_json` is
         # Quart's cache of the parsed body (quart < 0.23, pinned in pyproject.toml).

@@ -4,12 +4,16 @@ a 503 `dependency_timeout`, and the cancelled work gives back every connection i
 from __future__ import annotations
 
 import asyncio
+import json
+import socket
 import time
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
+from pathlib import Path
 from typing import Any
 
 import asyncpg
+import httpx
 import pytest
 import structlog
 from pydantic import SecretStr
@@ -21,6 +25,7 @@ from service.settings import Settings
 from tests.conftest import Client, login, register
 from tests.support.faults import HungServer
 from tests.support.metrics_helpers import parse, value
+from tests.support.server import PRODUCTION_ENV, running_server
 
 # Generous: only tells "bounded by the deadline" from "waited for the client timeouts" (60 s).
 DEADLINE = 1.0
@@ -216,3 +221,51 @@ async def test_redis_replies_are_timed_by_redis_socket_timeout(settings: Setting
         samples = parse(await (await client.get("/metrics")).get_data(as_text=True))
         cause = {"dependency": "cache", "reason": "timeout"}
         assert value(samples, "dependency_errors_total", **cause) >= 2
+
+
+def _post_slowly(
+    base_url: str, path: str, sent: bytes, length: int
+) -> tuple[int, dict[str, str], bytes]:
+    """POST declaring `length` bytes of body, send `sent` of them, then nothing more: the answer,
+    read until the server closes the connection."""
+    host, port = base_url.removeprefix("http://").split(":")
+    head = (
+        f"POST {path} HTTP/1.1\r\nHost: {host}\r\nContent-Type: application/json\r\n"
+        f"Content-Length: {length}\r\n\r\n"
+    )
+    with socket.create_connection((host, int(port)), timeout=30) as sock:
+        sock.sendall(head.encode() + sent)
+        answer = b""
+        while chunk := sock.recv(65536):
+            answer += chunk
+    head_part, _, body = answer.partition(b"\r\n\r\n")
+    status_line, *header_lines = head_part.decode().split("\r\n")
+    headers = {k.lower(): v.strip() for k, _, v in (h.partition(":") for h in header_lines)}
+    return int(status_line.split()[1]), headers, body
+
+
+@pytest.mark.parametrize("path", ["/api/auth/login", "/api/rum"])
+def test_a_body_that_stops_arriving_answers_408_not_a_server_error(
+    tmp_path: Path, path: str
+) -> None:
+    """A client that declares a body and stops sending it is the client's delay, not the
+    service's: 408 `body_timeout` at the deadline, the connection closed, nothing counted
+    against a dependency or the 5xx alerts."""
+    env = {**PRODUCTION_ENV, "REQUEST_TIMEOUT": str(DEADLINE), "LOG_LEVEL": "INFO"}
+    with running_server(tmp_path, env) as server:
+        started = time.monotonic()
+        status, headers, body = _post_slowly(server.base_url, path, b'{"username": "sl', 400)
+        elapsed = time.monotonic() - started
+        error = json.loads(body)["error"]
+        assert (status, error["code"]) == (408, "body_timeout")
+        assert error["request_id"] == headers["x-request-id"]
+        assert headers["connection"] == "close"
+        assert elapsed < BOUND
+        samples = parse(httpx.get(server.base_url + "/metrics").text)
+    finished = {e["request_id"]: e for e in server.events() if e["event"] == "request_finished"}
+    assert finished[error["request_id"]]["status"] == 408
+    assert finished[error["request_id"]]["error_code"] == "body_timeout"
+    (late,) = [e for e in server.events() if e["event"] == "request_deadline_exceeded"]
+    assert (late["waiting_on"], late["request_id"]) == ("client", error["request_id"])
+    assert value(samples, "http_requests_total", method="POST", endpoint=path, status="408") == 1
+    assert not [v for (name, _), v in samples.items() if name == "dependency_errors_total" and v]

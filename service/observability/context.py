@@ -18,6 +18,7 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from contextvars import ContextVar
 from dataclasses import dataclass
+from typing import Literal
 
 from structlog.types import EventDict, WrappedLogger
 
@@ -30,6 +31,11 @@ REQUEST_ID_HEADER = "X-Request-ID"
 # LOG_HEALTH_REQUESTS).
 METRICS_PATH = "/metrics"
 HEALTH_PATH = "/api/health"
+
+
+# What a request can be waiting on when its deadline passes: a backing service, or the client,
+# still sending the body it declared (the client's delay: 408, not counted against a dependency).
+WaitingOn = Dependency | Literal["client"]
 
 
 def is_probe(path: str) -> bool:
@@ -48,9 +54,9 @@ class RequestContext:
     route: str | None = None
     user_id: int | None = None
     error_code: str | None = None  # the API error answered, on the request_finished line only
-    # The backing service the request is waiting on right now: a request that outlives its
-    # deadline is counted against it (`dependency_errors_total{reason="timeout"}`).
-    waiting_on: Dependency | None = None
+    # What the request is waiting on right now: a request that outlives its deadline waiting on
+    # a backing service is counted against it (`dependency_errors_total{reason="timeout"}`).
+    waiting_on: WaitingOn | None = None
     trace: TraceContext | None = None  # from a valid incoming `traceparent`
     # Not logged: lets the route and user binding (`request_record.bind_route_and_user`) skip cookie
     # parsing (and the session lookup) when the request carries no cookie at all, as most API
@@ -103,7 +109,7 @@ def bind_error(code: str) -> None:
 
 
 @contextmanager
-def waiting_on(dependency: Dependency) -> Iterator[None]:
+def waiting_on(dependency: WaitingOn) -> Iterator[None]:
     """Mark the current request as waiting on `dependency` for the block."""
     context = _current.get()
     if context is None:
