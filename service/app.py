@@ -12,7 +12,7 @@ from quart.ctx import RequestContext
 from quart.globals import request_ctx
 from quart.sessions import NullSession, SessionInterface, SessionMixin
 from quart.typing import ResponseReturnValue, ResponseTypes
-from quart.wrappers import BaseRequestWebsocket
+from quart.wrappers import BaseRequestWebsocket, Response
 
 from service.active_users import ActiveUsers, init_active_users
 from service.api_docs import init_api_docs
@@ -128,6 +128,14 @@ class ServiceApp(Quart):
             await bind_route_and_user(request, self.active_users, self.deadlines.timeout / 2)
         return await super().preprocess_request(request_context)
 
+    async def make_default_options_response(self) -> Response:
+        # Quart's answer, without its `Content-Type: text/html` for no body: `Allow` is the
+        # answer, with `Content-Length: 0` (RFC 9110, OPTIONS).
+        methods = request_ctx.url_adapter.allowed_methods()  # type: ignore[union-attr]
+        response = self.response_class(b"", headers={"Allow": ", ".join(sorted(methods))})
+        del response.headers["Content-Type"]
+        return response
+
     def log_exception(self, exc_info: ExcInfo) -> None:
         log_request_failure(exc_info)
 
@@ -147,6 +155,9 @@ def create_app(settings: Settings | None = None) -> ServiceApp:
     settings = settings if settings is not None else load_settings()
     configure_logging(settings)
     app = ServiceApp(__name__)
+    # `/api//health` is no route: 404 like any other path, not werkzeug's HTML 308 to an address
+    # built from the Host header.
+    app.url_map.merge_slashes = False
     app.config.update(
         SECRET_KEY=settings.effective_secret_key,
         MAX_CONTENT_LENGTH=settings.max_body_bytes,

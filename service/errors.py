@@ -115,6 +115,9 @@ def error_response(
         body["details"] = details
     response = jsonify({"error": body})
     response.status_code = status
+    # An answer about one request (its id is in it): no cache may keep it, a 404 or a 405
+    # included, which HTTP lets a cache keep by default.
+    response.headers["Cache-Control"] = "no-store"
     response.headers.update(headers or {})
     return response
 

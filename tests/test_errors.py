@@ -8,12 +8,14 @@ import subprocess
 import sys
 from pathlib import Path
 
+import httpx
 import pytest
 from quart import Quart
 
 from service.app import create_app
 from service.settings import Settings
 from tests.conftest import ROOT, Client, login, register
+from tests.support.server import running_server
 
 
 async def _error(response: object) -> dict[str, str]:
@@ -33,6 +35,46 @@ async def test_wrong_method_is_405_with_allow(client: Client) -> None:
     assert response.status_code == 405
     assert "POST" in response.headers["Allow"]
     assert (await _error(response))["code"] == "method_not_allowed"
+
+
+@pytest.mark.parametrize(
+    ("method", "path", "status"),
+    [
+        ("GET", "/no/such/thing", 404),
+        ("POST", "/api/health", 405),
+        ("DELETE", "/api/health/live", 405),
+        ("POST", "/metrics", 405),
+        ("GET", "/api/auth/me", 401),
+    ],
+)
+async def test_no_cache_keeps_an_error(client: Client, method: str, path: str, status: int) -> None:
+    """HTTP lets a shared cache keep a 404 or a 405 by default; each names one request."""
+    response = await client.open(path, method=method)
+    assert response.status_code == status
+    assert response.headers["Cache-Control"] == "no-store"
+    assert (await _error(response))["request_id"] == response.headers["X-Request-ID"]
+
+
+@pytest.mark.parametrize("path", ["/api//health", "//api/auth//me", "/api/auth/me//"])
+async def test_a_doubled_slash_is_a_json_404_not_a_redirect(client: Client, path: str) -> None:
+    response = await client.get(path)
+    assert response.status_code == 404
+    assert "Location" not in response.headers
+    assert (await _error(response))["code"] == "not_found"
+
+
+def test_options_answers_allow_with_no_body_and_no_type(tmp_path: Path) -> None:
+    """Through hypercorn (the test client makes up a Content-Type for a body-less answer)."""
+    with running_server(tmp_path, {}) as server:
+        for path, allowed in (
+            ("/api/auth/login", "OPTIONS, POST"),
+            ("/api/health", "GET, HEAD, OPTIONS"),
+        ):
+            response = httpx.options(server.base_url + path)
+            assert response.status_code == 200
+            assert response.headers["Allow"] == allowed
+            assert response.headers["Content-Length"] == "0"
+            assert "Content-Type" not in response.headers
 
 
 @pytest.mark.parametrize(
