@@ -40,7 +40,7 @@ from service.request_record import (
 )
 from service.sessions import init_sessions
 from service.settings import Settings, load_settings
-from service.unavailable import Dependency, FailureReason
+from service.unavailable import DEPENDENCIES, Dependency, FailureReason
 from service.wrappers import ServiceRequest
 
 _logger = structlog.get_logger("service.request")
@@ -110,7 +110,7 @@ class ServiceApp(Quart):
                 timeout_seconds=self.deadlines.timeout,
                 waiting_on=waited,
             )
-            if waited is not None and self.dependency_failed is not None:
+            if waited in DEPENDENCIES and self.dependency_failed is not None:
                 self.dependency_failed(waited, "timeout")
             answer = deadline_exceeded()
         result = await self.handle_user_exception(answer)

@@ -19,6 +19,7 @@ from argon2 import PasswordHasher
 from argon2.exceptions import InvalidHashError, VerificationError
 from quart import Quart, current_app
 
+from service.observability.context import waiting_on
 from service.password_policy import Weakness, password_weakness
 from service.settings import Settings
 
@@ -42,21 +43,24 @@ def init_passwords(app: Quart, settings: Settings) -> None:
 
 
 async def hash_password(password: str) -> str:
-    return await _in_pool(_hasher.hash, password)
+    with waiting_on("password_hashing"):
+        return await _in_pool(_hasher.hash, password)
 
 
 async def verify_password(password_hash: str | None, password: str) -> bool:
     """Check a password against a user's hash; with None (no such user), against a dummy hash
     with the current parameters, so that both answers take the same argon2 work."""
-    return await _in_pool(_verify, password_hash, password)
+    with waiting_on("password_hashing"):
+        return await _in_pool(_verify, password_hash, password)
 
 
 async def check_new_password(password: str, username: str, min_length: int) -> Weakness | None:
     """The password policy's verdict, computed in the hashing pool (zxcvbn is CPU work too)."""
     pool: ThreadPoolExecutor = current_app.extensions[_EXTENSION]
-    return await asyncio.get_running_loop().run_in_executor(
-        pool, password_weakness, password, username, min_length
-    )
+    with waiting_on("password_hashing"):
+        return await asyncio.get_running_loop().run_in_executor(
+            pool, password_weakness, password, username, min_length
+        )
 
 
 def needs_rehash(password_hash: str) -> bool:

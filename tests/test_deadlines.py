@@ -269,3 +269,30 @@ def test_a_body_that_stops_arriving_answers_408_not_a_server_error(
     assert (late["waiting_on"], late["request_id"]) == ("client", error["request_id"])
     assert value(samples, "http_requests_total", method="POST", endpoint=path, status="408") == 1
     assert not [v for (name, _), v in samples.items() if name == "dependency_errors_total" and v]
+
+
+async def test_logins_queued_for_the_hashing_pool_past_the_deadline_say_so(
+    settings: Settings,
+) -> None:
+    """One hashing thread, a short deadline, a burst of logins: those still queued for the pool
+    at their deadline answer 503 `dependency_timeout`, logged with `waiting_on`
+    `password_hashing` (this worker's own capacity), and are counted against no dependency."""
+    update = {
+        "request_timeout": 0.3,
+        "password_hash_threads": 1,
+        "login_limit_per_ip": 1000,
+        "login_limit_per_username": 1000,
+    }
+    app = create_app(settings.model_copy(update=update))
+    async with app.test_app() as test_app:
+        client = test_app.test_client()
+        with structlog.testing.capture_logs() as logs:
+            answers = await asyncio.wait_for(
+                asyncio.gather(*(login(client, f"queued-{i}") for i in range(20))), BOUND * 3
+            )
+        statuses = {answer.status_code for answer in answers}
+        assert 503 in statuses and statuses <= {401, 503}
+        late = [line for line in logs if line["event"] == "request_deadline_exceeded"]
+        assert {line["waiting_on"] for line in late} == {"password_hashing"}
+        samples = parse(await (await client.get("/metrics")).get_data(as_text=True))
+    assert not [v for (name, _), v in samples.items() if name == "dependency_errors_total" and v]

@@ -33,9 +33,10 @@ METRICS_PATH = "/metrics"
 HEALTH_PATH = "/api/health"
 
 
-# What a request can be waiting on when its deadline passes: a backing service, or the client,
-# still sending the body it declared (the client's delay: 408, not counted against a dependency).
-WaitingOn = Dependency | Literal["client"]
+# What a request can be waiting on when its deadline passes: a backing service; the client,
+# still sending the body it declared (the client's delay: 408); or this worker's password-hashing
+# pool, busy with other hashes (its own capacity: 503, counted against no dependency).
+WaitingOn = Dependency | Literal["client", "password_hashing"]
 
 
 def is_probe(path: str) -> bool:
