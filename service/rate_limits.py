@@ -28,6 +28,7 @@ from quart_rate_limiter.store import RateLimiterStoreABC
 
 from service.cache import CacheError, get_cache
 from service.db.users import USERNAME_PATTERN
+from service.devices import DeviceCookies
 from service.proxy_fix import client_address
 from service.settings import Settings
 from service.unavailable import DependencyUnavailable
@@ -166,16 +167,35 @@ async def no_username() -> bool:
     return await submitted_username() is None
 
 
-def login_limits(settings: Settings) -> list[RateLimit]:
+def login_limits(settings: Settings, devices: DeviceCookies) -> list[RateLimit]:
+    """Per client address; and per username, counted apart for each device that has signed in as
+    that user before (service/devices.py), so that spending the username's budget from elsewhere
+    does not lock the user out of their own browsers."""
     window = timedelta(seconds=settings.rate_limit_window_seconds)
+
+    async def device() -> str | None:
+        username = await submitted_username()
+        return devices.device(username) if username is not None else None
+
+    async def device_key() -> str:
+        return "device:" + (await device() or "")
+
+    async def known_device_or_no_username() -> bool:
+        return await no_username() or await device() is not None
+
+    async def unknown_device() -> bool:
+        return await device() is None
+
+    per_username = settings.login_limit_per_username
     return [
         RateLimit(settings.login_limit_per_ip, window),
         RateLimit(
-            settings.login_limit_per_username,
+            per_username,
             window,
             key_function=username_key,
-            skip_function=no_username,
+            skip_function=known_device_or_no_username,
         ),
+        RateLimit(per_username, window, key_function=device_key, skip_function=unknown_device),
     ]
 
 

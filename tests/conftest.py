@@ -21,6 +21,7 @@ from quart.typing import TestClientProtocol as Client
 from sqlalchemy.engine import make_url
 
 from service.app import create_app
+from service.sessions import SESSION_COOKIE_NAME
 from service.settings import Settings, load_settings
 from tests.support import ROOT
 
@@ -125,6 +126,16 @@ async def login(
     client: Client, username: str = "alice", password: str = "correct horse battery"
 ) -> Any:
     return await client.post("/api/auth/login", json={"username": username, "password": password})
+
+
+def session_cookie(response: Any) -> str:
+    """`name=value` of the session cookie a response sets (a login sets the device cookie too)."""
+    (header,) = [
+        header
+        for header in response.headers.getlist("Set-Cookie")
+        if header.startswith(SESSION_COOKIE_NAME + "=")
+    ]
+    return str(header.split(";", 1)[0])
 
 
 def _in_thread(coroutine: Coroutine[Any, Any, None]) -> None:

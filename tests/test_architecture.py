@@ -34,6 +34,7 @@ LAYERS: list[tuple[str, tuple[str, ...]]] = [
             "service.errors",
             "service.deadlines",
             "service.rate_limits",
+            "service.devices",
             "service.proxy_fix",
             "service.request_record",
             "service.wrappers",

@@ -15,6 +15,7 @@ from service import passwords
 from service.app import create_app
 from service.db import get_database
 from service.db.users import insert_user
+from service.devices import COOKIE_NAME, COOKIE_PATH
 from service.passwords import hash_password, verify_password
 from service.settings import Settings
 from service.version import VERSION
@@ -232,6 +233,62 @@ async def test_malformed_usernames_spend_no_username_budget(settings: Settings) 
         for malformed in (" carol", "CAROL!", "c" * 40, " carol", "x y"):
             response = await login(client, malformed, "correct horse battery")
             assert (await response.get_json())["error"]["code"] == "invalid_body"
-        assert (await login(client, "carol")).status_code == 200
-        assert (await login(client, "carol")).status_code == 200
-        assert (await login(client, "carol")).status_code == 429  # its own budget still holds
+        # Its own budget still holds (for browsers that never signed in as carol: device cookies
+        # have their own budgets).
+        browsers = [test_app.test_client() for _ in range(3)]
+        statuses = [(await login(browser, "carol")).status_code for browser in browsers]
+        assert statuses == [200, 200, 429]
+
+
+def _device_cookie(response: Any) -> str:
+    (header,) = [
+        header
+        for header in response.headers.getlist("Set-Cookie")
+        if header.startswith(COOKIE_NAME + "=")
+    ]
+    return str(header)
+
+
+async def test_an_attacker_spending_a_usernames_budget_cannot_lock_out_its_browsers(
+    settings: Settings,
+) -> None:
+    """OWASP's device cookies: a browser that signed in as a user has its own login budget. An
+    attacker who spends the username's budget stops only browsers that never signed in as that
+    user; a cookie for another user, or a forged one, counts for nothing."""
+    limits = {"login_limit_per_username": 3, "login_limit_per_ip": 100}
+    app = create_app(settings.model_copy(update=limits))
+    async with app.test_app() as test_app:
+        owner, attacker, newcomer = (test_app.test_client() for _ in range(3))
+        await register(owner, "grace")
+        signed_in = await login(owner, "grace")
+        assert signed_in.status_code == 200
+        cookie = _device_cookie(signed_in)
+        attributes = {part.strip().split("=")[0] for part in cookie.split(";")[1:]}
+        assert {"HttpOnly", "Max-Age", "Path", "SameSite"} <= attributes
+        assert f"Path={COOKIE_PATH}" in cookie and "SameSite=Strict" in cookie
+        assert "grace" not in cookie
+
+        with structlog.testing.capture_logs() as logs:
+            guesses = [await login(attacker, "grace", "wrong password") for _ in range(4)]
+        assert [guess.status_code for guess in guesses] == [401, 401, 429, 429]
+        assert {line["known_device"] for line in logs if line["event"] == "login_failed"} == {False}
+        assert (await login(newcomer, "grace")).status_code == 429  # an unknown browser waits
+
+        with structlog.testing.capture_logs() as logs:
+            assert (await login(owner, "grace")).status_code == 200
+        (attempt,) = [line for line in logs if line["event"] == "login_attempt"]
+        assert attempt["known_device"] is True
+
+        # Another user's device cookie, or a forged one, makes no browser known.
+        await register(newcomer, "heidi")
+        assert (await login(newcomer, "heidi")).status_code == 200
+        assert (await login(newcomer, "grace")).status_code == 429
+        value = cookie.split(";", 1)[0].split("=", 1)[1]
+        forged = value[:-4] + ("AAAA" if not value.endswith("AAAA") else "BBBB")
+        attacker.set_cookie("localhost", COOKIE_NAME, forged, path=COOKIE_PATH)  # type: ignore[attr-defined]
+        assert (await login(attacker, "grace")).status_code == 429
+
+        # The known browser has a budget of its own, not none: a stolen device cookie still
+        # guesses no faster than the username's limit.
+        guesses = [await login(owner, "grace", "wrong password") for _ in range(3)]
+        assert [guess.status_code for guess in guesses] == [401, 401, 429]

@@ -22,7 +22,7 @@ from sqlalchemy.engine import make_url
 from service.app import create_app
 from service.db.engine import get_database
 from service.settings import Settings
-from tests.conftest import Client, login, register
+from tests.conftest import Client, login, register, session_cookie
 from tests.support.faults import HungServer
 from tests.support.metrics_helpers import parse, value
 from tests.support.server import PRODUCTION_ENV, running_server
@@ -141,7 +141,7 @@ async def test_a_route_that_needs_no_session_answers_while_the_database_hangs(
         client = test_app.test_client()
         assert (await register(client)).status_code == 201
         signed_in = await login(client)
-        cookie = signed_in.headers["Set-Cookie"].split(";", 1)[0]
+        cookie = session_cookie(signed_in)
     hung = HungServer()
     await hung.start()
     changes = {

@@ -33,6 +33,7 @@ from tests.conftest import (
     login,
     make_settings,
     register,
+    session_cookie,
 )
 from tests.support.faults import TcpProxy
 from tests.support.metrics_helpers import parse, value
@@ -58,9 +59,7 @@ async def _session_rows(engine: AsyncEngine) -> int:
 
 
 def _cookie(response: Any) -> str:
-    header = response.headers["Set-Cookie"]
-    assert header.startswith(SESSION_COOKIE_NAME + "=")
-    return str(header.split(";", 1)[0].split("=", 1)[1])
+    return session_cookie(response).split("=", 1)[1]
 
 
 def _use(client: Client, cookie: str) -> None:

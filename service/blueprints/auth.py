@@ -26,6 +26,7 @@ from service.db.users import (
     select_user_by_username,
     update_login,
 )
+from service.devices import DeviceCookies
 from service.errors import APIError
 from service.observability.context import bind_user
 from service.observability.metrics import LoginResult, Metrics
@@ -68,6 +69,7 @@ class SignedIn(BaseModel):
 def create_blueprint(settings: Settings, sessions: SessionStore, metrics: Metrics) -> Blueprint:
     """The auth routes; built per app because their rate limits come from settings."""
     blueprint = Blueprint("auth", __name__, url_prefix="/api/auth")
+    devices = DeviceCookies(settings)
 
     @blueprint.post("/register")
     @rate_limit(limits=register_limits(settings))
@@ -90,13 +92,13 @@ def create_blueprint(settings: Settings, sessions: SessionStore, metrics: Metric
         return jsonify(_profile(user).model_dump(mode="json")), 201
 
     @blueprint.post("/login")
-    @rate_limit(limits=login_limits(settings))
+    @rate_limit(limits=login_limits(settings, devices))
     @validate_request(Credentials)
     @document_response(SignedIn, 200)
     @declare_errors(400, 401, 413, 415, 429, 503)
     async def login(data: Credentials) -> Response:
         username = data.username.lower()
-        logger.info("login_attempt", username=username)
+        logger.info("login_attempt", username=username, known_device=_known(devices, username))
         async with get_database().transaction() as session:
             user = await select_user_by_username(session, username)
         # Always one argon2 verification (a dummy hash for an unknown user): the time of the
@@ -104,7 +106,12 @@ def create_blueprint(settings: Settings, sessions: SessionStore, metrics: Metric
         verified = await verify_password(user.password_hash if user else None, data.password)
         if user is None or not verified:
             metrics.login_answered("invalid_credentials")
-            logger.warning("login_failed", username=username, reason="invalid_credentials")
+            logger.warning(
+                "login_failed",
+                username=username,
+                reason="invalid_credentials",
+                known_device=_known(devices, username),
+            )
             raise APIError(401, "invalid_credentials", "Wrong username or password.")
         new_hash = await hash_password(data.password) if needs_rehash(user.password_hash) else None
         async with get_database().transaction() as session:
@@ -118,7 +125,9 @@ def create_blueprint(settings: Settings, sessions: SessionStore, metrics: Metric
         logger.info("login_success", user_id=user.id)
         if previous is not None:
             await _end_replaced_session(sessions, previous)
-        return jsonify(SignedIn(id=user.id, username=user.username).model_dump())
+        response = jsonify(SignedIn(id=user.id, username=user.username).model_dump())
+        devices.remember(response, username)
+        return response
 
     @blueprint.after_request
     async def no_store(response: Response) -> Response:
@@ -136,7 +145,12 @@ def create_blueprint(settings: Settings, sessions: SessionStore, metrics: Metric
             with suppress(RequestEntityTooLarge):
                 username = await submitted_username()
             metrics.login_answered(reason)
-            logger.warning("login_failed", username=username, reason=reason)
+            logger.warning(
+                "login_failed",
+                username=username,
+                reason=reason,
+                known_device=_known(devices, username),
+            )
         return response
 
     @blueprint.post("/logout")
@@ -257,3 +271,8 @@ async def _forget_profile(user_id: int) -> None:
         await get_cache().delete(_profile_key(user_id))
     except CacheError:
         logger.warning("cache_unavailable", operation="delete")
+
+
+def _known(devices: DeviceCookies, username: str | None) -> bool:
+    """For the login lines: whether the browser has signed in as this user before."""
+    return username is not None and devices.device(username) is not None

@@ -1,0 +1,68 @@
+"""Device cookies: a browser that has signed in as a user keeps its own login budget, so that an
+attacker spending the username's budget (LOGIN_LIMIT_PER_USERNAME) cannot lock the user out.
+
+This is OWASP's "Slow Down Online Guessing Attacks with Device Cookies": a successful login
+leaves a signed cookie naming the user (by a digest) and a random device id. A login that shows
+a valid one for the username it submits is limited per device; any other login shares the
+username's budget, as before. An attacker without the user's password has no such cookie, so
+exhausting the username's budget stops only logins from devices the user never signed in on.
+
+The cookie is signed with SECRET_KEY by itsdangerous (Quart's own signing library), carries no
+username in clear, is sent only to the login route, and needs no storage: a new SECRET_KEY makes
+every device unknown again, which costs only the per-device budget.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import hmac
+import secrets
+
+from itsdangerous import BadSignature, URLSafeSerializer
+from quart import Response, request
+
+from service.settings import Settings
+
+COOKIE_NAME = "scene_packer_device"
+COOKIE_PATH = "/api/auth/login"
+# Long enough to outlive the user's habits; renewed at each login from the device.
+COOKIE_DAYS = 365
+_SALT = "scene-packer.device"
+
+
+class DeviceCookies:
+    def __init__(self, settings: Settings) -> None:
+        self._serializer = URLSafeSerializer(settings.effective_secret_key, salt=_SALT)
+        self._secure = settings.cookie_secure
+
+    def device(self, username: str) -> str | None:
+        """The id of the device the request's cookie proves for `username`, or None (no cookie,
+        one signed with another key, for another user, or tampered with)."""
+        value = request.cookies.get(COOKIE_NAME)
+        if value is None:
+            return None
+        try:
+            device, digest = self._serializer.loads(value)
+        except (BadSignature, TypeError, ValueError):
+            return None
+        if not (isinstance(device, str) and isinstance(digest, str)):
+            return None
+        return device if hmac.compare_digest(digest, _digest(username)) else None
+
+    def remember(self, response: Response, username: str) -> None:
+        """Mark the browser as a device of `username` (after a successful login): its id is kept
+        when it already was one, so that its budget is not renewed by logging in."""
+        device = self.device(username) or secrets.token_urlsafe(16)
+        response.set_cookie(
+            COOKIE_NAME,
+            self._serializer.dumps([device, _digest(username)]),
+            max_age=COOKIE_DAYS * 86400,
+            path=COOKIE_PATH,
+            secure=self._secure,
+            httponly=True,
+            samesite="Strict",
+        )
+
+
+def _digest(username: str) -> str:
+    return hashlib.sha256(username.encode()).hexdigest()[:32]
