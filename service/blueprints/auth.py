@@ -75,7 +75,7 @@ def create_blueprint(settings: Settings, sessions: SessionStore, metrics: Metric
     @rate_limit(limits=register_limits(settings))
     @validate_request(NewAccount)
     @document_response(Profile, 201)
-    @declare_errors(400, 409, 413, 415, 429, 503)
+    @declare_errors(400, 408, 409, 413, 415, 429, 503)
     async def register(data: NewAccount) -> tuple[Response, int]:
         username = data.username.lower()
         weakness = await check_new_password(data.password, username, settings.password_min_length)
@@ -95,7 +95,7 @@ def create_blueprint(settings: Settings, sessions: SessionStore, metrics: Metric
     @rate_limit(limits=login_limits(settings, devices))
     @validate_request(Credentials)
     @document_response(SignedIn, 200)
-    @declare_errors(400, 401, 413, 415, 429, 503)
+    @declare_errors(400, 401, 408, 413, 415, 429, 503)
     async def login(data: Credentials) -> Response:
         username = data.username.lower()
         logger.info("login_attempt", username=username, known_device=_known(devices, username))

@@ -63,7 +63,7 @@ def create_blueprint(app: Quart, settings: Settings, metrics: Metrics) -> Bluepr
     @blueprint.post("/api/rum")
     @document_request(Beacon)
     @document_response(NoContent, 204)
-    @declare_errors(400, 403, 413, 429)
+    @declare_errors(400, 403, 408, 413, 429)
     async def beacon() -> Response:
         receiver = receivers[0]
         client = client_address(request.scope)
