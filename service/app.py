@@ -13,6 +13,7 @@ from quart.globals import request_ctx
 from quart.sessions import NullSession, SessionInterface, SessionMixin
 from quart.typing import ResponseReturnValue, ResponseTypes
 from quart.wrappers import BaseRequestWebsocket, Response
+from werkzeug.exceptions import NotFound
 
 from service.active_users import ActiveUsers, init_active_users
 from service.api_docs import init_api_docs
@@ -122,8 +123,13 @@ class ServiceApp(Quart):
         # Route and user are bound here rather than in a before_request hook: Quart wraps every
         # hook call in `ensure_async` (an `inspect` check per call), which cost more than the
         # binding itself on every request (bench/README.md, Instructions).
+        request = (request_context or request_ctx).request
+        if request.scope["path"].startswith("//"):
+            # Werkzeug takes `//metrics` for `/metrics` (its `request.path` strips leading
+            # slashes): a proxy's rule on the path would not see it. No route starts with `//`.
+            request.url_rule = None
+            raise NotFound()
         if self.active_users is not None:
-            request = (request_context or request_ctx).request
             # Half the request's budget: a route that needs no session keeps the other half.
             await bind_route_and_user(request, self.active_users, self.deadlines.timeout / 2)
         return await super().preprocess_request(request_context)

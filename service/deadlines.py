@@ -39,6 +39,13 @@ class Deadlines:
         self._expiries[task] = loop.time() + self.timeout
         return task
 
+    def extend(self, task: asyncio.Task[object], seconds: float) -> None:
+        """Move the task's deadline `seconds` later (time the client took, not the service), unless
+        it has passed already."""
+        expiry = self._expiries.get(task)
+        if expiry is not None:
+            self._expiries[task] = expiry + seconds
+
     def expired(self, task: asyncio.Task[object]) -> bool:
         """Whether the task was cancelled because its deadline passed."""
         return task in self._expired

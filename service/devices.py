@@ -7,9 +7,12 @@ a valid one for the username it submits is limited per device; any other login s
 username's budget, as before. An attacker without the user's password has no such cookie, so
 exhausting the username's budget stops only logins from devices the user never signed in on.
 
-The cookie is signed with SECRET_KEY by itsdangerous (Quart's own signing library), carries no
-username in clear, is sent only to the login route, and needs no storage: a new SECRET_KEY makes
-every device unknown again, which costs only the per-device budget.
+The cookie is signed with SECRET_KEY by itsdangerous (Quart's own signing library), names the
+user by an HMAC keyed with SECRET_KEY (so a cookie does not tell whose it is, even to one who
+guesses names), is sent only to the login route, and needs no storage: a new SECRET_KEY makes
+every device unknown again, which costs only the per-device budget. Every cookie of that name a
+request carries is tried: one planted beside the real one (by a sibling domain, say) cannot
+hide it.
 """
 
 from __future__ import annotations
@@ -28,26 +31,31 @@ COOKIE_PATH = "/api/auth/login"
 # Long enough to outlive the user's habits; renewed at each login from the device.
 COOKIE_DAYS = 365
 _SALT = "scene-packer.device"
+# Cookies of the name tried per request, at most: each costs a signature check.
+_TRIED = 8
 
 
 class DeviceCookies:
     def __init__(self, settings: Settings) -> None:
         self._serializer = URLSafeSerializer(settings.effective_secret_key, salt=_SALT)
+        self._user_key = hashlib.sha256((_SALT + settings.effective_secret_key).encode()).digest()
         self._secure = settings.cookie_secure
 
     def device(self, username: str) -> str | None:
         """The id of the device the request's cookie proves for `username`, or None (no cookie,
         one signed with another key, for another user, or tampered with)."""
-        value = request.cookies.get(COOKIE_NAME)
-        if value is None:
-            return None
-        try:
-            device, digest = self._serializer.loads(value)
-        except (BadSignature, TypeError, ValueError):
-            return None
-        if not (isinstance(device, str) and isinstance(digest, str)):
-            return None
-        return device if hmac.compare_digest(digest, _digest(username)) else None
+        for value in request.cookies.getlist(COOKIE_NAME)[:_TRIED]:
+            try:
+                device, digest = self._serializer.loads(value)
+            except (BadSignature, TypeError, ValueError):
+                continue
+            if (
+                isinstance(device, str)
+                and isinstance(digest, str)
+                and hmac.compare_digest(digest, self._digest(username))
+            ):
+                return device
+        return None
 
     def remember(self, response: Response, username: str) -> None:
         """Mark the browser as a device of `username` (after a successful login): its id is kept
@@ -55,7 +63,7 @@ class DeviceCookies:
         device = self.device(username) or secrets.token_urlsafe(16)
         response.set_cookie(
             COOKIE_NAME,
-            self._serializer.dumps([device, _digest(username)]),
+            self._serializer.dumps([device, self._digest(username)]),
             max_age=COOKIE_DAYS * 86400,
             path=COOKIE_PATH,
             secure=self._secure,
@@ -63,6 +71,5 @@ class DeviceCookies:
             samesite="Strict",
         )
 
-
-def _digest(username: str) -> str:
-    return hashlib.sha256(username.encode()).hexdigest()[:32]
+    def _digest(self, username: str) -> str:
+        return hmac.new(self._user_key, username.encode(), hashlib.sha256).hexdigest()[:32]

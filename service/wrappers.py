@@ -17,16 +17,21 @@ to that provider's `default` (pydantic's conversion: dates in ISO 8601), anythin
 
 from __future__ import annotations
 
+import asyncio
 import json
 from collections.abc import Callable
 from typing import Any, Literal, cast, overload
 
 import orjson
-from quart import Quart
+from quart import Quart, current_app
 from quart.json.provider import DefaultJSONProvider
 from quart.wrappers import Request
 
+from service.deadlines import Deadlines
 from service.observability.context import waiting_on
+
+# A body already received is read in microseconds; only a real wait moves the deadline.
+_BODY_WAIT_IGNORED = 0.001
 
 # Dates go to the provider's `default`, as the standard library's encoder sent them there.
 _DUMP_OPTIONS = orjson.OPT_SORT_KEYS | orjson.OPT_NON_STR_KEYS | orjson.OPT_PASSTHROUGH_DATETIME
@@ -52,8 +57,19 @@ class ServiceRequest(Request):
     async def get_data(
         self, cache: bool = True, as_text: bool = False, parse_form_data: bool = False
     ) -> str | bytes:
+        loop = asyncio.get_running_loop()
+        started = loop.time()
         with waiting_on("client"):
-            return await super().get_data(cache, as_text, parse_form_data)
+            data = await super().get_data(cache, as_text, parse_form_data)
+        # And a body that arrived late leaves the service its whole REQUEST_TIMEOUT: the time the
+        # client took to send it moves the deadline (else a client finishing its body just
+        # before the deadline would make the service's own work time out, a 503).
+        waited = loop.time() - started
+        deadlines: Deadlines | None = getattr(current_app, "deadlines", None)
+        task = asyncio.current_task()
+        if waited > _BODY_WAIT_IGNORED and deadlines is not None and task is not None:
+            deadlines.extend(task, waited)
+        return data
 
     async def get_json(self, force: bool = False, silent: bool = False, cache: bool = True) -> Any:
         # Quart's own method, with the body read as bytes and parsed by orjson. `_cached_json` is

@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import asyncio
+import base64
+import hashlib
 import shutil
 import threading
 from typing import Any
@@ -292,3 +294,29 @@ async def test_an_attacker_spending_a_usernames_budget_cannot_lock_out_its_brows
         # guesses no faster than the username's limit.
         guesses = [await login(owner, "grace", "wrong password") for _ in range(3)]
         assert [guess.status_code for guess in guesses] == [401, 401, 429]
+
+
+async def test_a_planted_device_cookie_does_not_hide_the_real_one(settings: Settings) -> None:
+    """A cookie of the same name set beside the real one (by a sibling domain, say) is sent with
+    it; the browser stays known. The cookie names its user only by a keyed digest."""
+    limits = {"login_limit_per_username": 2, "login_limit_per_ip": 100}
+    app = create_app(settings.model_copy(update=limits))
+    async with app.test_app() as test_app:
+        owner, attacker = test_app.test_client(), test_app.test_client()
+        await register(owner, "ivy")
+        signed_in = await login(owner, "ivy")
+        real = _device_cookie(signed_in).split(";", 1)[0].split("=", 1)[1]
+        assert (
+            hashlib.sha256(b"ivy").hexdigest()[:32]
+            not in base64.urlsafe_b64decode(real.split(".", 1)[0] + "==").decode()
+        )
+        for _ in range(2):
+            await login(attacker, "ivy", "wrong password")
+        assert (await login(attacker, "ivy")).status_code == 429  # the username's budget is spent
+        planted = {"Cookie": f"{COOKIE_NAME}=planted; {COOKIE_NAME}={real}"}
+        response = await test_app.test_client().post(
+            "/api/auth/login",
+            json={"username": "ivy", "password": "correct horse battery"},
+            headers=planted,
+        )
+        assert response.status_code == 200

@@ -244,6 +244,29 @@ def _post_slowly(
     return int(status_line.split()[1]), headers, body
 
 
+def test_a_body_that_arrives_late_leaves_the_service_its_whole_deadline(tmp_path: Path) -> None:
+    """The time a client takes to send its body is its own: a body finished just before the
+    deadline, then work the route needs, answers 200, not a 503 counted against the service."""
+    env = {**PRODUCTION_ENV, "REQUEST_TIMEOUT": "2"}
+    with running_server(tmp_path, env, app="tests.support.apps:app") as server:
+        host, port = server.base_url.removeprefix("http://").split(":")
+        body = b'{"padding": "' + b"x" * 64 + b'"}'
+        head = (
+            f"POST /test/read-then-work/1000 HTTP/1.1\r\nHost: {host}\r\n"
+            f"Content-Type: application/json\r\nContent-Length: {len(body)}\r\n"
+            "Connection: close\r\n\r\n"
+        )
+        with socket.create_connection((host, int(port)), timeout=30) as sock:
+            sock.sendall(head.encode() + body[:10])
+            time.sleep(1.5)  # three quarters of the deadline, then the rest of the body
+            sock.sendall(body[10:])
+            answer = b""
+            while chunk := sock.recv(65536):
+                answer += chunk
+    assert answer.split(b"\r\n", 1)[0].split()[1] == b"200", answer
+    assert not [e for e in server.events() if e["event"] == "request_deadline_exceeded"]
+
+
 @pytest.mark.parametrize("path", ["/api/auth/login", "/api/rum"])
 def test_a_body_that_stops_arriving_answers_408_not_a_server_error(
     tmp_path: Path, path: str

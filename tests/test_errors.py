@@ -55,7 +55,7 @@ async def test_no_cache_keeps_an_error(client: Client, method: str, path: str, s
     assert (await _error(response))["request_id"] == response.headers["X-Request-ID"]
 
 
-@pytest.mark.parametrize("path", ["/api//health", "//api/auth//me", "/api/auth/me//"])
+@pytest.mark.parametrize("path", ["/api//health", "/api/auth//me", "/api/auth/me//"])
 async def test_a_doubled_slash_is_a_json_404_not_a_redirect(client: Client, path: str) -> None:
     response = await client.get(path)
     assert response.status_code == 404
@@ -63,9 +63,15 @@ async def test_a_doubled_slash_is_a_json_404_not_a_redirect(client: Client, path
     assert (await _error(response))["code"] == "not_found"
 
 
-def test_options_answers_allow_with_no_body_and_no_type(tmp_path: Path) -> None:
-    """Through hypercorn (the test client makes up a Content-Type for a body-less answer)."""
+def test_through_hypercorn_options_and_leading_slashes(tmp_path: Path) -> None:
+    """What the test client cannot send or show: OPTIONS answers `Allow` with no body and no
+    Content-Type, and a path starting with `//` (which werkzeug would route as if it had one
+    slash, past a proxy's rule on `/metrics`) is 404."""
     with running_server(tmp_path, {}) as server:
+        for path in ("//metrics", "///api/health", "//", "//api/auth/me"):
+            response = httpx.get(server.base_url + path)
+            assert response.status_code == 404, path
+            assert response.json()["error"]["code"] == "not_found"
         for path, allowed in (
             ("/api/auth/login", "OPTIONS, POST"),
             ("/api/health", "GET, HEAD, OPTIONS"),

@@ -6,7 +6,7 @@ import asyncio
 import os
 
 import structlog
-from quart import Response
+from quart import Response, request
 
 from service.app import create_app
 
@@ -24,6 +24,14 @@ async def boom() -> str:
 async def slow(milliseconds: int) -> str:
     await asyncio.sleep(milliseconds / 1000)
     return "slow"
+
+
+@app.post("/test/read-then-work/<int:milliseconds>")
+async def read_then_work(milliseconds: int) -> str:
+    """Reads the whole body, then works `milliseconds` (as a login hashes after reading)."""
+    await request.get_data()
+    await asyncio.sleep(milliseconds / 1000)
+    return "done"
 
 
 @app.get("/test/background")
