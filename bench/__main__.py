@@ -22,6 +22,7 @@ BENCHMARKS = {
     "password_policy": "bench.password_policy",
     "failure_paths": "bench.failure_paths",
     "exemplars": "bench.exemplars",
+    "stop_resets": "bench.stop_resets",
 }
 
 

@@ -36,6 +36,7 @@ import sys
 import time
 import traceback
 from collections.abc import Awaitable, Callable
+from contextlib import suppress
 from dataclasses import dataclass, field
 from multiprocessing import get_context
 from multiprocessing.connection import wait
@@ -111,10 +112,19 @@ def serve(application_path: str, config: Config, sockets: Sockets, drain_seconds
     def start_worker(reason: WorkerStart = "start") -> Worker:
         return _start(context, plan, requests_per_worker, reason)
 
+    # The stop signal wakes the master's wait at once (a wait interrupted by a signal is resumed,
+    # PEP 475): its copies of the listening sockets must be closed before the workers, which
+    # see the stop within a poll interval, close theirs. The other way round, connections that
+    # reached the socket between the workers' close and the master's were reset, never served.
+    wake, wake_up = os.pipe()
+    os.set_blocking(wake_up, False)
+
     def on_stop_signal(signum: int, _frame: Any) -> None:
         if not plan.shutdown.is_set():
             plan.stop_signal.value = signum
             plan.shutdown.set()
+            with suppress(OSError):
+                os.write(wake_up, b"\0")
 
     def on_reload(_signum: int, _frame: Any) -> None:
         for worker in slots:
@@ -129,7 +139,7 @@ def serve(application_path: str, config: Config, sockets: Sockets, drain_seconds
     retiring: list[Worker] = []
     boot_failed = False
     while not plan.shutdown.is_set():
-        _wait_for_any([*slots, *_successors(slots), *retiring])
+        _wait_for_any([*slots, *_successors(slots), *retiring], wake)
         retiring = [worker for worker in retiring if worker.alive]
         for index, worker in enumerate(slots):
             if not worker.alive:
@@ -146,7 +156,10 @@ def serve(application_path: str, config: Config, sockets: Sockets, drain_seconds
             else:
                 slots[index] = _recycle(worker, start_worker, retiring)
 
-    return _stop(plan, [*slots, *_successors(slots), *retiring], boot_failed)
+    code = _stop(plan, [*slots, *_successors(slots), *retiring], boot_failed)
+    os.close(wake)
+    os.close(wake_up)
+    return code
 
 
 def _recycle(
@@ -235,9 +248,11 @@ def _start(
     return worker
 
 
-def _wait_for_any(workers: list[Worker]) -> None:
-    """Until one of `workers` exits, or a poll interval passes (events are polled)."""
-    wait([worker.process.sentinel for worker in workers if worker.alive], timeout=_POLL_SECONDS * 2)
+def _wait_for_any(workers: list[Worker], wake: int | None = None) -> None:
+    """Until one of `workers` exits, `wake` is readable, or a poll interval passes (events are
+    polled)."""
+    sentinels: list[int] = [worker.process.sentinel for worker in workers if worker.alive]
+    wait([*sentinels, wake] if wake is not None else sentinels, timeout=_POLL_SECONDS * 2)
 
 
 def _successors(slots: list[Worker]) -> list[Worker]:
