@@ -26,7 +26,10 @@ from hypercorn.typing import (
     HTTPScope,
     Scope,
 )
+from quart.globals import request_ctx
 from quart.wrappers import Request
+from werkzeug.exceptions import HTTPException, MethodNotAllowed
+from werkzeug.routing import Rule
 
 from service.active_users import ActiveUsers
 from service.cache import CacheError
@@ -194,7 +197,9 @@ async def bind_route_and_user(
     context = current_context()
     if context is None:
         return
-    rule = request.url_rule
+    rule: Rule | None = request.url_rule
+    if rule is None and isinstance(request.routing_exception, MethodNotAllowed):
+        rule = _rule_for_another_method(request.routing_exception)
     if rule is not None:
         bind_route(rule.rule)
     # `has_cookies` lets most requests (API clients, probes) skip cookie parsing altogether.
@@ -217,6 +222,20 @@ async def bind_route_and_user(
         # A cache failure is counted by the cache wrapper; it must not fail the request.
         with suppress(CacheError):
             await active_users.mark(session.user_id)
+
+
+def _rule_for_another_method(refused: MethodNotAllowed) -> Rule | None:
+    """The route a 405 was for (`PUT /` is a request for `/`, not an unknown path): werkzeug
+    refuses the method without naming the rule, so the path is matched again with an allowed
+    one. Only 405s pay for it."""
+    adapter = request_ctx.url_adapter
+    if adapter is None or not refused.valid_methods:
+        return None
+    try:
+        rule, _ = adapter.match(method=next(iter(refused.valid_methods)), return_rule=True)
+    except HTTPException:
+        return None
+    return rule
 
 
 def log_request_failure(exc_info: ExcInfo) -> None:

@@ -95,9 +95,18 @@ async def test_random_unknown_paths_add_no_series(client: Client) -> None:
         value(after, "http_requests_total", method="GET", endpoint="<unmatched>", status="404")
         == 2001
     )
-    assert (
-        value(after, "http_requests_total", method="OTHER", endpoint="<unmatched>", status="405")
-        == 1
+    # A method a route refuses counts under the route (it is no unknown path).
+    assert value(after, "http_requests_total", method="OTHER", endpoint="/", status="405") == 1
+
+
+async def test_a_refused_method_counts_under_its_route(client: Client) -> None:
+    assert (await client.put("/api/auth/me")).status_code == 405
+    assert (await client.delete("/api/auth/login")).status_code == 405
+    samples = parse(await _scrape(client))
+    for method, endpoint in (("PUT", "/api/auth/me"), ("DELETE", "/api/auth/login")):
+        assert value(samples, "http_requests_total", method=method, endpoint=endpoint, status="405")
+    assert not value(
+        samples, "http_requests_total", method="PUT", endpoint="<unmatched>", status="405"
     )
 
 
