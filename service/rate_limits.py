@@ -14,6 +14,7 @@ import hashlib
 import math
 import re
 import time
+from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import Any
 
@@ -35,6 +36,20 @@ from service.unavailable import DependencyUnavailable
 
 _KEY_PREFIX = "ratelimit:"
 _USERNAME = re.compile(USERNAME_PATTERN)
+
+
+@dataclass
+class NamedLimit(RateLimit):
+    """A limit that knows what it counts (`address`, `username`, `device`): the log line of a
+    request it refuses says which limit it was."""
+
+    name: str = "address"
+
+
+def refused_by() -> str | None:
+    """The name of the limit that refused the current request (429), if one did."""
+    name: str | None = g.get("refused_by")
+    return name
 
 
 class RateLimitsUnavailable(DependencyUnavailable):
@@ -107,6 +122,7 @@ class _RateLimiter(RateLimiter):
             if limit is reported:
                 g.rate_limit_headers = _headers(limit, until_whole)
             if wait > 0:
+                g.refused_by = getattr(limit, "name", "address")
                 raise RateLimitExceeded(max(1, math.ceil(wait)))
 
     async def _after_request(self, response: Response) -> Response:
@@ -188,17 +204,24 @@ def login_limits(settings: Settings, devices: DeviceCookies) -> list[RateLimit]:
 
     per_username = settings.login_limit_per_username
     return [
-        RateLimit(settings.login_limit_per_ip, window),
-        RateLimit(
+        NamedLimit(settings.login_limit_per_ip, window, name="address"),
+        NamedLimit(
             per_username,
             window,
             key_function=username_key,
             skip_function=known_device_or_no_username,
+            name="username",
         ),
-        RateLimit(per_username, window, key_function=device_key, skip_function=unknown_device),
+        NamedLimit(
+            per_username,
+            window,
+            key_function=device_key,
+            skip_function=unknown_device,
+            name="device",
+        ),
     ]
 
 
 def register_limits(settings: Settings) -> list[RateLimit]:
     window = timedelta(seconds=settings.rate_limit_window_seconds)
-    return [RateLimit(settings.register_limit_per_ip, window)]
+    return [NamedLimit(settings.register_limit_per_ip, window, name="address")]

@@ -273,13 +273,17 @@ async def test_an_attacker_spending_a_usernames_budget_cannot_lock_out_its_brows
         with structlog.testing.capture_logs() as logs:
             guesses = [await login(attacker, "grace", "wrong password") for _ in range(4)]
         assert [guess.status_code for guess in guesses] == [401, 401, 429, 429]
-        assert {line["known_device"] for line in logs if line["event"] == "login_failed"} == {False}
+        refusals = [line for line in logs if line["event"] == "login_failed"]
+        assert {line["known_device"] for line in refusals} == {False}
+        assert [line.get("limit") for line in refusals] == [None, None, "username", "username"]
         assert (await login(newcomer, "grace")).status_code == 429  # an unknown browser waits
 
         with structlog.testing.capture_logs() as logs:
             assert (await login(owner, "grace")).status_code == 200
         (attempt,) = [line for line in logs if line["event"] == "login_attempt"]
         assert attempt["known_device"] is True
+        (success,) = [line for line in logs if line["event"] == "login_success"]
+        assert success["username"] == "grace"
 
         # Another user's device cookie, or a forged one, makes no browser known.
         await register(newcomer, "heidi")
@@ -292,8 +296,12 @@ async def test_an_attacker_spending_a_usernames_budget_cannot_lock_out_its_brows
 
         # The known browser has a budget of its own, not none: a stolen device cookie still
         # guesses no faster than the username's limit.
-        guesses = [await login(owner, "grace", "wrong password") for _ in range(3)]
+        with structlog.testing.capture_logs() as logs:
+            guesses = [await login(owner, "grace", "wrong password") for _ in range(3)]
         assert [guess.status_code for guess in guesses] == [401, 401, 429]
+        assert [line.get("limit") for line in logs if line["event"] == "login_failed"] == [
+            None, None, "device"
+        ]  # fmt: skip
 
 
 async def test_a_planted_device_cookie_does_not_hide_the_real_one(settings: Settings) -> None:

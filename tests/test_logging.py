@@ -305,6 +305,25 @@ def test_redaction_at_any_depth_and_in_urls() -> None:
     assert redact_url("no credentials here") == "no credentials here"
 
 
+def test_a_flag_named_like_a_secret_is_shown() -> None:
+    """`SESSION_COOKIE_SECURE: false` in the start-up line tells how the service runs; a yes, a
+    no or nothing holds no secret. Any other value under such a name is still hidden."""
+    event = {
+        "event": "service_started",
+        "session_cookie_secure": False,
+        "metrics_token": None,
+        "settings": {"SESSION_COOKIE_SECURE": True, "METRICS_TOKEN": None, "SECRET_KEY": "s3"},
+        "token": 0,
+        "cookie": "",
+    }
+    result = redact(None, "info", event)
+    assert (result["session_cookie_secure"], result["metrics_token"]) == (False, None)
+    assert result["settings"] == {
+        "SESSION_COOKIE_SECURE": True, "METRICS_TOKEN": None, "SECRET_KEY": "[REDACTED]"
+    }  # fmt: skip
+    assert (result["token"], result["cookie"]) == ("[REDACTED]", "[REDACTED]")
+
+
 @pytest.mark.parametrize("environment", ["production", "development"])
 def test_control_characters_cannot_forge_a_line(environment: str, tmp_path: Path) -> None:
     stream = io.StringIO()

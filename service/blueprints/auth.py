@@ -31,7 +31,7 @@ from service.errors import APIError
 from service.observability.context import bind_user
 from service.observability.metrics import LoginResult, Metrics
 from service.passwords import check_new_password, hash_password, needs_rehash, verify_password
-from service.rate_limits import login_limits, register_limits, submitted_username
+from service.rate_limits import login_limits, refused_by, register_limits, submitted_username
 from service.sessions import SessionStore, SessionUser, current_session, keep_cookie
 from service.settings import MAX_PASSWORD_LENGTH, Settings
 
@@ -122,7 +122,7 @@ def create_blueprint(settings: Settings, sessions: SessionStore, metrics: Metric
         login_user(SessionUser(token, store=sessions))
         bind_user(user.id)
         metrics.login_answered("success")
-        logger.info("login_success", user_id=user.id)
+        logger.info("login_success", user_id=user.id, username=username)
         if previous is not None:
             await _end_replaced_session(sessions, previous)
         response = jsonify(SignedIn(id=user.id, username=user.username).model_dump())
@@ -150,6 +150,7 @@ def create_blueprint(settings: Settings, sessions: SessionStore, metrics: Metric
                 username=username,
                 reason=reason,
                 known_device=_known(devices, username),
+                limit=refused_by(),  # which budget refused a 429: address, username, device
             )
         return response
 

@@ -191,7 +191,7 @@ def redact(_logger: WrappedLogger, _method: str, event_dict: EventDict) -> Event
     # value: keys already judged harmless are remembered, numbers and None pass on their exact
     # type (isinstance against Mapping, an ABC, is slow), and only containers are walked.
     for key, value in event_dict.items():
-        if key not in _HARMLESS_KEYS and _is_sensitive_key(key):
+        if key not in _HARMLESS_KEYS and _is_sensitive_key(key) and not _plain_flag(value):
             event_dict[key] = REDACTED
         elif type(value) is str:
             # An identifier (most event names) cannot hold a URL or a secret-shaped value.
@@ -239,7 +239,7 @@ def escape_control_characters(
 
 
 def _redact_value(key: Any, value: Any) -> Any:
-    if isinstance(key, str) and _is_sensitive(key):
+    if isinstance(key, str) and _is_sensitive(key) and not _plain_flag(value):
         return REDACTED
     if isinstance(value, str):
         return mask_secrets(value)
@@ -248,6 +248,12 @@ def _redact_value(key: Any, value: Any) -> Any:
     if isinstance(value, list | tuple):
         return [_redact_value(None, item) for item in value]
     return value
+
+
+def _plain_flag(value: Any) -> bool:
+    """A yes, a no or nothing holds no secret, whatever its name (`SESSION_COOKIE_SECURE: false`,
+    `METRICS_TOKEN: null` say how the service runs: the start-up line shows them)."""
+    return value is None or type(value) is bool
 
 
 def _is_sensitive_key(key: Any) -> bool:
