@@ -267,6 +267,18 @@ def test_a_body_that_arrives_late_leaves_the_service_its_whole_deadline(tmp_path
     assert not [e for e in server.events() if e["event"] == "request_deadline_exceeded"]
 
 
+def test_quarts_own_body_timeout_answers_the_same_408(tmp_path: Path) -> None:
+    """With REQUEST_TIMEOUT longer than Quart's BODY_TIMEOUT (60 s by default), Quart gives up on
+    the body first: the same 408 `body_timeout` with `Connection: close`."""
+    env = {**PRODUCTION_ENV, "REQUEST_TIMEOUT": "30", "TEST_BODY_TIMEOUT": "0.5"}
+    with running_server(tmp_path, env, app="tests.support.apps:app") as server:
+        status, headers, body = _post_slowly(server.base_url, "/api/auth/login", b"{", 400)
+    error = json.loads(body)["error"]
+    assert (status, error["code"]) == (408, "body_timeout")
+    assert (headers["connection"], headers["cache-control"]) == ("close", "no-store")
+    assert error["request_id"] == headers["x-request-id"]
+
+
 @pytest.mark.parametrize("path", ["/api/auth/login", "/api/rum"])
 def test_a_body_that_stops_arriving_answers_408_not_a_server_error(
     tmp_path: Path, path: str

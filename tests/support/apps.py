@@ -13,6 +13,8 @@ from service.app import create_app
 logger = structlog.get_logger("tests.support.apps")
 
 app = create_app()
+# Quart's own wait for a body (60 s by default), shortened by a test that needs it to pass first.
+app.config["BODY_TIMEOUT"] = float(os.environ.get("TEST_BODY_TIMEOUT", "60"))
 
 
 @app.get("/test/boom")
