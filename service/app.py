@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 from collections.abc import Awaitable, Callable
 from typing import Any
+from urllib.parse import urlsplit
 
 import structlog
 from quart import Quart
@@ -124,7 +125,7 @@ class ServiceApp(Quart):
         # hook call in `ensure_async` (an `inspect` check per call), which cost more than the
         # binding itself on every request (bench/README.md, Instructions).
         request = (request_context or request_ctx).request
-        if request.scope["path"].startswith("//"):
+        if _routed_path(request.scope).startswith("//"):
             # Werkzeug takes `//metrics` for `/metrics` (its `request.path` strips leading
             # slashes): a proxy's rule on the path would not see it. No route starts with `//`.
             request.url_rule = None
@@ -155,6 +156,16 @@ class ServiceApp(Quart):
             if len(self._async_functions) < _ASYNC_FUNCTIONS_KEPT:
                 self._async_functions[func] = known
         return known
+
+
+def _routed_path(scope: Any) -> str:
+    """The path Quart routes, before werkzeug strips its leading slashes: an absolute-form target
+    (`GET http://host//metrics`) by its path, the root path taken off."""
+    path: str = scope["path"]
+    if not path.startswith("/"):
+        path = urlsplit(path).path
+    root: str = scope.get("root_path", "")
+    return path[len(root) :] if root and path.startswith(root) else path
 
 
 def create_app(settings: Settings | None = None) -> ServiceApp:

@@ -10,9 +10,9 @@ exhausting the username's budget stops only logins from devices the user never s
 The cookie is signed with SECRET_KEY by itsdangerous (Quart's own signing library), names the
 user by an HMAC keyed with SECRET_KEY (so a cookie does not tell whose it is, even to one who
 guesses names), is sent only to the login route, and needs no storage: a new SECRET_KEY makes
-every device unknown again, which costs only the per-device budget. Every cookie of that name a
-request carries is tried: one planted beside the real one (by a sibling domain, say) cannot
-hide it.
+every device unknown again, which costs only the per-device budget. The first 32 cookies of that
+name a request carries are tried: cookies planted beside the real one (by a sibling domain, say)
+hide it only if there are more than 32 of them, sent before it.
 """
 
 from __future__ import annotations
@@ -31,8 +31,9 @@ COOKIE_PATH = "/api/auth/login"
 # Long enough to outlive the user's habits; renewed at each login from the device.
 COOKIE_DAYS = 365
 _SALT = "scene-packer.device"
-# Cookies of the name tried per request, at most: each costs a signature check.
-_TRIED = 8
+# Cookies of the name tried per request, at most: each costs a signature check (a few µs), and a
+# header can carry thousands.
+_TRIED = 32
 
 
 class DeviceCookies:
@@ -65,7 +66,7 @@ class DeviceCookies:
             COOKIE_NAME,
             self._serializer.dumps([device, self._digest(username)]),
             max_age=COOKIE_DAYS * 86400,
-            path=COOKIE_PATH,
+            path=request.root_path + COOKIE_PATH,  # under a root path, the login route's own
             secure=self._secure,
             httponly=True,
             samesite="Strict",

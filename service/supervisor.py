@@ -112,34 +112,43 @@ def serve(application_path: str, config: Config, sockets: Sockets, drain_seconds
     def start_worker(reason: WorkerStart = "start") -> Worker:
         return _start(context, plan, requests_per_worker, reason)
 
-    # The stop signal wakes the master's wait at once (a wait interrupted by a signal is resumed,
-    # PEP 475): its copies of the listening sockets must be closed before the workers, which
-    # see the stop within a poll interval, close theirs. The other way round, connections that
-    # reached the socket between the workers' close and the master's were reset, never served.
+    # The signal handlers only note the signal and wake the master's wait, through a pipe it
+    # waits on (a wait a signal interrupts is resumed, PEP 475); the loop acts on it. A handler
+    # that set a multiprocessing Event itself could run while the loop held that Event's lock and
+    # wait for it forever (and every worker polls the same lock). Woken at once, the master
+    # closes its copies of the listening sockets before the workers, which see the stop within a
+    # poll interval, close theirs: the other way round, connections that reached the socket
+    # between the two were reset, never served.
     wake, wake_up = os.pipe()
+    os.set_blocking(wake, False)
     os.set_blocking(wake_up, False)
+    signalled: list[int] = []
 
-    def on_stop_signal(signum: int, _frame: Any) -> None:
-        if not plan.shutdown.is_set():
-            plan.stop_signal.value = signum
-            plan.shutdown.set()
-            with suppress(OSError):
-                os.write(wake_up, b"\0")
-
-    def on_reload(_signum: int, _frame: Any) -> None:
-        for worker in slots:
-            worker.wants_successor.set()
+    def on_signal(signum: int, _frame: Any) -> None:
+        signalled.append(signum)
+        with suppress(OSError):  # full: the loop has enough to wake for
+            os.write(wake_up, b"\0")
 
     slots = [start_worker() for _ in range(max(1, config.workers))]
-    for signum in STOP_SIGNALS:
-        signal.signal(signum, on_stop_signal)
-    signal.signal(signal.SIGHUP, on_reload)
+    for signum in (*STOP_SIGNALS, signal.SIGHUP):
+        signal.signal(signum, on_signal)
     logger.info("server_started", workers=len(slots), bind=config.bind, pid=os.getpid())
 
     retiring: list[Worker] = []
     boot_failed = False
     while not plan.shutdown.is_set():
         _wait_for_any([*slots, *_successors(slots), *retiring], wake)
+        with suppress(BlockingIOError):
+            os.read(wake, 4096)
+        received, signalled[:] = list(signalled), []
+        stops = [signum for signum in received if signum in STOP_SIGNALS]
+        if stops:
+            plan.stop_signal.value = stops[0]
+            plan.shutdown.set()
+            break
+        if signal.SIGHUP in received:  # reload: a successor for every worker
+            for worker in slots:
+                worker.wants_successor.set()
         retiring = [worker for worker in retiring if worker.alive]
         for index, worker in enumerate(slots):
             if not worker.alive:
@@ -237,14 +246,15 @@ def _start(
         daemon=False,
     )
     worker = Worker(process, ready, retire, wants_successor)
-    # The child inherits "ignore" for the stop signals (it survives exec), so a signal that
-    # arrives before the worker has installed its own handlers cannot kill it mid-start.
-    previous = {signum: signal.signal(signum, signal.SIG_IGN) for signum in STOP_SIGNALS}
+    # The stop signals are blocked while the worker starts. The child inherits the mask (it
+    # survives exec) and unblocks them once its own handlers are in place, so a signal cannot
+    # kill it mid-start; and one for the master stays pending until the start is over, where an
+    # ignored signal (SIG_IGN, as before) was discarded and the stop lost.
+    signal.pthread_sigmask(signal.SIG_BLOCK, STOP_SIGNALS)
     try:
         worker.process.start()
     finally:
-        for signum, handler in previous.items():
-            signal.signal(signum, handler)
+        signal.pthread_sigmask(signal.SIG_UNBLOCK, STOP_SIGNALS)
     return worker
 
 
@@ -329,6 +339,7 @@ def _worker_main(
     early: list[int] = []  # a stop signal before the event loop runs
     for signum in STOP_SIGNALS:
         signal.signal(signum, lambda received, _frame: early.append(received))
+    signal.pthread_sigmask(signal.SIG_UNBLOCK, STOP_SIGNALS)  # blocked by the master's _start
     listeners = _capture_listeners()
     try:
         module_name, _, attribute = plan.application_path.partition(":")

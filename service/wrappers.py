@@ -59,14 +59,21 @@ class ServiceRequest(Request):
     ) -> str | bytes:
         loop = asyncio.get_running_loop()
         started = loop.time()
-        with waiting_on("client"):
-            data = await super().get_data(cache, as_text, parse_form_data)
-        # And a body that arrived late leaves the service its whole REQUEST_TIMEOUT: the time the
-        # client took to send it moves the deadline (else a client finishing its body just
-        # before the deadline would make the service's own work time out, a 503).
-        waited = loop.time() - started
         deadlines: Deadlines | None = getattr(current_app, "deadlines", None)
         task = asyncio.current_task()
+        with waiting_on("client"):
+            data = await super().get_data(cache, as_text, parse_form_data)
+            if deadlines is not None and task is not None and deadlines.expired(task):
+                # The deadline passed as the body completed, and Quart's `asyncio.wait_for`
+                # returned the body rather than the cancellation (Python 3.11 does): the request
+                # is over all the same, or it would go on with no deadline at all.
+                raise asyncio.CancelledError
+        # And a body that arrived late leaves the service its whole REQUEST_TIMEOUT: the time the
+        # client took to send it moves the deadline (else a client finishing its body just
+        # before the deadline would make the service's own work time out, a 503). The time
+        # includes a few turns of the event loop even for a body already there: under load a
+        # deadline grows by the loop's lag.
+        waited = loop.time() - started
         if waited > _BODY_WAIT_IGNORED and deadlines is not None and task is not None:
             deadlines.extend(task, waited)
         return data

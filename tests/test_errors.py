@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import socket
 import subprocess
 import sys
 from pathlib import Path
@@ -72,6 +73,17 @@ def test_through_hypercorn_options_and_leading_slashes(tmp_path: Path) -> None:
             response = httpx.get(server.base_url + path)
             assert response.status_code == 404, path
             assert response.json()["error"]["code"] == "not_found"
+        # The same path in absolute form (as a client talking to a proxy sends it).
+        host, port = server.base_url.removeprefix("http://").split(":")
+        with socket.create_connection((host, int(port)), timeout=30) as sock:
+            sock.sendall(
+                f"GET {server.base_url}//metrics HTTP/1.1\r\nHost: {host}\r\n"
+                "Connection: close\r\n\r\n".encode()
+            )
+            answer = b""
+            while chunk := sock.recv(65536):
+                answer += chunk
+        assert answer.startswith(b"HTTP/1.1 404"), answer[:200]
         for path, allowed in (
             ("/api/auth/login", "OPTIONS, POST"),
             ("/api/health", "GET, HEAD, OPTIONS"),
