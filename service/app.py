@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import logging
 from collections.abc import Awaitable, Callable
 from typing import Any
 from urllib.parse import urlsplit
@@ -99,22 +100,16 @@ class ServiceApp(Quart):
             self.deadlines.end(task)
         context = current_context()
         waited = context.waiting_on if context is not None else None
-        if waited == "client":  # still sending its body: the client's delay, not ours
-            _logger.info(
-                "request_deadline_exceeded",
-                timeout_seconds=self.deadlines.timeout,
-                waiting_on=waited,
-            )
-            answer = body_timeout()
-        else:
-            _logger.warning(
-                "request_deadline_exceeded",
-                timeout_seconds=self.deadlines.timeout,
-                waiting_on=waited,
-            )
-            if waited in DEPENDENCIES and self.dependency_failed is not None:
-                self.dependency_failed(waited, "timeout")
-            answer = deadline_exceeded()
+        client = waited == "client"  # still sending its body: the client's delay, not ours
+        _logger.log(
+            logging.INFO if client else logging.WARNING,
+            "request_deadline_exceeded",
+            timeout_seconds=self.deadlines.timeout,
+            waiting_on=waited,
+        )
+        if waited in DEPENDENCIES and self.dependency_failed is not None:
+            self.dependency_failed(waited, "timeout")
+        answer = body_timeout() if client else deadline_exceeded()
         result = await self.handle_user_exception(answer)
         return await self.finalize_request(result, request_context)
 

@@ -22,7 +22,7 @@ import hmac
 import secrets
 
 from itsdangerous import BadSignature, URLSafeSerializer
-from quart import Response, request
+from quart import Response, g, request
 
 from service.settings import Settings
 
@@ -44,7 +44,14 @@ class DeviceCookies:
 
     def device(self, username: str) -> str | None:
         """The id of the device the request's cookie proves for `username`, or None (no cookie,
-        one signed with another key, for another user, or tampered with)."""
+        one signed with another key, for another user, or tampered with). Worked out once per
+        request: the limits, the log lines and the answer of a login all ask."""
+        proofs: dict[str, str | None] = g.setdefault("device_proofs", {})
+        if username not in proofs:
+            proofs[username] = self._prove(username)
+        return proofs[username]
+
+    def _prove(self, username: str) -> str | None:
         for value in request.cookies.getlist(COOKIE_NAME)[:_TRIED]:
             try:
                 device, digest = self._serializer.loads(value)

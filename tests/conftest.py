@@ -128,14 +128,17 @@ async def login(
     return await client.post("/api/auth/login", json={"username": username, "password": password})
 
 
-def session_cookie(response: Any) -> str:
-    """`name=value` of the session cookie a response sets (a login sets the device cookie too)."""
+def set_cookie(response: Any, name: str) -> str:
+    """The one `Set-Cookie` header of a response for cookie `name` (a login sets two)."""
     (header,) = [
-        header
-        for header in response.headers.getlist("Set-Cookie")
-        if header.startswith(SESSION_COOKIE_NAME + "=")
+        header for header in response.headers.getlist("Set-Cookie") if header.startswith(name + "=")
     ]
-    return str(header.split(";", 1)[0])
+    return str(header)
+
+
+def session_cookie(response: Any) -> str:
+    """`name=value` of the session cookie a response sets."""
+    return set_cookie(response, SESSION_COOKIE_NAME).split(";", 1)[0]
 
 
 def _in_thread(coroutine: Coroutine[Any, Any, None]) -> None:

@@ -21,7 +21,7 @@ from service.devices import COOKIE_NAME, COOKIE_PATH
 from service.passwords import hash_password, verify_password
 from service.settings import Settings
 from service.version import VERSION
-from tests.conftest import Client, login, register
+from tests.conftest import Client, login, register, set_cookie
 
 
 async def test_index_describes_the_service(client: Client) -> None:
@@ -242,15 +242,6 @@ async def test_malformed_usernames_spend_no_username_budget(settings: Settings) 
         assert statuses == [200, 200, 429]
 
 
-def _device_cookie(response: Any) -> str:
-    (header,) = [
-        header
-        for header in response.headers.getlist("Set-Cookie")
-        if header.startswith(COOKIE_NAME + "=")
-    ]
-    return str(header)
-
-
 async def test_an_attacker_spending_a_usernames_budget_cannot_lock_out_its_browsers(
     settings: Settings,
 ) -> None:
@@ -264,7 +255,7 @@ async def test_an_attacker_spending_a_usernames_budget_cannot_lock_out_its_brows
         await register(owner, "grace")
         signed_in = await login(owner, "grace")
         assert signed_in.status_code == 200
-        cookie = _device_cookie(signed_in)
+        cookie = set_cookie(signed_in, COOKIE_NAME)
         attributes = {part.strip().split("=")[0] for part in cookie.split(";")[1:]}
         assert {"HttpOnly", "Max-Age", "Path", "SameSite"} <= attributes
         assert f"Path={COOKIE_PATH}" in cookie and "SameSite=Strict" in cookie
@@ -313,7 +304,7 @@ async def test_a_planted_device_cookie_does_not_hide_the_real_one(settings: Sett
         owner, attacker = test_app.test_client(), test_app.test_client()
         await register(owner, "ivy")
         signed_in = await login(owner, "ivy")
-        real = _device_cookie(signed_in).split(";", 1)[0].split("=", 1)[1]
+        real = set_cookie(signed_in, COOKIE_NAME).split(";", 1)[0].split("=", 1)[1]
         assert (
             hashlib.sha256(b"ivy").hexdigest()[:32]
             not in base64.urlsafe_b64decode(real.split(".", 1)[0] + "==").decode()

@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import asyncio
 import json
-import socket
 import time
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
@@ -25,7 +24,7 @@ from service.settings import Settings
 from tests.conftest import Client, login, register, session_cookie
 from tests.support.faults import HungServer
 from tests.support.metrics_helpers import parse, value
-from tests.support.server import PRODUCTION_ENV, running_server
+from tests.support.server import PRODUCTION_ENV, parse_answer, raw_exchange, running_server
 
 # Generous: only tells "bounded by the deadline" from "waited for the client timeouts" (60 s).
 DEADLINE = 1.0
@@ -228,20 +227,11 @@ def _post_slowly(
 ) -> tuple[int, dict[str, str], bytes]:
     """POST declaring `length` bytes of body, send `sent` of them, then nothing more: the answer,
     read until the server closes the connection."""
-    host, port = base_url.removeprefix("http://").split(":")
     head = (
-        f"POST {path} HTTP/1.1\r\nHost: {host}\r\nContent-Type: application/json\r\n"
+        f"POST {path} HTTP/1.1\r\nHost: test\r\nContent-Type: application/json\r\n"
         f"Content-Length: {length}\r\n\r\n"
     )
-    with socket.create_connection((host, int(port)), timeout=30) as sock:
-        sock.sendall(head.encode() + sent)
-        answer = b""
-        while chunk := sock.recv(65536):
-            answer += chunk
-    head_part, _, body = answer.partition(b"\r\n\r\n")
-    status_line, *header_lines = head_part.decode().split("\r\n")
-    headers = {k.lower(): v.strip() for k, _, v in (h.partition(":") for h in header_lines)}
-    return int(status_line.split()[1]), headers, body
+    return parse_answer(raw_exchange(base_url, head.encode() + sent))
 
 
 def test_a_body_that_arrives_late_leaves_the_service_its_whole_deadline(tmp_path: Path) -> None:
@@ -249,21 +239,15 @@ def test_a_body_that_arrives_late_leaves_the_service_its_whole_deadline(tmp_path
     deadline, then work the route needs, answers 200, not a 503 counted against the service."""
     env = {**PRODUCTION_ENV, "REQUEST_TIMEOUT": "2"}
     with running_server(tmp_path, env, app="tests.support.apps:app") as server:
-        host, port = server.base_url.removeprefix("http://").split(":")
         body = b'{"padding": "' + b"x" * 64 + b'"}'
         head = (
-            f"POST /test/read-then-work/1000 HTTP/1.1\r\nHost: {host}\r\n"
+            "POST /test/read-then-work/1000 HTTP/1.1\r\nHost: test\r\n"
             f"Content-Type: application/json\r\nContent-Length: {len(body)}\r\n"
             "Connection: close\r\n\r\n"
         )
-        with socket.create_connection((host, int(port)), timeout=30) as sock:
-            sock.sendall(head.encode() + body[:10])
-            time.sleep(1.5)  # three quarters of the deadline, then the rest of the body
-            sock.sendall(body[10:])
-            answer = b""
-            while chunk := sock.recv(65536):
-                answer += chunk
-    assert answer.split(b"\r\n", 1)[0].split()[1] == b"200", answer
+        # Three quarters of the deadline between the start of the body and its rest.
+        answer = raw_exchange(server.base_url, head.encode() + body[:10], body[10:], pause=1.5)
+    assert parse_answer(answer)[0] == 200, answer
     assert not [e for e in server.events() if e["event"] == "request_deadline_exceeded"]
 
 

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import asyncio
 import json
-import socket
 import subprocess
 import sys
 from pathlib import Path
@@ -16,7 +15,7 @@ from quart import Quart
 from service.app import create_app
 from service.settings import Settings
 from tests.conftest import ROOT, Client, login, register
-from tests.support.server import running_server
+from tests.support.server import parse_answer, raw_exchange, running_server
 
 
 async def _error(response: object) -> dict[str, str]:
@@ -74,16 +73,9 @@ def test_through_hypercorn_options_and_leading_slashes(tmp_path: Path) -> None:
             assert response.status_code == 404, path
             assert response.json()["error"]["code"] == "not_found"
         # The same path in absolute form (as a client talking to a proxy sends it).
-        host, port = server.base_url.removeprefix("http://").split(":")
-        with socket.create_connection((host, int(port)), timeout=30) as sock:
-            sock.sendall(
-                f"GET {server.base_url}//metrics HTTP/1.1\r\nHost: {host}\r\n"
-                "Connection: close\r\n\r\n".encode()
-            )
-            answer = b""
-            while chunk := sock.recv(65536):
-                answer += chunk
-        assert answer.startswith(b"HTTP/1.1 404"), answer[:200]
+        target = f"GET {server.base_url}//metrics HTTP/1.1\r\nHost: test\r\n"
+        answer = raw_exchange(server.base_url, f"{target}Connection: close\r\n\r\n".encode())
+        assert parse_answer(answer)[0] == 404, answer[:200]
         for path, allowed in (
             ("/api/auth/login", "OPTIONS, POST"),
             ("/api/health", "GET, HEAD, OPTIONS"),

@@ -40,6 +40,8 @@ PROMETHEUS_DIR = MONITORING / "prometheus"
 ALERTMANAGER_CONFIG = MONITORING / "alertmanager" / "alertmanager.yml"
 DASHBOARD = MONITORING / "grafana" / "dashboards" / "scene-packer.json"
 DATASOURCES = MONITORING / "grafana" / "provisioning" / "datasources" / "prometheus.yaml"
+# A variable in a Grafana data link: `${name}` or `${name:format}`.
+_GRAFANA_VARIABLE = re.compile(r"\$\{([^}:]+)(?::([^}]*))?\}")
 RUNBOOK_URL = '{{{{ or $externalLabels.runbook_base "monitoring/README.md" }}}}#{anchor}'
 
 
@@ -181,7 +183,7 @@ def test_exemplar_links_are_written_as_grafana_reads_them() -> None:
     constants = {v["name"]: v for v in dashboard["templating"]["list"] if v["type"] == "constant"}
     for destination in destinations.values():
         assert "datasourceUid" not in destination  # an internal link sends `query`, not `expr`
-        references = re.findall(r"\$\{([^}:]+)(?::([^}]*))?\}", destination["url"])
+        references = _GRAFANA_VARIABLE.findall(destination["url"])
         assert ("__value.raw", "") in references
         for name, format_ in references:
             if name != "__value.raw":
@@ -239,7 +241,7 @@ def _log_search(value: str, variables: Mapping[str, str]) -> str:
         return variables[name]
 
     url = _exemplar_destinations()["request_id"]["url"]
-    return re.sub(r"\$\{([^}:]+)(?::([^}]*))?\}", expand, url)
+    return _GRAFANA_VARIABLE.sub(expand, url)
 
 
 def _assert_log_search_finds(value: str) -> None:

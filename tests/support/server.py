@@ -44,6 +44,30 @@ class Server:
         return [json.loads(line) for line in self.lines() if line.startswith("{")]
 
 
+def raw_exchange(base_url: str, *parts: bytes, pause: float = 0.0) -> bytes:
+    """Send `parts` over one plain connection, `pause` seconds apart, then read the answer until
+    the server closes the connection: what an HTTP client library will not send (a body that
+    stops or arrives late, an absolute-form target)."""
+    host, port = base_url.removeprefix("http://").split(":")
+    with socket.create_connection((host, int(port)), timeout=30) as sock:
+        for index, part in enumerate(parts):
+            if index:
+                time.sleep(pause)
+            sock.sendall(part)
+        answer = b""
+        while chunk := sock.recv(65536):
+            answer += chunk
+    return answer
+
+
+def parse_answer(answer: bytes) -> tuple[int, dict[str, str], bytes]:
+    """A raw HTTP/1.1 answer as status, headers (lower-case names) and body."""
+    head, _, body = answer.partition(b"\r\n\r\n")
+    status_line, *lines = head.decode().split("\r\n")
+    headers = {k.lower(): v.strip() for k, _, v in (line.partition(":") for line in lines)}
+    return int(status_line.split()[1]), headers, body
+
+
 def free_port() -> int:
     with socket.socket() as sock:
         sock.bind(("127.0.0.1", 0))
