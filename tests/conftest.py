@@ -1,73 +1,146 @@
-"""Fixtures: real PostgreSQL and Redis (a fresh database per test run, migrated by alembic),
-and the embedded default (SQLite in a temporary directory, in-process cache)."""
+"""The test tiers, and the fixtures every tier shares.
+
+A test's tier is the folder it sits in, given to it as a marker at collection (`-m unit`):
+- `tests/unit`: in process, no service, no tool, no other process; a unit test that opens a
+  connection or starts a process fails. A test here that takes `backend` runs twice: on the
+  embedded default (unit) and on PostgreSQL and Redis (that run is `integration`).
+- `tests/integration`: real PostgreSQL and Redis, in process.
+- `tests/system`: real servers and the tools: Prometheus, Alertmanager, Chromium, HAProxy, Node.js.
+A missing service or tool skips its tests locally and fails them in CI (`tests/support/tools.py`).
+"""
 
 from __future__ import annotations
 
-import asyncio
-import os
+import socket
 import subprocess
-import sys
-import uuid
-from collections.abc import AsyncIterator, Coroutine, Iterator
-from concurrent.futures import ThreadPoolExecutor
+from collections import Counter
+from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
 from typing import Any
 
-import asyncpg
 import pytest
 import redis.asyncio as aioredis
+from argon2 import PasswordHasher
 from quart import Quart
-from quart.typing import TestClientProtocol as Client
-from sqlalchemy.engine import make_url
 
+from service import passwords
 from service.app import create_app
-from service.sessions import SESSION_COOKIE_NAME
-from service.settings import Settings, load_settings
-from tests.support import ROOT
+from service.settings import Settings
+from tests.support.backends import (
+    PG_ADMIN_URL,
+    REDIS_URL,
+    make_settings,
+    new_database,
+    run_alembic,
+    truncate,
+)
+from tests.support.client import Client
+from tests.support.tools import MISSING_PREFIX, require_service
 
-PG_ADMIN_URL = os.environ.get("TEST_POSTGRES_URL", "postgresql://postgres@127.0.0.1:5432/postgres")
-REDIS_URL = os.environ.get("TEST_REDIS_URL", "redis://127.0.0.1:6379/0")
+TESTS = Path(__file__).parent
+TIERS = ("unit", "integration", "system")
 BACKENDS = ["postgres", "embedded"]
 
 
-@pytest.fixture(scope="session")
-def postgres_url() -> Iterator[str]:
-    """A fresh database for this run, created empty and migrated by `alembic upgrade head`."""
-    name = f"scene_packer_test_{uuid.uuid4().hex[:12]}"
-    _in_thread(_admin(f'CREATE DATABASE "{name}"'))
-    url = make_url(PG_ADMIN_URL).set(drivername="postgresql+asyncpg", database=name)
-    url_text = url.render_as_string(hide_password=False)
-    try:
-        run_alembic(url_text, "upgrade", "head")
-        yield url_text
-    finally:
-        _in_thread(_admin(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'))
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    for item in items:
+        if any(marker.name in TIERS for marker in item.iter_markers()):
+            raise pytest.UsageError(f"{item.nodeid}: the folder gives a test its tier, not a mark")
+        item.add_marker(_tier(item))
 
 
-def run_alembic(database_url: str, *args: str) -> subprocess.CompletedProcess[str]:
-    env = {**os.environ, "DATABASE_URL": database_url}
-    return subprocess.run(
-        [sys.executable, "-m", "alembic", *args],
-        cwd=ROOT,
-        env=env,
-        check=True,
-        capture_output=True,
-        text=True,
-        timeout=120,
+def pytest_terminal_summary(terminalreporter: Any) -> None:
+    """One line per missing tool or service, however many tests it skipped."""
+    reasons = Counter(
+        str(report.longrepr[2]).removeprefix("Skipped: ").removeprefix(MISSING_PREFIX)
+        for report in terminalreporter.stats.get("skipped", [])
+        if isinstance(report.longrepr, tuple) and MISSING_PREFIX in str(report.longrepr[2])
     )
+    for reason, count in sorted(reasons.items()):
+        terminalreporter.write_line(f"skipped {count} test(s): {reason}", yellow=True)
 
 
-def make_settings(backend: str, postgres_url: str | None, data_dir: Path, **extra: Any) -> Settings:
-    if backend == "postgres":
-        assert postgres_url is not None
-        backing: dict[str, Any] = {
-            "database_url": postgres_url,
-            "redis_url": REDIS_URL,
-            "cache_key_prefix": f"test-{uuid.uuid4().hex[:8]}:",
-        }
-    else:
-        backing = {"database_url": "", "redis_url": ""}
-    return load_settings(**{"data_dir": data_dir, "environment": "development", **backing, **extra})
+def _tier(item: pytest.Item) -> str:
+    folder = item.path.relative_to(TESTS).parts[0]
+    if folder not in TIERS:
+        raise pytest.UsageError(f"{item.nodeid}: a test sits in tests/unit, integration or system")
+    callspec = getattr(item, "callspec", None)
+    if folder == "unit" and callspec is not None and callspec.params.get("backend") == "postgres":
+        return "integration"
+    return folder
+
+
+class TierViolation(Exception):
+    """A unit test reached outside its process."""
+
+
+@pytest.fixture(autouse=True)
+def unit_isolation(
+    request: pytest.FixtureRequest, monkeypatch: pytest.MonkeyPatch
+) -> Iterator[list[str]]:
+    """In the unit tier, every connection and every new process is refused, and the test fails
+    even where the code under test caught the error and carried on. Yields what was refused."""
+    refused: list[str] = []
+    if request.node.get_closest_marker("unit") is None:
+        yield refused
+        return
+
+    def refuse(what: str) -> None:
+        refused.append(what)
+        raise TierViolation(
+            f"a unit test {what}: move it to tests/integration or tests/system (CONTRIBUTING.md)"
+        )
+
+    def connect(sock: socket.socket, address: Any) -> None:
+        refuse(f"connects to {address}")
+
+    def popen(self: subprocess.Popen[Any], args: Any, *rest: Any, **options: Any) -> None:
+        refuse(f"starts {args!r}")
+
+    monkeypatch.setattr(socket.socket, "connect", connect)
+    monkeypatch.setattr(socket.socket, "connect_ex", connect)
+    monkeypatch.setattr(subprocess.Popen, "__init__", popen)
+    yield refused
+    assert not refused, refused
+
+
+@pytest.fixture(autouse=True)
+def _cheap_password_hashes(
+    request: pytest.FixtureRequest, monkeypatch: pytest.MonkeyPatch
+) -> Iterator[None]:
+    """argon2 at its lowest cost in process, where a test is not about the cost: the production
+    parameters (64 MiB, 3 passes) make a register or login cost ~0.1 s of CPU. Tests marked
+    `production_hashes` keep them, as every real server of the system tier does."""
+    if request.node.get_closest_marker("production_hashes") is None:
+        cheap = PasswordHasher(time_cost=1, memory_cost=8, parallelism=1)
+        monkeypatch.setattr(passwords, "_hasher", cheap)
+    passwords._dummy_hash.cache_clear()
+    yield
+    passwords._dummy_hash.cache_clear()
+
+
+@pytest.fixture(scope="session")
+def postgres_url(redis_url: str) -> Iterator[str]:
+    """A fresh database for this run (for each worker under xdist), migrated by
+    `alembic upgrade head`. Its tests run the production pair, so Redis must answer too."""
+    require_service("PostgreSQL", PG_ADMIN_URL, "start it, or set TEST_POSTGRES_URL")
+    with new_database("run") as url:
+        run_alembic(url, "upgrade", "head")
+        yield url
+
+
+@pytest.fixture(scope="session")
+def redis_url() -> str:
+    require_service("Redis", REDIS_URL, "start it, or set TEST_REDIS_URL")
+    return REDIS_URL
+
+
+@pytest.fixture
+def empty_database(redis_url: str) -> Iterator[str]:
+    """A PostgreSQL database that was never migrated (Redis must answer too, as above)."""
+    require_service("PostgreSQL", PG_ADMIN_URL, "start it, or set TEST_POSTGRES_URL")
+    with new_database("empty") as url:
+        yield url
 
 
 @pytest.fixture(params=BACKENDS)
@@ -80,26 +153,15 @@ def backend(request: pytest.FixtureRequest) -> str:
 async def settings(
     backend: str, request: pytest.FixtureRequest, tmp_path: Path
 ) -> AsyncIterator[Settings]:
-    postgres = request.getfixturevalue("postgres_url") if backend == "postgres" else None
-    if postgres is not None:
-        await _truncate(postgres)
+    postgres = None
+    if backend == "postgres":
+        postgres = request.getfixturevalue("postgres_url")
+        await truncate(postgres)
     settings = make_settings(backend, postgres, tmp_path)
     yield settings
     if postgres is not None:
         # Everything the service writes to Redis expires: nothing piles up in a shared instance.
         assert await _keys_without_ttl(settings.cache_key_prefix) == []
-
-
-async def _keys_without_ttl(prefix: str) -> list[str]:
-    client = aioredis.Redis.from_url(REDIS_URL)
-    try:
-        return [
-            key.decode()
-            async for key in client.scan_iter(match=f"{prefix}*")
-            if await client.pttl(key) == -1
-        ]
-    finally:
-        await client.aclose()
 
 
 @pytest.fixture
@@ -114,61 +176,13 @@ def client(app: Quart) -> Client:
     return app.test_client()
 
 
-async def register(
-    client: Client, username: str = "alice", password: str = "correct horse battery"
-) -> Any:
-    return await client.post(
-        "/api/auth/register", json={"username": username, "password": password}
-    )
-
-
-async def login(
-    client: Client, username: str = "alice", password: str = "correct horse battery"
-) -> Any:
-    return await client.post("/api/auth/login", json={"username": username, "password": password})
-
-
-def set_cookie(response: Any, name: str) -> str:
-    """The one `Set-Cookie` header of a response for cookie `name` (a login sets two)."""
-    (header,) = [
-        header for header in response.headers.getlist("Set-Cookie") if header.startswith(name + "=")
-    ]
-    return str(header)
-
-
-def session_cookie(response: Any) -> str:
-    """`name=value` of the session cookie a response sets."""
-    return set_cookie(response, SESSION_COOKIE_NAME).split(";", 1)[0]
-
-
-def _in_thread(coroutine: Coroutine[Any, Any, None]) -> None:
-    """Run set-up SQL on its own loop: fixtures may be called while a test's loop is running."""
-    with ThreadPoolExecutor(max_workers=1) as pool:
-        pool.submit(asyncio.run, coroutine).result()
-
-
-async def _admin(sql: str) -> None:
-    connection = await asyncpg.connect(PG_ADMIN_URL)
+async def _keys_without_ttl(prefix: str) -> list[str]:
+    client = aioredis.Redis.from_url(REDIS_URL)
     try:
-        await connection.execute(sql)
+        return [
+            key.decode()
+            async for key in client.scan_iter(match=f"{prefix}*")
+            if await client.pttl(key) == -1
+        ]
     finally:
-        await connection.close()
-
-
-async def in_database(database: str | None, sql: str) -> None:
-    """Run `sql` as the admin user in one database of the server."""
-    dsn = make_url(PG_ADMIN_URL).set(database=database).render_as_string(hide_password=False)
-    connection = await asyncpg.connect(dsn)
-    try:
-        await connection.execute(sql)
-    finally:
-        await connection.close()
-
-
-async def _truncate(url: str) -> None:
-    dsn = make_url(url).set(drivername="postgresql").render_as_string(hide_password=False)
-    connection = await asyncpg.connect(dsn)
-    try:
-        await connection.execute("TRUNCATE users, sessions RESTART IDENTITY")
-    finally:
-        await connection.close()
+        await client.aclose()

@@ -5,7 +5,6 @@ from __future__ import annotations
 import itertools
 import json
 import re
-import shutil
 import subprocess
 import time
 from collections.abc import Iterator
@@ -16,6 +15,7 @@ from typing import Any
 from websockets.sync.client import ClientConnection, connect
 
 from tests.support.server import stop
+from tests.support.tools import require
 
 CHROMIUM_FLAGS = [
     "--headless",
@@ -88,9 +88,12 @@ class Page:
 
 @contextmanager
 def chromium(tmp_path: Path) -> Iterator[ClientConnection]:
-    binary = shutil.which("chromium") or shutil.which("chromium-browser")
-    assert binary, "chromium is missing: apt-get install chromium (see .ci/run)"
-    command = [binary, *CHROMIUM_FLAGS, f"--user-data-dir={tmp_path / 'chromium'}", "about:blank"]
+    command = [
+        require("chromium"),
+        *CHROMIUM_FLAGS,
+        f"--user-data-dir={tmp_path / 'chromium'}",
+        "about:blank",
+    ]
     log = tmp_path / "chromium.log"
     with log.open("wb") as sink:
         process = subprocess.Popen(command, stderr=sink, stdout=sink, start_new_session=True)

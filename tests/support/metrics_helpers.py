@@ -2,10 +2,11 @@
 
 from __future__ import annotations
 
-import shutil
 import subprocess
 
 from prometheus_client.parser import text_string_to_metric_families
+
+from tests.support.tools import require
 
 Samples = dict[tuple[str, frozenset[tuple[str, str]]], float]
 
@@ -28,8 +29,10 @@ def series_count(samples: Samples) -> int:
 
 
 def promtool_check(text: str) -> subprocess.CompletedProcess[str]:
-    promtool = shutil.which("promtool")
-    assert promtool is not None, "promtool is missing: apt-get install prometheus (see .ci/run)"
     return subprocess.run(
-        [promtool, "check", "metrics"], input=text, capture_output=True, text=True, timeout=60
+        [require("promtool"), "check", "metrics"],
+        input=text,
+        capture_output=True,
+        text=True,
+        timeout=60,
     )

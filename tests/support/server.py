@@ -135,16 +135,21 @@ def stop(process: subprocess.Popen[bytes]) -> None:
 
 
 def _wait_until_ready(server: Server, path: str) -> None:
+    """Until `path` answers 200: a server that answers 500 is not ready, and not started."""
+    answer = "no answer"
     deadline = time.monotonic() + 30
     while time.monotonic() < deadline:
         if server.process.poll() is not None:
             raise RuntimeError(f"server exited early:\n{server.output.read_text()}")
         try:
-            httpx.get(server.base_url + path, timeout=1)
-            return
+            response = httpx.get(server.base_url + path, timeout=1)
+            if response.status_code == 200:
+                return
+            answer = f"{response.status_code} {response.text[:200]}"
         except httpx.TransportError:
-            time.sleep(0.1)
-    raise RuntimeError(f"server did not start:\n{server.output.read_text()}")
+            pass
+        time.sleep(0.1)
+    raise RuntimeError(f"server did not start ({path}: {answer}):\n{server.output.read_text()}")
 
 
 def to_toml(data: Mapping[str, Any], prefix: str = "") -> str:

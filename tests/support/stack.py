@@ -5,7 +5,6 @@ from __future__ import annotations
 import asyncio
 import json
 import re
-import shutil
 import subprocess
 import threading
 import time
@@ -21,19 +20,9 @@ import yaml
 from tests.support import ROOT
 from tests.support.faults import TcpProxy
 from tests.support.server import free_port, stop
+from tests.support.tools import require
 
 MONITORING = ROOT / "monitoring"
-
-
-def binary(*names: str) -> str:
-    """The path of a required tool; a missing one fails the test (CI installs them)."""
-    for name in names:
-        path = shutil.which(name)
-        if path:
-            return path
-    raise AssertionError(
-        f"{names[0]} is missing: apt-get install prometheus prometheus-alertmanager"
-    )
 
 
 @contextmanager
@@ -87,7 +76,7 @@ def prometheus_config(
 def prometheus(tmp_path: Path, config: Path) -> Iterator[str]:
     port = free_port()
     command = [
-        binary("prometheus"),
+        require("prometheus"),
         f"--config.file={config}",
         f"--storage.tsdb.path={tmp_path / 'tsdb'}",
         f"--web.listen-address=127.0.0.1:{port}",
@@ -118,7 +107,7 @@ def alertmanager(tmp_path: Path, webhook: str) -> Iterator[str]:
     path.write_text(yaml.safe_dump(config))
     port = free_port()
     command = [
-        binary("prometheus-alertmanager", "alertmanager"),
+        require("alertmanager"),
         f"--config.file={path}",
         f"--storage.path={tmp_path / 'alertmanager'}",
         f"--web.listen-address=127.0.0.1:{port}",

@@ -1,0 +1,185 @@
+"""Server-side sessions: logout ends a session everywhere, logout-all ends them all, expired and
+idle sessions are refused, sessions survive a restart, and a failing store fails closed."""
+
+from __future__ import annotations
+
+import uuid
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+from pathlib import Path
+from typing import Any
+
+import pytest
+from quart import Quart
+from quart_auth.extension import _AuthSerializer
+from sqlalchemy import func, select
+from sqlalchemy.engine import make_url
+from sqlalchemy.ext.asyncio import AsyncEngine, create_async_engine
+
+from service.app import create_app
+from service.db.models import LoginSession
+from service.settings import Settings
+from tests.support.backends import REDIS_URL, admin, make_settings
+from tests.support.client import login, register, session_cookie
+from tests.support.faults import TcpProxy
+
+
+@pytest.fixture
+async def database(settings: Settings) -> AsyncIterator[AsyncEngine]:
+    """A connection of the test's own to the app's database, to age sessions for real."""
+    engine = create_async_engine(settings.effective_database_url)
+    yield engine
+    await engine.dispose()
+
+
+async def _session_rows(engine: AsyncEngine) -> int:
+    async with engine.connect() as connection:
+        return int((await connection.execute(select(func.count(LoginSession.id)))).scalar_one())
+
+
+def _cookie(response: Any) -> str:
+    return session_cookie(response).split("=", 1)[1]
+
+
+@asynccontextmanager
+async def _serving_through(
+    proxied: str, postgres_url: str, tmp_path: Path, **extra: Any
+) -> AsyncIterator[tuple[Quart, TcpProxy]]:
+    """The app on PostgreSQL and Redis, one of them (`database_url` or `redis_url`) reached
+    through a proxy the test can cut and restore."""
+    database = proxied == "database_url"
+    target = make_url(postgres_url if database else REDIS_URL)
+    proxy = TcpProxy(target.port or (5432 if database else 6379))
+    await proxy.start()
+    via_proxy = target.set(port=proxy.port).render_as_string(hide_password=False)
+    settings = make_settings("postgres", postgres_url, tmp_path, **{proxied: via_proxy}, **extra)
+    app = create_app(settings)
+    try:
+        async with app.test_app() as test_app:
+            yield test_app, proxy
+    finally:
+        await proxy.cut()
+
+
+async def test_the_session_store_down_fails_closed(postgres_url: str, tmp_path: Path) -> None:
+    serving = _serving_through("database_url", postgres_url, tmp_path, db_pool_timeout=1)
+    async with serving as (test_app, proxy):
+        client = test_app.test_client()
+        await register(client, "ivan")
+        await login(client, "ivan")
+        await proxy.cut()
+        response = await client.get("/api/auth/me")
+        assert response.status_code == 503
+        assert (await response.get_json())["error"]["code"] == "service_unavailable"
+        assert response.headers["Retry-After"] == "1"
+        # A route that needs no session still answers with the cookie sent.
+        assert (await client.get("/")).status_code == 200
+
+
+async def test_a_logout_the_cache_missed_is_a_503_and_a_retry_lands(
+    postgres_url: str, tmp_path: Path
+) -> None:
+    """Redis holds live sessions for a while: a revocation that cannot reach it must not claim
+    success, and the retry must end the session."""
+    async with _serving_through("redis_url", postgres_url, tmp_path) as (test_app, proxy):
+        client = test_app.test_client()
+        await register(client, "heidi")
+        await login(client, "heidi")
+        assert (await client.get("/api/auth/me")).status_code == 200  # now cached
+        await proxy.cut()
+        assert (await client.get("/api/auth/me")).status_code == 200  # the database answers
+        response = await client.post("/api/auth/logout")
+        assert response.status_code == 503
+        await proxy.start()
+        assert (await client.post("/api/auth/logout")).status_code == 204
+        assert (await client.get("/api/auth/me")).status_code == 401
+
+
+async def test_a_logout_all_the_cache_missed_ends_nothing_and_a_retry_ends_all(
+    postgres_url: str, tmp_path: Path
+) -> None:
+    async with _serving_through("redis_url", postgres_url, tmp_path) as (test_app, proxy):
+        phone, laptop = test_app.test_client(), test_app.test_client()
+        await register(phone, "grace")
+        for device in (phone, laptop):
+            await login(device, "grace")
+            assert (await device.get("/api/auth/me")).status_code == 200  # both cached
+        await proxy.cut()
+        response = await phone.post("/api/auth/logout-all")
+        assert response.status_code == 503
+        assert (await response.get_json())["error"]["code"] == "service_unavailable"
+        await proxy.start()
+        response = await phone.post("/api/auth/logout-all")
+        assert response.status_code == 200
+        assert await response.get_json() == {"sessions_ended": 2}
+        assert (await laptop.get("/api/auth/me")).status_code == 401
+        assert (await phone.get("/api/auth/me")).status_code == 401
+
+
+async def test_an_ending_the_database_refused_can_be_retried(
+    postgres_url: str, tmp_path: Path
+) -> None:
+    """The database refuses the DELETE (a role without the privilege): the sessions stay ended
+    in the cache, the cookie is kept, and the retry ends them for good."""
+    role = f"no_delete_{uuid.uuid4().hex[:8]}"
+    database = make_url(postgres_url).database
+    admin(f'CREATE ROLE "{role}" LOGIN')
+    grant = f'GRANT SELECT, INSERT, UPDATE ON ALL TABLES IN SCHEMA public TO "{role}"'
+    admin(grant, database)
+    admin(f'GRANT USAGE ON ALL SEQUENCES IN SCHEMA public TO "{role}"', database)
+    as_role = make_url(postgres_url).set(username=role).render_as_string(hide_password=False)
+    app = create_app(make_settings("postgres", postgres_url, tmp_path, database_url=as_role))
+    try:
+        async with app.test_app() as test_app:
+            phone, laptop = test_app.test_client(), test_app.test_client()
+            await register(phone, "judy")
+            for device in (phone, laptop):
+                await login(device, "judy")
+                assert (await device.get("/api/auth/me")).status_code == 200
+
+            refused = await phone.post("/api/auth/logout-all")
+            assert refused.status_code == 500
+            assert "Set-Cookie" not in refused.headers  # the cookie stays for the retry
+            assert (await laptop.get("/api/auth/me")).status_code == 401  # ended meanwhile
+
+            admin(f'GRANT DELETE ON sessions TO "{role}"', database)
+            response = await phone.post("/api/auth/logout-all")
+            assert response.status_code == 200
+            assert await response.get_json() == {"sessions_ended": 2}
+        async with engine_for(postgres_url) as engine:
+            assert await _session_rows(engine) == 0
+    finally:
+        admin(f'DROP OWNED BY "{role}"', database)
+        admin(f'DROP ROLE IF EXISTS "{role}"')
+
+
+@asynccontextmanager
+async def engine_for(url: str) -> AsyncIterator[AsyncEngine]:
+    engine = create_async_engine(url)
+    try:
+        yield engine
+    finally:
+        await engine.dispose()
+
+
+async def test_an_unreadable_cache_entry_is_read_from_the_database(
+    postgres_url: str, tmp_path: Path
+) -> None:
+    import redis.asyncio as aioredis
+
+    from service.sessions import SESSION_COOKIE_SALT, stored_id
+
+    settings = make_settings("postgres", postgres_url, tmp_path)
+    app = create_app(settings)
+    redis = aioredis.Redis.from_url(REDIS_URL)
+    try:
+        async with app.test_app() as test_app:
+            client = test_app.test_client()
+            await register(client, "kate")
+            cookie = _cookie(await login(client, "kate"))
+            token = _AuthSerializer(app.secret_key, SESSION_COOKIE_SALT).loads(cookie)
+            key = f"{settings.cache_key_prefix}session:{stored_id(token)}"
+            await redis.set(key, b"\xff not json", ex=60)
+            assert (await client.get("/api/auth/me")).status_code == 200
+    finally:
+        await redis.aclose()

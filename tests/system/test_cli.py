@@ -1,0 +1,193 @@
+"""`scene-packer check|migrate|serve` as an operator runs them: real processes, real PostgreSQL and
+Redis, exit codes checked the way systemd or Kubernetes would read them."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import os
+import signal
+import subprocess
+from pathlib import Path
+
+import httpx
+import pytest
+
+from tests.support import ROOT
+from tests.support.backends import REDIS_URL
+from tests.support.faults import HungServer
+from tests.support.server import PRODUCTION_ENV, SCENE_PACKER, running_server, to_toml
+
+
+def scene_packer(*args: str, env: dict[str, str]) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [*SCENE_PACKER, *args],
+        cwd=ROOT,
+        env={"PATH": os.environ.get("PATH", "/usr/bin:/bin"), **env},
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+
+
+def _backends(database_url: str, tmp_path: Path) -> dict[str, str]:
+    return {"DATABASE_URL": database_url, "REDIS_URL": REDIS_URL, "DATA_DIR": str(tmp_path)}
+
+
+def test_check_migrate_check_on_a_new_database(empty_database: str, tmp_path: Path) -> None:
+    env = _backends(empty_database, tmp_path)
+    before = scene_packer("check", env=env)
+    assert before.returncode == 3
+    lines = before.stdout.splitlines()
+    assert lines[0] == "settings: ok"
+    assert "database: unhealthy (schema_outdated) [critical]" in lines
+    assert "cache: healthy [critical]" in lines
+
+    migrated = scene_packer("migrate", env={**env, **PRODUCTION_ENV})
+    assert migrated.returncode == 0, migrated.stderr
+    events = [json.loads(line) for line in migrated.stdout.splitlines() if line.startswith("{")]
+    (done,) = [e for e in events if e["event"] == "database_migrated"]
+    assert done["from_revision"] is None and done["to_revision"]
+
+    after = scene_packer("check", env=env)
+    assert after.returncode == 0, after.stdout + after.stderr
+    assert "database: healthy [critical]" in after.stdout.splitlines()
+
+
+def test_check_names_a_cache_it_cannot_reach(empty_database: str, tmp_path: Path) -> None:
+    env = {**_backends(empty_database, tmp_path), "REDIS_URL": "redis://127.0.0.1:1/0"}
+    result = scene_packer("check", env=env)
+    assert result.returncode == 3
+    assert "cache: unhealthy (connection_refused) [critical]" in result.stdout.splitlines()
+
+
+def test_check_on_the_embedded_default(tmp_path: Path) -> None:
+    result = scene_packer("check", env={"DATA_DIR": str(tmp_path / "fresh")})
+    assert result.returncode == 0, result.stdout + result.stderr
+    assert result.stdout.splitlines()[:3] == [
+        "settings: ok",
+        "database: healthy [critical]",
+        "cache: healthy [critical]",
+    ]
+
+
+@pytest.mark.parametrize("command", ["check", "serve", "migrate"])
+def test_a_bad_setting_exits_2_naming_it(command: str, tmp_path: Path) -> None:
+    env = {"DATA_DIR": str(tmp_path), "ENVIRONMENT": "production", "DB_POOL_SIZE": "lots"}
+    result = scene_packer(command, env=env)
+    assert result.returncode == 2
+    (line,) = [line for line in result.stderr.splitlines() if line.startswith("{")]
+    event = json.loads(line)
+    assert event["event"] == "configuration_invalid"
+    assert [p["setting"] for p in event["problems"]] == ["DB_POOL_SIZE"]
+    assert "Traceback" not in result.stderr
+    if command == "check":
+        assert result.stdout.startswith("settings: DB_POOL_SIZE: ")
+
+
+def test_serve_refuses_an_unmigrated_database(empty_database: str, tmp_path: Path) -> None:
+    config = tmp_path / "hypercorn.toml"
+    config.write_text(to_toml({"bind": ["127.0.0.1:0"], "workers": 1}))
+    env = {**_backends(empty_database, tmp_path), **PRODUCTION_ENV}
+    result = scene_packer("serve", "--config", str(config), env=env)
+    assert result.returncode == 3
+    events = [json.loads(line) for line in result.stdout.splitlines() if line.startswith("{")]
+    (refusal,) = [e for e in events if e["event"] == "cannot_serve"]
+    assert refusal["failing"] == {"database": "schema_outdated"}
+
+
+def test_serve_with_an_unreadable_config_file_exits_2(tmp_path: Path) -> None:
+    config = tmp_path / "hypercorn.toml"
+    config.write_text("workers = [unterminated")
+    result = scene_packer("serve", "--config", str(config), env={"DATA_DIR": str(tmp_path)})
+    assert result.returncode == 2
+    assert "configuration_invalid" in result.stdout
+
+
+@pytest.mark.parametrize("workers", [1, 2])
+def test_a_worker_that_cannot_start_makes_serve_exit_3(tmp_path: Path, workers: int) -> None:
+    """METRICS_DIR that is not a directory: the settings are valid, the worker fails to start."""
+    (tmp_path / "not-a-dir").write_text("")
+    env = {**PRODUCTION_ENV, "METRICS_DIR": str(tmp_path / "not-a-dir" / "metrics")}
+    config = tmp_path / "hypercorn.toml"
+    config.write_text(to_toml({"bind": ["127.0.0.1:0"], "workers": workers}))
+    result = scene_packer(
+        "serve", "--config", str(config), env={**env, "DATA_DIR": str(tmp_path / "data")}
+    )
+    assert result.returncode == 3, result.stdout + result.stderr
+    events = [json.loads(line) for line in result.stdout.splitlines() if line.startswith("{")]
+    names = [e["event"] for e in events]
+    assert "worker_failed_to_start" in names
+    (stopped,) = [e for e in events if e["event"] == "server_stopped"]
+    assert stopped["exit_code"] == 3
+
+
+def test_plain_hypercorn_still_serves(tmp_path: Path) -> None:
+    with running_server(tmp_path, {}) as server:
+        index = httpx.get(server.base_url + "/", timeout=30)
+        ready = httpx.get(server.base_url + "/api/health/ready", timeout=30)
+    assert index.status_code == 200 and index.json()["component"] == "api"
+    assert ready.status_code == 200
+
+
+@pytest.mark.parametrize(
+    ("server_config", "exit_code", "event"),
+    [
+        ({"bind": 5}, 2, "configuration_invalid"),
+        ({"bind": ["not an address"]}, 2, "configuration_invalid"),
+        ({"keep_alive_timeout": "x"}, 2, "configuration_invalid"),
+        ({"workers": "two"}, 2, "configuration_invalid"),
+        ({"bind": ["192.0.2.1:18001"]}, 3, "cannot_serve"),  # not an address of this machine
+    ],
+)
+def test_a_bad_server_file_is_refused_before_anything_starts(
+    tmp_path: Path, server_config: dict[str, object], exit_code: int, event: str
+) -> None:
+    config = tmp_path / "hypercorn.toml"
+    config.write_text(to_toml({"bind": ["127.0.0.1:0"], **server_config}))
+    result = scene_packer(
+        "serve", "--config", str(config), env={**PRODUCTION_ENV, "DATA_DIR": str(tmp_path)}
+    )
+    assert result.returncode == exit_code, result.stdout + result.stderr
+    assert "Traceback" not in result.stdout + result.stderr
+    events = [json.loads(line) for line in result.stdout.splitlines() if line.startswith("{")]
+    assert [e["event"] for e in events] == [event]
+
+
+def test_a_port_in_use_cannot_be_served(tmp_path: Path) -> None:
+    with running_server(tmp_path, {}) as server:
+        config = tmp_path / "taken.toml"
+        config.write_text(to_toml({"bind": [server.base_url.removeprefix("http://")]}))
+        result = scene_packer(
+            "serve", "--config", str(config), env={"DATA_DIR": str(tmp_path / "other")}
+        )
+    assert result.returncode == 3
+    assert "cannot_serve" in result.stdout and "Address already in use" in result.stdout
+
+
+async def test_a_stop_during_the_start_up_checks_exits_0(tmp_path: Path) -> None:
+    """The checks wait on a hung PostgreSQL; SIGTERM then ends the start cleanly."""
+    hung = HungServer()
+    await hung.start()
+    config = tmp_path / "hypercorn.toml"
+    config.write_text(to_toml({"bind": ["127.0.0.1:0"]}))
+    env = {
+        **PRODUCTION_ENV,
+        "PATH": os.environ.get("PATH", "/usr/bin:/bin"),
+        "DATA_DIR": str(tmp_path),
+        "DATABASE_URL": f"postgresql://x@127.0.0.1:{hung.port}/x",
+        "HEALTH_CHECK_TIMEOUT": "20",
+    }
+    try:
+        process = await asyncio.create_subprocess_exec(
+            *SCENE_PACKER, "serve", "--config", str(config),
+            cwd=ROOT, env=env, stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.STDOUT,
+        )  # fmt: skip
+        await asyncio.sleep(3)  # importing, then waiting on the database
+        process.send_signal(signal.SIGTERM)
+        output, _ = await asyncio.wait_for(process.communicate(), 60)
+    finally:
+        await hung.stop()
+    assert process.returncode == 0, output.decode()
+    events = [json.loads(line) for line in output.decode().splitlines() if line.startswith("{")]
+    assert events[-1]["event"] == "server_stopped"

@@ -1,0 +1,522 @@
+"""monitoring/ against real Prometheus, Alertmanager and the running service."""
+
+from __future__ import annotations
+
+import json
+import re
+import signal
+import subprocess
+import threading
+import time
+import uuid
+from collections.abc import Iterator, Mapping
+from contextlib import contextmanager, suppress
+from pathlib import Path
+from typing import Any
+from urllib.parse import parse_qs, quote, urlsplit
+
+import httpx
+import pytest
+import yaml
+
+from tests.support.backends import REDIS_URL
+from tests.support.server import PRODUCTION_ENV, Server, free_port, running_server
+from tests.support.stack import (
+    MONITORING,
+    ThreadedProxy,
+    Webhook,
+    alertmanager,
+    prometheus,
+    prometheus_config,
+    query,
+    wait_until,
+)
+from tests.support.tools import require
+
+PROMETHEUS_DIR = MONITORING / "prometheus"
+
+
+ALERTMANAGER_CONFIG = MONITORING / "alertmanager" / "alertmanager.yml"
+
+
+DASHBOARD = MONITORING / "grafana" / "dashboards" / "scene-packer.json"
+
+
+DATASOURCES = MONITORING / "grafana" / "provisioning" / "datasources" / "prometheus.yaml"
+
+
+# A variable in a Grafana data link: `${name}` or `${name:format}`.
+_GRAFANA_VARIABLE = re.compile(r"\$\{([^}:]+)(?::([^}]*))?\}")
+
+
+def _run(*command: str) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(command, capture_output=True, text=True, timeout=120)
+
+
+def test_promtool_accepts_config_and_rules() -> None:
+    promtool = require("promtool")
+    config = _run(promtool, "check", "config", str(PROMETHEUS_DIR / "prometheus.yml"))
+    assert config.returncode == 0, config.stdout + config.stderr
+    rules = _run(promtool, "check", "rules", *map(str, (PROMETHEUS_DIR / "rules").glob("*.yml")))
+    assert rules.returncode == 0, rules.stdout + rules.stderr
+
+
+def test_promtool_rule_unit_tests_pass() -> None:
+    result = _run(
+        require("promtool"), "test", "rules", str(PROMETHEUS_DIR / "tests" / "alerts_test.yml")
+    )
+    assert result.returncode == 0, result.stdout + result.stderr
+    assert "SUCCESS" in result.stdout
+
+
+def test_amtool_accepts_the_config_and_routes_each_severity() -> None:
+    amtool = require("amtool")
+    check = _run(amtool, "check-config", str(ALERTMANAGER_CONFIG))
+    assert check.returncode == 0, check.stdout + check.stderr
+    for labels, receiver in (
+        (["alertname=HighErrorRate", "severity=critical", "job=scene-packer"], "pager"),
+        (["alertname=HighLatencyP95", "severity=warning", "job=scene-packer"], "tickets"),
+        (["alertname=Watchdog", "severity=none"], "watchdog"),
+    ):
+        routed = _run(
+            amtool, "config", "routes", "test", f"--config.file={ALERTMANAGER_CONFIG}",
+            f"--verify.receivers={receiver}", *labels,
+        )  # fmt: skip
+        assert routed.returncode == 0, (labels, routed.stdout + routed.stderr)
+
+
+def _panels(dashboard: dict[str, Any]) -> list[dict[str, Any]]:
+    return [panel for panel in dashboard["panels"] if panel["type"] != "row"]
+
+
+def _panel_query(expr: str) -> str:
+    """A panel's query as Grafana sends it for this service's job and every instance."""
+    return (
+        expr.replace("$__rate_interval", "30s")
+        .replace("$instance", ".*")
+        .replace("$job", "scene-packer")
+    )
+
+
+def _exemplar_destinations() -> dict[str, dict[str, str]]:
+    """The datasource's exemplar links by label name, read as Grafana's provisioning reads
+    them: `$$` is a literal `$`, any other `$` would expand an environment variable."""
+    datasource = yaml.safe_load(DATASOURCES.read_text())["datasources"][0]
+    destinations = {}
+    for destination in datasource["jsonData"]["exemplarTraceIdDestinations"]:
+        parts = destination["url"].split("$$")
+        assert not any("$" in part for part in parts), destination["url"]
+        destinations[destination["name"]] = {**destination, "url": "$".join(parts)}
+    return destinations
+
+
+def _dashboard_variables() -> dict[str, str]:
+    dashboard = json.loads(DASHBOARD.read_text())
+    return {
+        v["name"]: v["query"] for v in dashboard["templating"]["list"] if v["type"] == "constant"
+    }
+
+
+def _log_search(value: str, variables: Mapping[str, str]) -> str:
+    """An exemplar's link as Grafana builds it: one pass over the URL, `__value.raw`
+    percent-encoded (Grafana's default for data links), `:raw` variables as they are."""
+
+    def expand(match: re.Match[str]) -> str:
+        name, format_ = match.group(1), match.group(2)
+        if name == "__value.raw":
+            return quote(value, safe="")
+        assert format_ == "raw"
+        return variables[name]
+
+    url = _exemplar_destinations()["request_id"]["url"]
+    return _GRAFANA_VARIABLE.sub(expand, url)
+
+
+def _assert_log_search_finds(value: str) -> None:
+    """The exemplar's link, with the dashboard's values and with each of the README's
+    examples, searches for exactly that id: as a query parameter of a plain search, or as the
+    line filter of a Loki query in Grafana's Explore."""
+    for variables in (_dashboard_variables(), *_readme_log_searches()):
+        link = urlsplit(_log_search(value, variables))
+        parameters = parse_qs(link.query)
+        if link.path == "/explore":
+            (pane,) = json.loads(parameters["panes"][0]).values()
+            (loki,) = pane["queries"]
+            assert loki["datasource"]["uid"] == pane["datasource"]
+            assert loki["expr"].endswith(f' |= "{value}"'), loki["expr"]
+        else:
+            assert parameters == {"q": [value]}, link
+
+
+def _readme_log_searches() -> list[dict[str, str]]:
+    """The log_search_prefix/suffix examples of monitoring/README.md, Log search links."""
+    section = (MONITORING / "README.md").read_text().split("### Log search links", 1)[1]
+    block = section.split("```text\n", 1)[1].split("```", 1)[0]
+    examples: list[dict[str, str]] = []
+    for line in block.splitlines():
+        match = re.search(r"(log_search_prefix|log_search_suffix)(?:  (.*))?$", line)
+        assert match, line
+        if match.group(1) == "log_search_prefix":
+            examples.append({})
+        examples[-1][match.group(1)] = match.group(2) or ""
+    return examples
+
+
+def _service_env(postgres_url: str, **extra: str) -> dict[str, str]:
+    return {
+        "DATABASE_URL": postgres_url,
+        "REDIS_URL": REDIS_URL,
+        "CACHE_KEY_PREFIX": f"test-{uuid.uuid4().hex[:8]}:",
+        "HEALTH_REFRESH_SECONDS": "1",
+        "LOG_LEVEL": "WARNING",
+        **extra,
+    }
+
+
+@contextmanager
+def _background_traffic(
+    server: Server, paths: list[str], pause: float, beacon: dict[str, Any] | None = None
+) -> Iterator[None]:
+    stop = threading.Event()
+
+    def loop() -> None:
+        with httpx.Client(base_url=server.base_url, timeout=30) as client:
+            while not stop.is_set():
+                for path in paths:
+                    with suppress(httpx.TransportError):
+                        client.get(path)
+                if beacon is not None:
+                    with suppress(httpx.TransportError):
+                        client.post("/api/rum", json=beacon)
+                        client.post("/api/rum", content=b"{broken")
+                stop.wait(pause)
+
+    thread = threading.Thread(target=loop, daemon=True)
+    thread.start()
+    try:
+        yield
+    finally:
+        stop.set()
+        thread.join(60)
+
+
+def test_every_dashboard_panel_returns_data(tmp_path: Path, postgres_url: str) -> None:
+    env = _service_env(postgres_url, LOGIN_LIMIT_PER_USERNAME="3")
+    with running_server(tmp_path, env, app="tests.support.apps:app") as server:
+        target = server.base_url.removeprefix("http://")
+        config = prometheus_config(tmp_path, target, None, shorten=False)
+        with prometheus(tmp_path, config) as prom, httpx.Client(base_url=server.base_url) as client:
+            credentials = {"username": "dashboard", "password": "long enough password"}
+            client.post("/api/auth/register", json=credentials)
+            assert client.post("/api/auth/login", json=credentials).status_code == 200
+            for _ in range(3):
+                client.get("/api/auth/me")
+            wrong = {"username": "dashboard", "password": "not the password"}
+            statuses = [client.post("/api/auth/login", json=wrong).status_code for _ in range(4)]
+            assert 429 in statuses
+            assert client.get("/test/boom").status_code == 500
+            beacon = {
+                "page": "/rum/demo",
+                "metrics": [
+                    {"name": name, "value": value}
+                    for name, value in (
+                        ("FCP", 900),
+                        ("LCP", 2100),
+                        ("INP", 120),
+                        ("TTFB", 300),
+                        ("CLS", 0.02),
+                    )
+                ],
+                "errors": [{"kind": "TypeError", "message": "x is undefined"}],
+                "api": [
+                    {"endpoint": "/api/auth/me", "method": "GET", "status": 503, "duration": 80}
+                ],
+            }
+            assert client.post("/api/rum", json=beacon).status_code == 204
+            assert client.post("/api/rum", content=b"{broken").status_code == 400
+            dashboard = json.loads(DASHBOARD.read_text())
+            with _background_traffic(server, ["/api/auth/me", "/", "/nope"], 0.2, beacon):
+                for panel in _panels(dashboard):
+                    for panel_target in panel["targets"]:
+                        expr = _panel_query(panel_target["expr"])
+                        wait_until(
+                            lambda e=expr: bool(query(prom, e)),
+                            90,
+                            f"panel {panel['title']!r} returned no data for {expr}",
+                        )
+
+
+def test_alerts_fire_route_inhibit_and_resolve(tmp_path: Path, postgres_url: str) -> None:
+    """Real Prometheus and Alertmanager, the database and Redis behind proxies that are cut: the
+    cause pages, its symptoms are inhibited, the counter says why, and all of it resolves."""
+    from sqlalchemy.engine import make_url
+
+    database = ThreadedProxy(make_url(postgres_url).port or 5432)
+    database.start()
+    cache = ThreadedProxy(make_url(REDIS_URL).port or 6379)
+    cache.start()
+    via_proxy = make_url(postgres_url).set(host="127.0.0.1", port=database.port)
+    env = _service_env(
+        via_proxy.render_as_string(hide_password=False),
+        REDIS_URL=f"redis://127.0.0.1:{cache.port}/0",
+        HEALTH_CHECK_TIMEOUT="0.5",
+        HEALTH_CACHE_TTL="0",
+    )
+    try:
+        with (
+            running_server(tmp_path, env, app="tests.support.apps:app") as server,
+            Webhook() as webhook,
+            alertmanager(tmp_path, webhook.url) as am,
+        ):
+            target = server.base_url.removeprefix("http://")
+            config = prometheus_config(tmp_path, target, am.removeprefix("http://"), shorten=True)
+            with prometheus(tmp_path, config) as prometheus_url:
+
+                def received(status: str, alertname: str, severity: str) -> bool:
+                    return any(a[1:] == (status, alertname, severity) for a in webhook.alerts())
+
+                def firing(alertname: str) -> bool:
+                    expr = f'ALERTS{{alertname="{alertname}", alertstate="firing"}}'
+                    return bool(query(prometheus_url, expr))
+
+                wait_until(lambda: received("firing", "Watchdog", "none"), 60, "no Watchdog")
+                assert any(a[0] == "watchdog" for a in webhook.alerts())
+
+                # The database goes: the cause pages first; the symptoms that follow (errors,
+                # latency) fire in Prometheus and are held back by Alertmanager.
+                database.cut()
+                wait_until(
+                    lambda: received("firing", "DatabaseDown", "critical"),
+                    90,
+                    f"DatabaseDown did not reach the pager: {webhook.alerts()}",
+                )
+                assert any(a[0] == "pager" for a in webhook.alerts())
+                # The page links its runbook absolutely, from prometheus.yml's one base.
+                base = yaml.safe_load(config.read_text())["global"]["external_labels"]
+                assert base["runbook_base"].startswith("https://")
+                (paged,) = {
+                    alert["annotations"]["runbook_url"]
+                    for note in list(webhook.notifications)
+                    for alert in note["alerts"]
+                    if alert["labels"]["alertname"] == "DatabaseDown"
+                }
+                assert paged == base["runbook_base"] + "#databasedown"
+                slow = ["/test/slow/2300"] * 3
+                with _background_traffic(server, ["/test/boom", *slow], 0.0):
+                    for alertname in ("HighErrorRate", "HighLatencyP95"):
+                        wait_until(lambda n=alertname: firing(n), 90, f"{alertname} not firing")
+                        _wait_inhibited(am, alertname, "critical")
+                    _wait_inhibited(am, "HighLatencyP95", "warning")
+                    wait_until(
+                        lambda: _login_refused_and_counted(server, prometheus_url),
+                        30,
+                        "a login's refused database was not counted with its cause",
+                    )
+                for alertname in ("HighErrorRate", "HighLatencyP95"):
+                    assert not received("firing", alertname, "critical"), webhook.alerts()
+
+                database.start()
+                with _background_traffic(server, ["/"], 0.05):
+                    wait_until(
+                        lambda: received("resolved", "DatabaseDown", "critical"),
+                        90,
+                        f"DatabaseDown did not resolve: {webhook.alerts()}",
+                    )
+                    for alertname in ("HighErrorRate", "HighLatencyP95"):
+                        wait_until(lambda n=alertname: not firing(n), 90, f"{alertname} stuck")
+
+                # Redis goes: CacheDown pages, and resolves when it is back.
+                cache.cut()
+                wait_until(
+                    lambda: received("firing", "CacheDown", "critical"),
+                    90,
+                    f"CacheDown did not reach the pager: {webhook.alerts()}",
+                )
+                cache.start()
+                wait_until(
+                    lambda: received("resolved", "CacheDown", "critical"),
+                    90,
+                    f"CacheDown did not resolve: {webhook.alerts()}",
+                )
+    finally:
+        database.close()
+        cache.close()
+
+
+def _login_refused_and_counted(server: Server, prometheus_url: str) -> bool:
+    credentials = {"username": "alice", "password": "correct horse battery"}
+    with suppress(httpx.TransportError):
+        httpx.post(server.base_url + "/api/auth/login", json=credentials, timeout=30)
+    cause = 'dependency_errors_total{dependency="database", reason="refused"}'
+    return any(float(sample["value"][1]) > 0 for sample in query(prometheus_url, cause))
+
+
+def _wait_inhibited(am: str, alertname: str, severity: str) -> None:
+    def inhibited() -> bool:
+        alerts = httpx.get(
+            am + "/api/v2/alerts", params={"filter": f'alertname="{alertname}"'}, timeout=10
+        ).json()
+        return any(
+            alert["labels"].get("severity") == severity
+            and alert["status"]["state"] == "suppressed"
+            and alert["status"]["inhibitedBy"]
+            for alert in alerts
+        )
+
+    wait_until(inhibited, 90, f"{alertname} {severity} was not inhibited")
+
+
+SYMPTOMS = ("HighErrorRate", "HighLatencyP95", "ErrorBudgetBurn")
+
+
+@pytest.mark.parametrize("cause", ["DatabaseDown", "CacheDown"])
+def test_a_down_dependency_inhibits_its_own_jobs_symptoms_only(tmp_path: Path, cause: str) -> None:
+    """Alerts posted straight to a real Alertmanager with the shipped configuration."""
+    with Webhook() as webhook, alertmanager(tmp_path, webhook.url) as am:
+        alerts = [
+            {"labels": {"alertname": cause, "severity": "critical", "job": "a", "instance": "a:1"}},
+            *(
+                {"labels": {"alertname": name, "severity": "critical", "job": job}}
+                for name in SYMPTOMS
+                for job in ("a", "b")
+            ),
+        ]
+        assert httpx.post(am + "/api/v2/alerts", json=alerts, timeout=10).status_code == 200
+
+        def states() -> dict[tuple[str, str], str]:
+            found = httpx.get(am + "/api/v2/alerts", timeout=10).json()
+            return {
+                (alert["labels"]["alertname"], alert["labels"]["job"]): alert["status"]["state"]
+                for alert in found
+            }
+
+        wait_until(lambda: len(states()) == 7, 30, "Alertmanager did not take the alerts")
+        wait_until(
+            lambda: all(states()[(name, "a")] == "suppressed" for name in SYMPTOMS),
+            30,
+            f"symptoms of job a not inhibited: {states()}",
+        )
+        current = states()
+    assert current[(cause, "a")] == "active"
+    assert {
+        current[(name, "b")] for name in ("HighErrorRate", "HighLatencyP95", "ErrorBudgetBurn")
+    } == {"active"}
+
+
+RUNBOOK_BASE = "https://wiki.example/ops/it's scene packer\\?a=1&b=2|c #ops"
+
+
+def test_monitoring_run_on_ports_of_choice(tmp_path: Path, postgres_url: str) -> None:
+    """monitoring/run as the README shows it, on free ports and a runbook base of choice:
+    Prometheus scrapes the service, itself and Alertmanager, sends to that Alertmanager, and
+    links each alert's runbook from that base; SIGTERM stops both."""
+    prometheus_address = f"127.0.0.1:{free_port()}"
+    alertmanager_address = f"127.0.0.1:{free_port()}"
+    with running_server(tmp_path, _service_env(postgres_url)) as server:
+        service_address = server.base_url.removeprefix("http://")
+        run = subprocess.Popen(
+            [
+                str(MONITORING / "run"),
+                "--prometheus", prometheus_address,
+                "--alertmanager", alertmanager_address,
+                "--runbook-base", RUNBOOK_BASE,
+                service_address,
+            ],
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.DEVNULL,
+            start_new_session=True,
+        )  # fmt: skip
+        try:
+            url = f"http://{prometheus_address}"
+
+            def all_up() -> bool:
+                with suppress(httpx.TransportError):
+                    found = query(url, "up == 1")
+                    return {s["metric"]["job"] for s in found} == {
+                        "scene-packer", "prometheus", "alertmanager"
+                    }  # fmt: skip
+                return False
+
+            wait_until(all_up, 60, "Prometheus does not see the service, itself and Alertmanager")
+            wait_until(
+                lambda: bool(query(url, "prometheus_notifications_alertmanagers_discovered == 1")),
+                60,
+                "Prometheus did not find the Alertmanager it was given",
+            )
+
+            def watchdog_runbook() -> str | None:
+                with suppress(httpx.TransportError):
+                    alerts = httpx.get(f"{url}/api/v1/alerts", timeout=5).json()["data"]["alerts"]
+                    for alert in alerts:
+                        if alert["labels"]["alertname"] == "Watchdog":
+                            return str(alert["annotations"]["runbook_url"])
+                return None
+
+            wait_until(lambda: watchdog_runbook() is not None, 60, "no Watchdog")
+            assert watchdog_runbook() == RUNBOOK_BASE + "#watchdog"
+        finally:
+            run.send_signal(signal.SIGTERM)
+            assert run.wait(timeout=30) is not None
+
+
+def test_prometheus_stores_the_exemplars_it_scrapes(tmp_path: Path, postgres_url: str) -> None:
+    """A real Prometheus (exemplar storage on, as monitoring/run starts it) asks for OpenMetrics
+    by itself and keeps, for a slow request's latency bucket, a 500's count and an unhandled
+    error's count, the request id the client received, which names a request_finished line."""
+    env = {**_service_env(postgres_url, LOG_LEVEL="INFO"), **PRODUCTION_ENV}
+    with running_server(tmp_path, env, app="tests.support.apps:app") as server:
+        target = server.base_url.removeprefix("http://")
+        config = prometheus_config(tmp_path, target, None, shorten=False)
+        with prometheus(tmp_path, config) as url:
+            trace = "4bf92f3577b34da6a3ce929d0e0e4736"
+            traced = {"traceparent": f"00-{trace}-{'3' * 16}-01"}
+            slow = httpx.get(server.base_url + "/test/slow/300", headers=traced, timeout=30)
+            boom = httpx.get(server.base_url + "/test/boom", timeout=30)
+            assert (slow.status_code, boom.status_code) == (200, 500)
+            slow_id, boom_id = slow.headers["X-Request-ID"], boom.headers["X-Request-ID"]
+
+            def kept(query: str) -> list[dict[str, str]]:
+                now = time.time()
+                found = httpx.get(
+                    url + "/api/v1/query_exemplars",
+                    params={"query": query, "start": now - 300, "end": now + 60},
+                    timeout=10,
+                ).json()["data"]
+                return [e["labels"] for series in found for e in series["exemplars"]]
+
+            for query, labels in (
+                (
+                    'http_request_duration_seconds_bucket{endpoint="/test/slow/<int:milliseconds>"}',
+                    {"request_id": slow_id, "trace_id": trace},
+                ),
+                ('http_requests_total{status="500"}', {"request_id": boom_id}),
+                ("app_errors_total", {"request_id": boom_id}),
+            ):
+                wait_until(
+                    lambda q=query, want=labels: want in kept(q),
+                    60,
+                    f"Prometheus kept no exemplar {labels} for {query}: {kept(query)}",
+                )
+            # What Grafana asks for each panel that shows exemplars, and the links it builds.
+            wanted = {
+                "Latency p50 / p95 / p99": {"request_id": slow_id, "trace_id": trace},
+                "5xx answers and unhandled errors, with their requests": {"request_id": boom_id},
+            }
+            shown = {
+                panel["title"]: [
+                    _panel_query(t["expr"]) for t in panel["targets"] if t.get("exemplar")
+                ]
+                for panel in _panels(json.loads(DASHBOARD.read_text()))
+            }
+            assert {title for title, queries in shown.items() if queries} == set(wanted)
+            for title, labels in wanted.items():
+                for query in shown[title]:
+                    assert labels in kept(query), (title, query, kept(query))
+                _assert_log_search_finds(labels["request_id"])
+    finished = {
+        event["request_id"]: event
+        for event in server.events()
+        if event["event"] == "request_finished"
+    }
+    assert finished[slow_id]["trace_id"] == trace
+    assert finished[boom_id]["status"] == 500

@@ -1,0 +1,256 @@
+"""`scene-packer serve` under a stop and under recycling: real processes, real signals, real
+PostgreSQL and Redis. Nothing in flight is dropped, every worker runs its own shutdown."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import os
+import signal
+import uuid
+from pathlib import Path
+from typing import Any
+
+import httpx
+import psutil
+import pytest
+
+from service.observability import exposition
+from tests.support.backends import REDIS_URL
+from tests.support.metrics_helpers import parse, value
+from tests.support.server import PRODUCTION_ENV, Server, running_server
+
+LOGINS = 50
+
+
+HANG_GUARD = 60  # seconds: only catches a hang
+
+
+def _env(tmp_path: Path, postgres_url: str, **extra: str) -> dict[str, str]:
+    return {
+        **PRODUCTION_ENV,
+        "DATABASE_URL": postgres_url,
+        "REDIS_URL": REDIS_URL,
+        "CACHE_KEY_PREFIX": f"test-{uuid.uuid4().hex[:8]}:",
+        "METRICS_DIR": str(tmp_path / "metrics"),
+        "LOGIN_LIMIT_PER_IP": "100000",
+        "LOGIN_LIMIT_PER_USERNAME": "100000",
+        # One hashing thread: the logins queue up, so many are in flight when the signal lands
+        # (and the last one waits longer than the default deadline of a request).
+        "PASSWORD_HASH_THREADS": "1",
+        "REQUEST_TIMEOUT": "60",
+        **extra,
+    }
+
+
+async def _until_in_flight(server: Server, count: int) -> None:
+    """Until the server reports `count` requests in progress (on a separate connection)."""
+    async with httpx.AsyncClient(base_url=server.base_url, timeout=HANG_GUARD) as probe:
+        for _ in range(300):
+            samples = parse((await probe.get("/metrics")).text)
+            if value(samples, "http_requests_in_progress", method="POST") >= count:
+                return
+            await asyncio.sleep(0.1)
+    raise AssertionError(f"fewer than {count} requests ever in flight")
+
+
+def _archived(tmp_path: Path) -> dict[Any, float]:
+    """What the stopped server's workers left: every worker folded into the archive."""
+    (run,) = (tmp_path / "metrics").glob("run-*")
+    assert sorted(path.name for path in run.glob("worker-*.json")) == []
+    archive = exposition.from_json((run / "archive.json").read_bytes())
+    return parse(exposition.render(archive).decode())
+
+
+def _logins_counted(samples: dict[Any, float]) -> float:
+    return sum(
+        count
+        for (name, labels), count in samples.items()
+        if name == "http_requests_total" and ("endpoint", "/api/auth/login") in labels
+    )
+
+
+@pytest.mark.parametrize("workers", [1, 2])
+@pytest.mark.parametrize("target", ["master", "group"])
+async def test_a_stop_under_load_answers_every_request_in_flight(
+    tmp_path: Path, postgres_url: str, workers: int, target: str
+) -> None:
+    """50 keep-alive clients each log in, then send one more request on the same client."""
+    env = _env(tmp_path, postgres_url, DRAIN_SECONDS="1")
+    with running_server(tmp_path, env, config={"workers": workers}, supervised=True) as server:
+        username = f"alice-{uuid.uuid4().hex[:8]}"
+        credentials = {"username": username, "password": "correct horse battery"}
+
+        async def login_then_more() -> tuple[int | str, int | str]:
+            async with httpx.AsyncClient(base_url=server.base_url, timeout=HANG_GUARD) as client:
+                try:
+                    first: int | str = (
+                        await client.post("/api/auth/login", json=credentials)
+                    ).status_code
+                except httpx.TransportError as error:
+                    return type(error).__name__, "not sent"
+                try:
+                    then: int | str = (await client.get("/")).status_code
+                except httpx.ConnectError:
+                    then = "refused"  # after the drain: never accepted, so never dropped
+                except httpx.TransportError as error:
+                    then = type(error).__name__
+                return first, then
+
+        async with httpx.AsyncClient(base_url=server.base_url, timeout=HANG_GUARD) as client:
+            assert (await client.post("/api/auth/register", json=credentials)).status_code == 201
+        clients = [asyncio.ensure_future(login_then_more()) for _ in range(LOGINS)]
+        await _until_in_flight(server, LOGINS // 5)  # most still queue for the hash
+        if target == "master":
+            os.kill(server.process.pid, signal.SIGTERM)
+        else:  # systemd's default KillMode, Ctrl+C in a terminal
+            os.killpg(server.process.pid, signal.SIGTERM)
+        outcomes = await asyncio.gather(*clients)
+        exit_code = await asyncio.to_thread(server.process.wait, HANG_GUARD)
+
+    assert [first for first, _ in outcomes if first != 200] == []
+    # A request that follows on a kept-alive connection is served, or (once the drain is over)
+    # refused on a new one: the answers while stopping carry `Connection: close`.
+    assert [then for _, then in outcomes if then not in (200, "refused")] == []
+    assert exit_code == 0
+    events = server.events()
+    draining = [e for e in events if e["event"] == "service_draining"]
+    assert [e["reason"] for e in draining] == ["sigterm"] * workers
+    assert sum(e["in_flight_requests"] for e in draining) > 0  # the signal did land under load
+    stopped = [e for e in events if e["event"] == "service_stopped"]
+    assert [e["reason"] for e in stopped] == ["sigterm"] * workers
+    (master,) = [e for e in events if e["event"] == "server_stopped"]
+    assert master["exit_code"] == 0
+    assert _logins_counted(_archived(tmp_path)) == LOGINS
+
+
+async def test_draining_keeps_serving_while_readiness_says_503(
+    tmp_path: Path, postgres_url: str
+) -> None:
+    env = _env(tmp_path, postgres_url, DRAIN_SECONDS="3")
+    with running_server(tmp_path, env, config={"workers": 2}, supervised=True) as server:
+        async with httpx.AsyncClient(base_url=server.base_url, timeout=HANG_GUARD) as client:
+            assert (await client.get("/api/health/ready")).status_code == 200
+            os.kill(server.process.pid, signal.SIGTERM)
+            await asyncio.sleep(0.5)
+            # New connections are still accepted and served; readiness tells the balancer to go.
+            async with httpx.AsyncClient(base_url=server.base_url, timeout=HANG_GUARD) as fresh:
+                ready = await fresh.get("/api/health/ready")
+                served = await fresh.get("/api/health/live")
+            assert ready.status_code == 503
+            assert ready.json()["reasons"] == {"service": "draining"}
+            assert ready.headers["Connection"] == "close"
+            assert served.status_code == 200
+        assert await asyncio.to_thread(server.process.wait, HANG_GUARD) == 0
+    # Once the drain is over the socket closes: nothing is accepted and then dropped.
+    with pytest.raises(httpx.ConnectError):
+        await asyncio.to_thread(httpx.get, server.base_url + "/api/health/live", timeout=5)
+
+
+@pytest.mark.parametrize("workers", [1, 2])
+async def test_recycling_drops_no_request(tmp_path: Path, postgres_url: str, workers: int) -> None:
+    """Keep-alive clients through successive replacements of every worker: at least 3,000
+    requests and two replacements (a successor takes a second or two to start), at most 15,000."""
+    clients, batch = 8, 1000
+    config = {"workers": workers, "max_requests": 200, "max_requests_jitter": 0}
+    env = _env(tmp_path, postgres_url)
+    with running_server(tmp_path, env, config=config, supervised=True) as server:
+
+        async def keep_alive_client(count: int) -> list[int | str]:
+            async with httpx.AsyncClient(base_url=server.base_url, timeout=HANG_GUARD) as client:
+                outcomes: list[int | str] = []
+                for _ in range(count):
+                    try:
+                        outcomes.append((await client.get("/")).status_code)
+                    except httpx.TransportError as error:
+                        outcomes.append(type(error).__name__)
+                return outcomes
+
+        def recycled() -> int:
+            return sum(
+                e["event"] == "service_draining" and e["reason"] == "recycle"
+                for e in server.events()
+            )
+
+        outcomes: list[int | str] = []
+        while len(outcomes) < 3000 or (recycled() < 2 and len(outcomes) < 15_000):
+            results = await asyncio.gather(
+                *(keep_alive_client(batch // clients) for _ in range(clients))
+            )
+            outcomes += [outcome for result in results for outcome in result]
+        replacements = recycled()
+    assert [o for o in outcomes if o != 200] == []
+    assert replacements >= 2
+
+
+async def test_a_stop_while_a_successor_starts_waits_for_every_worker(
+    tmp_path: Path, postgres_url: str
+) -> None:
+    """SIGHUP starts a successor for the worker; SIGTERM arrives before it is ready."""
+    with running_server(tmp_path, _env(tmp_path, postgres_url), supervised=True) as server:
+        os.kill(server.process.pid, signal.SIGHUP)
+        await asyncio.sleep(0.4)
+        os.kill(server.process.pid, signal.SIGTERM)
+        exit_code = await asyncio.to_thread(server.process.wait, HANG_GUARD)
+        events = server.events()
+    assert exit_code == 0, server.output.read_text()
+    assert "Traceback" not in server.output.read_text()
+    (master,) = [e for e in events if e["event"] == "server_stopped"]
+    assert master["exit_code"] == 0
+
+
+def _workers(server: Server) -> set[int]:
+    """The master's live worker processes (not its resource tracker, not exited ones)."""
+    workers = set()
+    for child in psutil.Process(server.process.pid).children():
+        with contextlib.suppress(psutil.Error):  # exited meanwhile, or a zombie not yet reaped
+            if child.status() != psutil.STATUS_ZOMBIE and any(
+                "spawn_main" in part for part in child.cmdline()
+            ):
+                workers.add(child.pid)
+    return workers
+
+
+async def test_a_worker_killed_while_its_successor_starts_is_replaced_by_it(
+    tmp_path: Path, postgres_url: str
+) -> None:
+    """SIGHUP starts a successor; the old worker is killed before the successor is ready. The
+    successor takes the slot (no second one is started, none is left untracked)."""
+    with running_server(tmp_path, _env(tmp_path, postgres_url), supervised=True) as server:
+        (old,) = _workers(server)
+        os.kill(server.process.pid, signal.SIGHUP)
+        await asyncio.sleep(0.3)
+        os.kill(old, signal.SIGKILL)
+        async with httpx.AsyncClient(base_url=server.base_url, timeout=HANG_GUARD) as client:
+            for _ in range(300):  # until the successor serves
+                with contextlib.suppress(httpx.TransportError):
+                    if (await client.get("/api/health/live")).status_code == 200:
+                        break
+                await asyncio.sleep(0.1)
+            await asyncio.sleep(2)  # time for a stray second worker to show up
+            assert (await client.get("/")).status_code == 200
+        assert len(_workers(server)) == 1
+        os.kill(server.process.pid, signal.SIGTERM)
+        assert await asyncio.to_thread(server.process.wait, HANG_GUARD) == 0
+    events = server.events()
+    assert [e["pid"] for e in events if e["event"] == "worker_exited"] == [old]
+
+
+async def test_a_worker_that_dies_is_replaced_and_counted(
+    tmp_path: Path, postgres_url: str
+) -> None:
+    with running_server(tmp_path, _env(tmp_path, postgres_url), supervised=True) as server:
+        (old,) = _workers(server)
+        os.kill(old, signal.SIGKILL)
+        async with httpx.AsyncClient(base_url=server.base_url, timeout=HANG_GUARD) as client:
+            replaced: dict[Any, float] = {}
+            for _ in range(300):
+                with contextlib.suppress(httpx.TransportError):
+                    replaced = parse((await client.get("/metrics")).text)
+                    if value(replaced, "app_worker_starts_total", reason="replace") == 1:
+                        break
+                await asyncio.sleep(0.1)
+        assert value(replaced, "app_worker_starts_total", reason="replace") == 1
+        assert len(_workers(server)) == 1
+    (exited,) = [e for e in server.events() if e["event"] == "worker_exited"]
+    assert (exited["pid"], exited["exit_code"]) == (old, -signal.SIGKILL)

@@ -1,0 +1,64 @@
+"""One deadline per request (REQUEST_TIMEOUT): a hung dependency costs a client a bounded wait and
+a 503 `dependency_timeout`, and the cancelled work gives back every connection it held."""
+
+from __future__ import annotations
+
+import asyncio
+import threading
+
+import structlog
+
+from service.app import create_app
+from service.settings import Settings
+from tests.support.client import login
+from tests.support.metrics_helpers import parse
+
+# Generous: only tells "bounded by the deadline" from "waited for the client timeouts" (60 s).
+DEADLINE = 1.0
+
+
+BOUND = DEADLINE + 5
+
+
+async def test_the_sweeper_stops_with_the_app(settings: Settings) -> None:
+    app = create_app(settings)
+    async with app.test_app() as test_app:
+        assert (await test_app.test_client().get("/")).status_code == 200
+        coroutines = {task: task.get_coro() for task in asyncio.all_tasks()}
+        sweepers = [t for t, c in coroutines.items() if c.__qualname__ == "Deadlines._sweep"]
+        assert len(sweepers) == 1
+    assert sweepers[0].done()
+
+
+async def test_logins_queued_for_the_hashing_pool_past_the_deadline_say_so(
+    settings: Settings,
+) -> None:
+    """One hashing thread, held busy until every login has answered: the logins queued for the
+    pool at their deadline answer 503 `dependency_timeout`, logged with `waiting_on`
+    `password_hashing` (this worker's own capacity), and are counted against no dependency."""
+    update = {
+        # Time to reach the pool (the body, the limits, the user's row) on a busy machine.
+        "request_timeout": 2 * DEADLINE,
+        "password_hash_threads": 1,
+        "login_limit_per_ip": 1000,
+        "login_limit_per_username": 1000,
+    }
+    app = create_app(settings.model_copy(update=update))
+    async with app.test_app() as test_app:
+        client = test_app.test_client()
+        busy = threading.Event()
+        app.extensions["password_hashing"].submit(busy.wait, BOUND * 3)
+        try:
+            with structlog.testing.capture_logs() as logs:
+                answers = await asyncio.wait_for(
+                    asyncio.gather(*(login(client, f"queued-{i}") for i in range(5))), BOUND
+                )
+        finally:
+            busy.set()
+        assert [answer.status_code for answer in answers] == [503] * 5
+        bodies = [await answer.get_json() for answer in answers]
+        assert {body["error"]["code"] for body in bodies} == {"dependency_timeout"}
+        late = [line for line in logs if line["event"] == "request_deadline_exceeded"]
+        assert [line["waiting_on"] for line in late] == ["password_hashing"] * 5
+        samples = parse(await (await client.get("/metrics")).get_data(as_text=True))
+    assert not [v for (name, _), v in samples.items() if name == "dependency_errors_total" and v]

@@ -1,0 +1,181 @@
+"""monitoring/ against real Prometheus, Alertmanager and the running service."""
+
+from __future__ import annotations
+
+import json
+import re
+from collections.abc import Mapping
+from typing import Any
+from urllib.parse import quote
+
+import yaml
+
+from service.observability.exposition import exemplar_labels
+from service.observability.metrics import VITAL_THRESHOLDS
+from service.settings import Settings
+from tests.support.stack import (
+    MONITORING,
+)
+
+PROMETHEUS_DIR = MONITORING / "prometheus"
+
+
+DASHBOARD = MONITORING / "grafana" / "dashboards" / "scene-packer.json"
+
+
+DATASOURCES = MONITORING / "grafana" / "provisioning" / "datasources" / "prometheus.yaml"
+
+
+# A variable in a Grafana data link: `${name}` or `${name:format}`.
+_GRAFANA_VARIABLE = re.compile(r"\$\{([^}:]+)(?::([^}]*))?\}")
+
+
+RUNBOOK_URL = '{{{{ or $externalLabels.runbook_base "monitoring/README.md" }}}}#{anchor}'
+
+
+def _alert_rules() -> list[dict[str, Any]]:
+    groups = yaml.safe_load((PROMETHEUS_DIR / "rules" / "alerts.yml").read_text())["groups"]
+    return [rule for group in groups for rule in group["rules"] if "alert" in rule]
+
+
+def test_every_alert_is_documented_and_unit_tested() -> None:
+    readme = (MONITORING / "README.md").read_text()
+    anchors = {heading.lower() for heading in re.findall(r"^### (\w+)$", readme, re.MULTILINE)}
+    unit_tests = (PROMETHEUS_DIR / "tests" / "alerts_test.yml").read_text()
+    for rule in _alert_rules():
+        name = rule["alert"]
+        assert rule["labels"]["severity"] in {"critical", "warning", "none"}, name
+        assert {"summary", "description", "runbook_url"} <= set(rule["annotations"]), name
+        assert rule["annotations"]["runbook_url"] == RUNBOOK_URL.format(anchor=name.lower())
+        assert name.lower() in anchors, f"{name} has no section in monitoring/README.md"
+        assert f"alertname: {name}" in unit_tests, f"{name} has no promtool unit test"
+    p95 = [
+        rule["labels"]["severity"] for rule in _alert_rules() if rule["alert"] == "HighLatencyP95"
+    ]
+    assert sorted(p95) == ["critical", "warning"]
+    assert "histogram_quantile(0.95" in (PROMETHEUS_DIR / "rules" / "recording.yml").read_text()
+
+
+def test_every_recording_rule_is_used() -> None:
+    """A recorded series that no alert, panel, other rule or runbook reads is cost without use."""
+    rules = yaml.safe_load((MONITORING / "prometheus/rules/recording.yml").read_text())
+    recorded = [rule for group in rules["groups"] for rule in group["rules"] if "record" in rule]
+    readers = (MONITORING / "prometheus/rules/alerts.yml").read_text()
+    readers += (MONITORING / "grafana/dashboards/scene-packer.json").read_text()
+    readers += (MONITORING / "README.md").read_text()
+    readers += " ".join(rule["expr"] for rule in recorded)
+    unused = [rule["record"] for rule in recorded if readers.count(rule["record"]) == 0]
+    assert not unused, unused
+
+
+def test_resource_alerts_use_the_health_check_thresholds() -> None:
+    """One threshold each: the alert fires where the health check starts to warn."""
+    rules = yaml.safe_load((MONITORING / "prometheus/rules/alerts.yml").read_text())
+    alerts = {rule["alert"]: rule["expr"] for group in rules["groups"] for rule in group["rules"]}
+    defaults = Settings.model_fields
+    disk_free = defaults["disk_warning_free_percent"].default / 100
+    memory_used = defaults["memory_warning_percent"].default / 100
+    assert alerts["DiskSpaceLow"].endswith(f"(system_disk_free_ratio) < {disk_free:.2f}")
+    assert alerts["MemoryHigh"].endswith(f"(system_memory_used_ratio) >= {memory_used:.2f}")
+
+
+def test_vital_panels_draw_the_thresholds_the_service_rates_with() -> None:
+    """Each vital's p75 panel draws its good and poor lines, and the good-share panel cuts at
+    the good threshold, both from the one definition the receiver and the buckets use."""
+    panels = _panels(json.loads(DASHBOARD.read_text()))
+    for name, thresholds in VITAL_THRESHOLDS.items():
+        series = "frontend_cls_bucket" if name == "CLS" else f'metric="{name}"'
+        (panel,) = [
+            p for p in panels
+            if p["targets"][0]["expr"].startswith("histogram_quantile(0.75")
+            and series in p["targets"][0]["expr"]
+        ]  # fmt: skip
+        steps = panel["fieldConfig"]["defaults"]["thresholds"]["steps"]
+        assert tuple(step["value"] for step in steps[1:]) == thresholds, panel["title"]
+        assert panel["fieldConfig"]["defaults"]["custom"]["thresholdsStyle"]["mode"] != "off"
+        (good,) = [
+            t["expr"] for p in panels for t in p["targets"]
+            if t.get("legendFormat") == name and "le=" in t["expr"]
+        ]  # fmt: skip
+        assert f'le="{thresholds[0]}"' in good and series.replace("_bucket", "") in good
+
+
+def test_dashboard_is_plain_provisionable_json() -> None:
+    text = DASHBOARD.read_text()
+    dashboard = json.loads(text)
+    assert dashboard["uid"] == "scene-packer-service"
+    assert "__inputs" not in dashboard and "${DS_" not in text
+    variables = {v["name"]: v for v in dashboard["templating"]["list"]}
+    assert {"datasource", "job", "instance"} <= set(variables)
+    assert variables["datasource"]["current"]["value"] == "scene-packer-prometheus"
+    provisioned = yaml.safe_load(DATASOURCES.read_text())
+    assert provisioned["datasources"][0]["uid"] == "scene-packer-prometheus"
+    for panel in _panels(dashboard):
+        assert panel["fieldConfig"]["defaults"].get("unit"), panel["title"]
+        for target in panel["targets"]:
+            assert target["datasource"]["uid"] == "${datasource}"
+            windows = re.findall(r"\[([^\]]+)\]", target["expr"])
+            assert all(window == "$__rate_interval" for window in windows), target["expr"]
+
+
+def test_exemplar_links_are_written_as_grafana_reads_them() -> None:
+    """Grafana expands environment variables in provisioning files (only `$$` is a literal `$`),
+    and expands a data link's variables once, percent-encoding them unless written `:raw`. The
+    link is built only from Grafana's `__value.raw` and the dashboard's constant variables, which
+    a provisioning `$` would have emptied, and only for a label every exemplar has: Grafana links
+    a label an exemplar lacks too, with an empty value (a search for nothing)."""
+    destinations = _exemplar_destinations()
+    untraced = exemplar_labels("r" * 16, None)
+    assert untraced is not None
+    assert set(destinations) == {name for name, _ in untraced} == {"request_id"}
+    dashboard = json.loads(DASHBOARD.read_text())
+    constants = {v["name"]: v for v in dashboard["templating"]["list"] if v["type"] == "constant"}
+    for destination in destinations.values():
+        assert "datasourceUid" not in destination  # an internal link sends `query`, not `expr`
+        references = _GRAFANA_VARIABLE.findall(destination["url"])
+        assert ("__value.raw", "") in references
+        for name, format_ in references:
+            if name != "__value.raw":
+                assert name in constants and format_ == "raw", (name, format_)
+                assert constants[name]["hide"] == 2
+    assert _log_search("1a2b3c4d-request", _dashboard_variables()) == (
+        "https://logs.example.invalid/search?q=1a2b3c4d-request"
+    )
+
+
+def _panels(dashboard: dict[str, Any]) -> list[dict[str, Any]]:
+    return [panel for panel in dashboard["panels"] if panel["type"] != "row"]
+
+
+def _exemplar_destinations() -> dict[str, dict[str, str]]:
+    """The datasource's exemplar links by label name, read as Grafana's provisioning reads
+    them: `$$` is a literal `$`, any other `$` would expand an environment variable."""
+    datasource = yaml.safe_load(DATASOURCES.read_text())["datasources"][0]
+    destinations = {}
+    for destination in datasource["jsonData"]["exemplarTraceIdDestinations"]:
+        parts = destination["url"].split("$$")
+        assert not any("$" in part for part in parts), destination["url"]
+        destinations[destination["name"]] = {**destination, "url": "$".join(parts)}
+    return destinations
+
+
+def _dashboard_variables() -> dict[str, str]:
+    dashboard = json.loads(DASHBOARD.read_text())
+    return {
+        v["name"]: v["query"] for v in dashboard["templating"]["list"] if v["type"] == "constant"
+    }
+
+
+def _log_search(value: str, variables: Mapping[str, str]) -> str:
+    """An exemplar's link as Grafana builds it: one pass over the URL, `__value.raw`
+    percent-encoded (Grafana's default for data links), `:raw` variables as they are."""
+
+    def expand(match: re.Match[str]) -> str:
+        name, format_ = match.group(1), match.group(2)
+        if name == "__value.raw":
+            return quote(value, safe="")
+        assert format_ == "raw"
+        return variables[name]
+
+    url = _exemplar_destinations()["request_id"]["url"]
+    return _GRAFANA_VARIABLE.sub(expand, url)
