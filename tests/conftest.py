@@ -74,17 +74,45 @@ class TierViolation(Exception):
     """A unit test reached outside its process."""
 
 
-@pytest.fixture(autouse=True)
-def unit_isolation(
-    request: pytest.FixtureRequest, monkeypatch: pytest.MonkeyPatch
-) -> Iterator[list[str]]:
-    """In the unit tier, every connection and every new process is refused, and the test fails
-    even where the code under test caught the error and carried on. Yields what was refused."""
-    refused: list[str] = []
-    if request.node.get_closest_marker("unit") is None:
-        yield refused
-        return
+_REFUSED = pytest.StashKey[list[str]]()
+_UNDO = pytest.StashKey[pytest.MonkeyPatch]()
 
+
+@pytest.hookimpl(wrapper=True)
+def pytest_runtest_setup(item: pytest.Item) -> Iterator[None]:
+    """A unit test, its fixtures of every scope included, opens no connection and starts no
+    process: each attempt raises, and is recorded so that the test fails even where the code
+    under test caught the error and carried on."""
+    if item.get_closest_marker("unit") is not None:
+        refused = item.stash[_REFUSED] = []
+        item.stash[_UNDO] = _refuse_outside_calls(refused)
+    return (yield)
+
+
+@pytest.hookimpl(wrapper=True)
+def pytest_runtest_call(item: pytest.Item) -> Iterator[None]:
+    result = yield
+    refused = item.stash.get(_REFUSED, [])
+    assert not refused, f"a unit test reached outside its process: {refused}"
+    return result
+
+
+@pytest.hookimpl(wrapper=True)
+def pytest_runtest_teardown(item: pytest.Item) -> Iterator[None]:
+    try:
+        return (yield)
+    finally:
+        if _UNDO in item.stash:
+            item.stash[_UNDO].undo()
+
+
+@pytest.fixture
+def refused_calls(request: pytest.FixtureRequest) -> list[str]:
+    """What the unit tier refused this test so far (a test of the policy clears it)."""
+    return request.node.stash[_REFUSED]
+
+
+def _refuse_outside_calls(refused: list[str]) -> pytest.MonkeyPatch:
     def refuse(what: str) -> None:
         refused.append(what)
         raise TierViolation(
@@ -97,11 +125,11 @@ def unit_isolation(
     def popen(self: subprocess.Popen[Any], args: Any, *rest: Any, **options: Any) -> None:
         refuse(f"starts {args!r}")
 
-    monkeypatch.setattr(socket.socket, "connect", connect)
-    monkeypatch.setattr(socket.socket, "connect_ex", connect)
-    monkeypatch.setattr(subprocess.Popen, "__init__", popen)
-    yield refused
-    assert not refused, refused
+    patch = pytest.MonkeyPatch()
+    patch.setattr(socket.socket, "connect", connect)
+    patch.setattr(socket.socket, "connect_ex", connect)
+    patch.setattr(subprocess.Popen, "__init__", popen)
+    return patch
 
 
 @pytest.fixture(autouse=True)

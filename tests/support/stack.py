@@ -7,8 +7,7 @@ import json
 import re
 import subprocess
 import threading
-import time
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from contextlib import contextmanager
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
@@ -21,6 +20,7 @@ from tests.support import ROOT
 from tests.support.faults import TcpProxy
 from tests.support.server import free_port, stop
 from tests.support.tools import require
+from tests.support.waiting import wait_until
 
 MONITORING = ROOT / "monitoring"
 
@@ -188,15 +188,6 @@ def query(prometheus_url: str, expr: str) -> list[dict[str, Any]]:
     assert body["status"] == "success", (expr, body)
     result: list[dict[str, Any]] = body["data"]["result"]
     return result
-
-
-def wait_until(condition: Callable[[], bool], seconds: float, message: str) -> None:
-    deadline = time.monotonic() + seconds
-    while time.monotonic() < deadline:
-        if condition():
-            return
-        time.sleep(0.25)
-    raise AssertionError(message)
 
 
 def _ok(url: str) -> bool:

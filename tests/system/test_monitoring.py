@@ -29,9 +29,9 @@ from tests.support.stack import (
     prometheus,
     prometheus_config,
     query,
-    wait_until,
 )
 from tests.support.tools import require
+from tests.support.waiting import wait_until
 
 PROMETHEUS_DIR = MONITORING / "prometheus"
 

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import asyncio
 import json
-import time
 from pathlib import Path
 
 import httpx
@@ -12,8 +11,10 @@ import pytest
 
 from tests.support.metrics_helpers import parse, value
 from tests.support.server import PRODUCTION_ENV, Server, running_server
+from tests.support.waiting import wait_until
 
 TOTAL = 3000
+HANG_GUARD = 30  # seconds: only catches a hang
 
 
 SYNC_INTERVAL = 0.2
@@ -110,7 +111,11 @@ def test_every_scrape_reports_the_exact_total(tmp_path: Path, max_requests: int 
     with running_server(tmp_path, _env(tmp_path), config=config) as server:
         answered, during = _drive(server)
         assert answered == TOTAL
-        time.sleep(SYNC_INTERVAL * 5)  # past the documented lag
+        wait_until(
+            lambda: _scrape(server)["requests"] == _answered_in_log(server),
+            HANG_GUARD,
+            "the workers' shared total never reached the requests they logged",
+        )
         scrapes = [_scrape(server) for _ in range(20)]
     assert during == sorted(during), "a counter went backwards between scrapes"
     # The server's own record: one request_finished line per request it answered. A worker that
@@ -136,12 +141,10 @@ def test_a_restarted_server_starts_from_zero(tmp_path: Path) -> None:
     with running_server(tmp_path, env, config={"workers": 2}) as server:
         for _ in range(50):
             httpx.get(server.base_url + "/")
-        time.sleep(SYNC_INTERVAL * 5)
-        assert _scrape(server)["requests"] == 50
+        wait_until(lambda: _scrape(server)["requests"] == 50, HANG_GUARD, "never 50")
     with running_server(tmp_path, env, config={"workers": 2}) as server:
         httpx.get(server.base_url + "/")
-        time.sleep(SYNC_INTERVAL * 5)
-        assert _scrape(server)["requests"] == 1
+        wait_until(lambda: _scrape(server)["requests"] == 1, HANG_GUARD, "not from zero")
     runs = list((tmp_path / "metrics").glob("run-*"))
     assert len(runs) == 1, "the previous run's snapshots were not cleaned up"
 
@@ -153,7 +156,7 @@ def test_a_corrupt_snapshot_is_skipped_with_a_warning(tmp_path: Path) -> None:
             httpx.get(server.base_url + "/")
         (run,) = (tmp_path / "metrics").glob("run-*")
         (run / "worker-999999.json").write_bytes(b'{"http_requests_total": {"kind": "coun')
-        time.sleep(SYNC_INTERVAL * 5)
+        wait_until(lambda: _scrape(server)["requests"] == 10, HANG_GUARD, "never 10")
         scrapes = [_scrape(server) for _ in range(5)]
     assert all(scrape["requests"] == 10 for scrape in scrapes)
     assert "metrics_snapshot_skipped" in server.output.read_text()

@@ -16,7 +16,7 @@ import pytest
 from tests.support.browser import Page, chromium, open_page
 from tests.support.metrics_helpers import Samples, parse, value
 from tests.support.server import PRODUCTION_ENV, Server, running_server
-from tests.support.stack import wait_until
+from tests.support.waiting import wait_until
 
 TIMED = ("FCP", "LCP", "INP", "TTFB")
 

@@ -15,20 +15,20 @@ from tests.conftest import TierViolation
 from tests.support import ROOT, tools
 
 
-def test_a_unit_test_cannot_start_a_process(unit_isolation: list[str]) -> None:
+def test_a_unit_test_cannot_start_a_process(refused_calls: list[str]) -> None:
     with pytest.raises(TierViolation, match="move it to tests/integration or tests/system"):
         subprocess.run([sys.executable, "-c", "pass"], check=False)
-    assert unit_isolation == [f"starts {[sys.executable, '-c', 'pass']!r}"]
-    unit_isolation.clear()  # seen: the test is not failed for it
+    assert refused_calls == [f"starts {[sys.executable, '-c', 'pass']!r}"]
+    refused_calls.clear()  # seen: the test is not failed for it
 
 
-async def test_a_unit_test_cannot_connect_even_to_loopback(unit_isolation: list[str]) -> None:
+async def test_a_unit_test_cannot_connect_even_to_loopback(refused_calls: list[str]) -> None:
     with pytest.raises(TierViolation):
         await asyncio.open_connection("127.0.0.1", 5432)
     with socket.socket() as sock, pytest.raises(TierViolation):
         sock.connect_ex(("127.0.0.1", 6379))
-    assert len(unit_isolation) == 2
-    unit_isolation.clear()
+    assert len(refused_calls) == 2
+    refused_calls.clear()
 
 
 def test_tools_are_found_in_sbin_off_a_users_path(
