@@ -24,8 +24,6 @@ from tests.support.metrics_helpers import parse, value
 
 # Generous: only tells "bounded by the deadline" from "waited for the client timeouts" (60 s).
 DEADLINE = 1.0
-
-
 BOUND = DEADLINE + 5
 
 

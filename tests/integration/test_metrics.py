@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import asyncio
-
 import pytest
 from pydantic import SecretStr
 from quart import Quart
@@ -11,8 +9,9 @@ from quart import Quart
 from service.app import create_app
 from service.settings import Settings
 from tests.support.client import Client, login, register
-from tests.support.metrics_helpers import parse, value
+from tests.support.metrics_helpers import Samples, parse, value
 from tests.support.server import free_port
+from tests.support.waiting import until
 
 
 async def _scrape(client: Client) -> str:
@@ -65,8 +64,14 @@ async def test_a_dependency_that_refuses_is_counted_with_its_cause(
 
 
 async def test_saturation_signals(app: Quart, client: Client, settings: Settings) -> None:
-    await asyncio.sleep(1.2)  # two samples of the event loop's lag
-    samples = parse(await (await client.get("/metrics")).get_data(as_text=True))
+    async def scrape() -> Samples:
+        return parse(await (await client.get("/metrics")).get_data(as_text=True))
+
+    async def lag_sampled_twice() -> bool:
+        return value(await scrape(), "event_loop_lag_seconds_count") >= 2
+
+    await until(lag_sampled_twice, 30, "the event loop's lag was never sampled twice")
+    samples = await scrape()
     pool_max = settings.db_pool_size + settings.db_max_overflow
     assert value(samples, "db_pool_max_connections") == pool_max
     assert value(samples, "event_loop_lag_seconds_count") >= 2

@@ -55,6 +55,11 @@ class HungServer:
     async def start(self) -> None:
         self._server = await asyncio.start_server(self._handle, "127.0.0.1", self.port)
 
+    @property
+    def connections(self) -> int:
+        """How many connections it has accepted (and left hanging)."""
+        return len(self._writers)
+
     async def stop(self) -> None:
         if self._server is not None:
             self._server.close()

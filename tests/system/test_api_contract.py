@@ -19,11 +19,7 @@ from service.app import create_app
 from tests.support.backends import make_settings
 
 EXAMPLES = 40
-
-
 SEED = 20261129
-
-
 # A body of the documented shape may still be refused for what no schema can say: a password
 # the policy finds weak (400 weak_password, README.md). Every other check stays on there.
 # A beacon's entries that do not fit are dropped one by one and counted, not refused: a browser

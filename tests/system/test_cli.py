@@ -17,6 +17,7 @@ from tests.support import ROOT
 from tests.support.backends import REDIS_URL
 from tests.support.faults import HungServer
 from tests.support.server import PRODUCTION_ENV, SCENE_PACKER, running_server, to_toml
+from tests.support.waiting import until
 
 
 def scene_packer(*args: str, env: dict[str, str]) -> subprocess.CompletedProcess[str]:
@@ -183,7 +184,7 @@ async def test_a_stop_during_the_start_up_checks_exits_0(tmp_path: Path) -> None
             *SCENE_PACKER, "serve", "--config", str(config),
             cwd=ROOT, env=env, stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.STDOUT,
         )  # fmt: skip
-        await asyncio.sleep(3)  # importing, then waiting on the database
+        await until(lambda: hung.connections > 0, 60, "the check never reached the database")
         process.send_signal(signal.SIGTERM)
         output, _ = await asyncio.wait_for(process.communicate(), 60)
     finally:

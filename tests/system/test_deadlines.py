@@ -15,8 +15,6 @@ from tests.support.server import PRODUCTION_ENV, parse_answer, raw_exchange, run
 
 # Generous: only tells "bounded by the deadline" from "waited for the client timeouts" (60 s).
 DEADLINE = 1.0
-
-
 BOUND = DEADLINE + 5
 
 

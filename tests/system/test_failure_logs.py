@@ -16,8 +16,6 @@ from tests.support.server import PRODUCTION_ENV, Server, running_server
 from tests.support.stack import ThreadedProxy
 
 PASSWORD = "quartz meridian lantern sorbet"  # a passphrase, spaces and all
-
-
 USER = {"username": "walter", "password": PASSWORD}
 
 

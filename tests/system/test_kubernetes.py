@@ -16,14 +16,8 @@ from tests.support import ROOT
 from tests.support.tools import missing, require
 
 BASE = ROOT / "deploy" / "kubernetes" / "base"
-
-
 VALIDATE = ROOT / "deploy" / "kubernetes" / "validate"
-
-
 GENERATOR = ROOT / "scripts" / "kubernetes-manifests"
-
-
 OPERATOR_API = "monitoring.coreos.com/v1"
 
 

@@ -14,14 +14,8 @@ from tests.support.server import PRODUCTION_ENV, Server, running_server
 from tests.support.waiting import wait_until
 
 PASSWORD = "Sup3r-secret-passphrase!"
-
-
 SENTINEL_ENV = "SENTINEL_ENV_VALUE_4821"
-
-
 SENTINEL_HEADER = "SENTINEL-HEADER-VALUE-9313"
-
-
 PATH_SECRET = "PATH-SECRET-5521"
 
 

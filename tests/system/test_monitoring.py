@@ -34,17 +34,9 @@ from tests.support.tools import require
 from tests.support.waiting import wait_until
 
 PROMETHEUS_DIR = MONITORING / "prometheus"
-
-
 ALERTMANAGER_CONFIG = MONITORING / "alertmanager" / "alertmanager.yml"
-
-
 DASHBOARD = MONITORING / "grafana" / "dashboards" / "scene-packer.json"
-
-
 DATASOURCES = MONITORING / "grafana" / "provisioning" / "datasources" / "prometheus.yaml"
-
-
 # A variable in a Grafana data link: `${name}` or `${name:format}`.
 _GRAFANA_VARIABLE = re.compile(r"\$\{([^}:]+)(?::([^}]*))?\}")
 

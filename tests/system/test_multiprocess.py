@@ -15,8 +15,6 @@ from tests.support.waiting import wait_until
 
 TOTAL = 3000
 HANG_GUARD = 30  # seconds: only catches a hang
-
-
 SYNC_INTERVAL = 0.2
 
 

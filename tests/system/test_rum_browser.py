@@ -19,11 +19,7 @@ from tests.support.server import PRODUCTION_ENV, Server, running_server
 from tests.support.waiting import wait_until
 
 TIMED = ("FCP", "LCP", "INP", "TTFB")
-
-
 FRAME_MS = 1000 / 60
-
-
 REUSED_XHR = """(async () => {
   const xhr = new XMLHttpRequest();
   const call = (url) => new Promise(done => {
@@ -34,12 +30,8 @@ REUSED_XHR = """(async () => {
   return [await call("/api/auth/me"), await call(new URL("/api/auth/me", location.href)),
           await call("/")];
 })()"""
-
-
 # Headless Chromium may never be idle: an idle callback runs at its timeout.
 IDLE = "new Promise(done => requestIdleCallback(done, {timeout: 1000}))"
-
-
 # web-vitals takes in an interaction's entries when the page is next idle, or at the latest
 # 1 s later (its requestIdleCallback timeout): a page left sooner reports no INP for it.
 INTERACTION_PROCESSED = "new Promise(done => setTimeout(done, 1100))"

@@ -10,8 +10,6 @@ from pathlib import Path
 from tests.support import ROOT
 
 SERVICE = ROOT / "service"
-
-
 # Bottom to top. A module may import its own layer and the ones below, never one above.
 LAYERS: list[tuple[str, tuple[str, ...]]] = [
     ("foundation", ("service.settings", "service.version", "service.unavailable")),
@@ -48,8 +46,6 @@ LAYERS: list[tuple[str, tuple[str, ...]]] = [
     # Processes around the app: the master of the workers, and the command line.
     ("serving", ("service.supervisor", "service.cli")),
 ]
-
-
 # The package's own __init__ (it exports create_app) stands above everything.
 _ROOT_MODULE = "service"
 

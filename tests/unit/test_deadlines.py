@@ -15,8 +15,6 @@ from tests.support.metrics_helpers import parse
 
 # Generous: only tells "bounded by the deadline" from "waited for the client timeouts" (60 s).
 DEADLINE = 1.0
-
-
 BOUND = DEADLINE + 5
 
 

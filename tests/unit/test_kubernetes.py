@@ -22,11 +22,7 @@ from service.settings import SettingsError, load_settings
 from tests.support import ROOT
 
 BASE = ROOT / "deploy" / "kubernetes" / "base"
-
-
 GENERATOR = ROOT / "scripts" / "kubernetes-manifests"
-
-
 OPERATOR_API = "monitoring.coreos.com/v1"
 
 

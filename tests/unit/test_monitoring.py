@@ -18,18 +18,10 @@ from tests.support.stack import (
 )
 
 PROMETHEUS_DIR = MONITORING / "prometheus"
-
-
 DASHBOARD = MONITORING / "grafana" / "dashboards" / "scene-packer.json"
-
-
 DATASOURCES = MONITORING / "grafana" / "provisioning" / "datasources" / "prometheus.yaml"
-
-
 # A variable in a Grafana data link: `${name}` or `${name:format}`.
 _GRAFANA_VARIABLE = re.compile(r"\$\{([^}:]+)(?::([^}]*))?\}")
-
-
 RUNBOOK_URL = '{{{{ or $externalLabels.runbook_base "monitoring/README.md" }}}}#{anchor}'
 
 

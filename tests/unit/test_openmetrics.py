@@ -14,8 +14,6 @@ from tests.support.client import Client
 from tests.support.metrics_helpers import parse
 
 OPENMETRICS = "application/openmetrics-text;version=1.0.0,text/plain;version=0.0.4;q=0.5"
-
-
 TRACE = "4bf92f3577b34da6a3ce929d0e0e4736"
 
 

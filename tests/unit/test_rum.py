@@ -30,8 +30,6 @@ from tests.support.client import Client
 from tests.support.metrics_helpers import Samples, parse, value
 
 BOOKS = "/books/<int:book_id>"
-
-
 DEMO_PAGES = ("layout-shift", "slow-interaction", "lcp-image", "xhr")
 
 
@@ -141,8 +139,6 @@ async def test_pages_and_endpoints_are_templates_or_other(rum: Client) -> None:
 
 
 _TOO_MANY = {"page": "/", "metrics": [{"name": "FCP", "value": 1}] * 51}
-
-
 _TOO_LARGE = {"page": "/", "errors": [{"kind": "Error", "message": "x" * 17000}]}
 
 

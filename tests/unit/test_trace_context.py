@@ -11,11 +11,7 @@ from service.observability.trace_context import accept_traceparent
 from tests.support.client import Client
 
 TRACE = "4bf92f3577b34da6a3ce929d0e0e4736"
-
-
 PARENT = "00f067aa0ba902b7"
-
-
 VALID = f"00-{TRACE}-{PARENT}-01"
 
 
