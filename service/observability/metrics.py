@@ -45,7 +45,7 @@ EVENT_LOOP_PROBE_SECONDS = 0.5
 # Each web vital's (good, poor) thresholds, as web.dev and the web-vitals library rate them: at
 # or under the first is good, over the second poor. Seconds, CLS unitless. The buckets hold them
 # exactly, so the dashboard's "good" share is a bucket over the count; the receiver logs a poor
-# value; the dashboard draws them (tests/test_monitoring.py checks it).
+# value; the dashboard draws them (tests/unit/test_monitoring.py checks it).
 VITAL_THRESHOLDS: dict[str, tuple[float, float]] = {
     "FCP": (1.8, 3.0), "LCP": (2.5, 4.0), "INP": (0.2, 0.5), "TTFB": (0.8, 1.8),
     "CLS": (0.1, 0.25),
@@ -88,7 +88,7 @@ class Series:
     the labels); its storage key is then remembered, so later observations cost one dict lookup
     instead of re-encoding the labels every time. A histogram's value is then replaced by
     `BucketCounts`. Relies on `MetricDict.store` (aioprometheus 23.x, pinned in pyproject.toml);
-    `tests/test_metrics.py` checks the counts it produces.
+    `tests/unit/test_metrics.py` checks the counts it produces.
     """
 
     __slots__ = ("_collector", "_keys", "_names", "_store")

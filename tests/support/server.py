@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import itertools
 import json
 import os
 import signal
@@ -69,10 +70,43 @@ def parse_answer(answer: bytes) -> tuple[int, dict[str, str], bytes]:
 
 
 def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        port: int = sock.getsockname()[1]
-        return port
+    """A port on 127.0.0.1 that nothing listens on: the next free one of `TEST_PORTS` (`low-high`,
+    divided between pytest-xdist's workers) when it is set, else one the kernel picks."""
+    ports = _PORTS
+    if ports is None:
+        with socket.socket() as sock:
+            sock.bind(("127.0.0.1", 0))
+            port: int = sock.getsockname()[1]
+            return port
+    for _ in range(len(ports)):
+        candidate = ports[next(_port_turn) % len(ports)]
+        with socket.socket() as sock:
+            try:
+                sock.bind(("127.0.0.1", candidate))
+            except OSError:
+                continue
+            return candidate
+    raise RuntimeError(f"TEST_PORTS: no free port among {ports.start}-{ports.stop - 1}")
+
+
+def _ports(setting: str | None) -> range | None:
+    """This process's share of TEST_PORTS."""
+    if not setting:
+        return None
+    low, _, high = setting.partition("-")
+    if not (low.isdigit() and high.isdigit() and 1024 <= int(low) <= int(high) <= 65535):
+        raise ValueError(f"TEST_PORTS={setting!r}: write a range such as 20000-20999")
+    workers = int(os.environ.get("PYTEST_XDIST_WORKER_COUNT", "1"))
+    worker = int(os.environ.get("PYTEST_XDIST_WORKER", "gw0").removeprefix("gw"))
+    share = (int(high) - int(low) + 1) // workers
+    if share < 10:
+        raise ValueError(f"TEST_PORTS={setting!r}: fewer than 10 ports for each of {workers}")
+    start = int(low) + worker * share
+    return range(start, start + share)
+
+
+_PORTS = _ports(os.environ.get("TEST_PORTS"))
+_port_turn = itertools.count()
 
 
 @contextmanager

@@ -13,6 +13,9 @@ import pytest
 from tests.support.server import PRODUCTION_ENV, Server, running_server
 from tests.support.waiting import wait_until
 
+# One server read by every test here: kept on one xdist worker (scripts/test --dist loadgroup).
+pytestmark = pytest.mark.xdist_group("production_run")
+
 PASSWORD = "Sup3r-secret-passphrase!"
 SENTINEL_ENV = "SENTINEL_ENV_VALUE_4821"
 SENTINEL_HEADER = "SENTINEL-HEADER-VALUE-9313"

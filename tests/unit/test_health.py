@@ -11,7 +11,8 @@ from service.app import create_app
 from service.observability.context import add_request_context
 from service.settings import Settings
 from tests.support.client import Client
-from tests.support.metrics_helpers import parse, value
+from tests.support.metrics_helpers import Samples, parse, value
+from tests.support.waiting import until
 
 HANG_GUARD = 30  # seconds: only catches a hang; never a performance assertion
 
@@ -75,11 +76,14 @@ async def test_health_metrics_and_background_refresh(settings: Settings) -> None
     app = create_app(settings.model_copy(update={"health_refresh_seconds": 0.05}))
     async with app.test_app() as test_app:
         client = test_app.test_client()
-        for _ in range(100):  # wait for the refresher, not for a duration
+        samples: Samples = {}
+
+        async def refreshed_twice() -> bool:
+            nonlocal samples
             samples = parse(await (await client.get("/metrics")).get_data(as_text=True))
-            if value(samples, "health_check_duration_seconds_count", check="database") >= 2:
-                break
-            await asyncio.sleep(0.05)
+            return value(samples, "health_check_duration_seconds_count", check="database") >= 2
+
+        await until(refreshed_twice, 30, "the refresher never ran twice")
     for check in ("database", "cache", "disk", "memory"):
         assert value(samples, "health_check_status", check=check) == 1
     assert value(samples, "health_check_duration_seconds_count", check="database") >= 2

@@ -3,7 +3,6 @@ idle sessions are refused, sessions survive a restart, and a failing store fails
 
 from __future__ import annotations
 
-import asyncio
 from collections.abc import AsyncIterator
 from datetime import UTC, datetime, timedelta
 from typing import Any
@@ -20,6 +19,7 @@ from service.sessions import SESSION_COOKIE_NAME
 from service.settings import Settings
 from tests.support.client import Client, login, register, session_cookie
 from tests.support.metrics_helpers import parse, value
+from tests.support.waiting import until
 
 
 @pytest.fixture
@@ -101,12 +101,12 @@ async def test_an_expired_session_is_refused_and_purged_at_start(
     assert (await client.get("/api/auth/me")).status_code == 401
 
     restarted = create_app(settings)
-    async with restarted.test_app():
-        for _ in range(100):  # the purge runs as the app starts serving
-            if await _session_rows(database) == 0:
-                break
-            await asyncio.sleep(0.05)
-    assert await _session_rows(database) == 0
+    async with restarted.test_app():  # the purge runs as the app starts serving
+
+        async def purged() -> bool:
+            return await _session_rows(database) == 0
+
+        await until(purged, 30, "the expired session was never purged")
 
 
 async def test_idle_sessions_expire_and_active_ones_slide(

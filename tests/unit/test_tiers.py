@@ -12,7 +12,7 @@ from pathlib import Path
 import pytest
 
 from tests.conftest import TierViolation
-from tests.support import ROOT, tools
+from tests.support import ROOT, server, tools
 
 
 def test_a_unit_test_cannot_start_a_process(refused_calls: list[str]) -> None:
@@ -48,3 +48,13 @@ def test_tools_are_found_in_sbin_off_a_users_path(
 def test_every_test_module_sits_in_a_tier() -> None:
     stray = sorted(path.name for path in (ROOT / "tests").glob("test_*.py"))
     assert stray == [], f"move {stray} into tests/unit, tests/integration or tests/system"
+
+
+def test_test_ports_are_divided_between_the_workers(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("PYTEST_XDIST_WORKER_COUNT", "2")
+    monkeypatch.setenv("PYTEST_XDIST_WORKER", "gw1")
+    assert server._ports("20000-20099") == range(20050, 20100)
+    assert server._ports("") is None
+    for bad in ("20000", "x-y", "20100-20000", "80-1000", "20000-20015"):
+        with pytest.raises(ValueError, match="TEST_PORTS"):
+            server._ports(bad)
