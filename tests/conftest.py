@@ -157,6 +157,14 @@ def postgres_url(redis_url: str) -> Iterator[str]:
         yield url
 
 
+@pytest.fixture(autouse=True)
+async def _empty_tables(request: pytest.FixtureRequest) -> None:
+    """A test that takes the run's database starts with no users and no sessions (those that take
+    `settings` are emptied there)."""
+    if "postgres_url" in request.fixturenames:
+        await truncate(request.getfixturevalue("postgres_url"))
+
+
 @pytest.fixture(scope="session")
 def redis_url() -> str:
     require_service("Redis", REDIS_URL, "start it, or set TEST_REDIS_URL")

@@ -90,6 +90,9 @@ async def test_a_logout_the_cache_missed_is_a_503_and_a_retry_lands(
         assert (await client.get("/api/auth/me")).status_code == 200  # the database answers
         response = await client.post("/api/auth/logout")
         assert response.status_code == 503
+        assert "Set-Cookie" not in response.headers  # the cookie stays for the retry
+        async with engine_for(postgres_url) as engine:
+            assert await _session_rows(engine) == 1  # nothing deleted the cache was not told of
         await proxy.start()
         assert (await client.post("/api/auth/logout")).status_code == 204
         assert (await client.get("/api/auth/me")).status_code == 401

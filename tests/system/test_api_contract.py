@@ -45,7 +45,7 @@ def test_every_operation_answers_as_documented(tmp_path: Path, postgres_url: str
     schema = schemathesis.openapi.from_asgi(
         "/openapi.json", app, config=SchemathesisConfig.from_dict({"seed": SEED})
     )
-    failures = []
+    failures, checked = [], set()
     for result, mode in itertools.product(schema.get_all_operations(), schemathesis.GenerationMode):
         operation = result.ok()
         try:
@@ -54,7 +54,12 @@ def test_every_operation_answers_as_documented(tmp_path: Path, postgres_url: str
             continue  # no parameters and no body: nothing to make invalid
         except BaseException as failure:  # schemathesis raises a BaseExceptionGroup
             failures.append(f"{operation.label} ({mode.value}): {failure}")
+        checked.add((operation.label, mode.value))
     assert failures == [], "\n\n".join(failures)
+    # What takes a body was checked with valid and invalid ones (an empty document checks none).
+    for label in ("POST /api/auth/register", "POST /api/auth/login", "POST /api/rum"):
+        assert {(label, "positive"), (label, "negative")} <= checked, label
+    assert {"GET /", "GET /api/auth/me", "GET /api/health"} <= {label for label, _ in checked}
 
 
 def _check(operation: Any, mode: schemathesis.GenerationMode, excluded: Any) -> None:

@@ -83,4 +83,6 @@ def test_a_body_that_stops_arriving_answers_408_not_a_server_error(
     (late,) = [e for e in server.events() if e["event"] == "request_deadline_exceeded"]
     assert (late["waiting_on"], late["request_id"]) == ("client", error["request_id"])
     assert value(samples, "http_requests_total", method="POST", endpoint=path, status="408") == 1
+    labels = frozenset({("dependency", "database"), ("reason", "timeout")})
+    assert ("dependency_errors_total", labels) in samples  # the counters are there, at zero
     assert not [v for (name, _), v in samples.items() if name == "dependency_errors_total" and v]

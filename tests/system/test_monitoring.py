@@ -448,7 +448,11 @@ def test_monitoring_run_on_ports_of_choice(tmp_path: Path, postgres_url: str) ->
             assert watchdog_runbook() == RUNBOOK_BASE + "#watchdog"
         finally:
             run.send_signal(signal.SIGTERM)
-            assert run.wait(timeout=30) is not None
+            run.wait(timeout=30)
+    # SIGTERM stopped both (monitoring/run waits for them before it exits).
+    for address in (prometheus_address, alertmanager_address):
+        with pytest.raises(httpx.ConnectError):
+            httpx.get(f"http://{address}/-/ready", timeout=5)
 
 
 def test_prometheus_stores_the_exemplars_it_scrapes(tmp_path: Path, postgres_url: str) -> None:

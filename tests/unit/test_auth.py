@@ -30,6 +30,7 @@ async def test_index_describes_the_service(client: Client) -> None:
     body = await response.get_json()
     assert body["service"] == "eBook Scene Packer"
     assert body["version"] == VERSION
+    assert body["docs"] == {"openapi": "/openapi.json", "ui": "/docs"}
 
 
 async def test_register_login_me_logout(client: Client) -> None:

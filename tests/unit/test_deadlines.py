@@ -59,4 +59,6 @@ async def test_logins_queued_for_the_hashing_pool_past_the_deadline_say_so(
         late = [line for line in logs if line["event"] == "request_deadline_exceeded"]
         assert [line["waiting_on"] for line in late] == ["password_hashing"] * 5
         samples = parse(await (await client.get("/metrics")).get_data(as_text=True))
+    labels = frozenset({("dependency", "database"), ("reason", "timeout")})
+    assert ("dependency_errors_total", labels) in samples  # the counters are there, at zero
     assert not [v for (name, _), v in samples.items() if name == "dependency_errors_total" and v]

@@ -142,11 +142,12 @@ async def test_logged_probes_carry_their_route(settings: Settings) -> None:
 
 
 async def test_polls_are_not_logged_or_counted_by_default(client: Client) -> None:
-    with structlog.testing.capture_logs() as events:
+    with structlog.testing.capture_logs(processors=[add_request_context]) as events:
         await client.get("/api/health")
         await client.get("/api/health/live")
         await client.get("/")
     finished = [e for e in events if e["event"] == "request_finished"]
-    assert len(finished) == 1
+    assert [e["route"] for e in finished] == ["/"]
     samples = parse(await (await client.get("/metrics")).get_data(as_text=True))
     assert not [k for k in samples if dict(k[1]).get("endpoint", "").startswith("/api/health")]
+    assert value(samples, "http_requests_total", method="GET", endpoint="/", status="200") == 1

@@ -25,6 +25,7 @@ def test_timestamps_are_iso_utc_with_microseconds() -> None:
     structlog.get_logger("t").info("second")
     after = datetime.now(UTC)
     stamps = [json.loads(line)["timestamp"] for line in stream.getvalue().splitlines()]
+    assert len(stamps) == 2
     for stamp in stamps:
         assert re.fullmatch(r"\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d\.\d{6}Z", stamp), stamp
         assert before <= datetime.fromisoformat(stamp) <= after
