@@ -11,6 +11,7 @@ A missing service or tool skips its tests locally and fails them in CI (`tests/s
 
 from __future__ import annotations
 
+import os
 import socket
 import subprocess
 from collections import Counter
@@ -18,6 +19,7 @@ from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
 from typing import Any
 
+import hypothesis
 import pytest
 import redis.asyncio as aioredis
 from argon2 import PasswordHasher
@@ -36,6 +38,12 @@ from tests.support.backends import (
 )
 from tests.support.client import Client
 from tests.support.tools import MISSING_PREFIX, require_service
+
+# Property tests try the same examples every run, so that a run's outcome is the code's, not
+# the draw's; `HYPOTHESIS_PROFILE=explore` draws new ones (then derandomize, to keep a find).
+hypothesis.settings.register_profile("repeatable", derandomize=True, database=None)
+hypothesis.settings.register_profile("explore", max_examples=2000)
+hypothesis.settings.load_profile(os.environ.get("HYPOTHESIS_PROFILE", "repeatable"))
 
 TESTS = Path(__file__).parent
 TIERS = ("unit", "integration", "system")

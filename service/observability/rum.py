@@ -87,6 +87,7 @@ _LONG_NUMBER = re.compile(r"\d{4,}")
 _GROUPED_NUMBER = re.compile(r"\+?\d[\d .()-]{4,}\d")
 _SURROGATE_ESCAPE = re.compile(rb"\\u[dD][89a-fA-F]")
 _URL = re.compile(r"\b[a-z][a-z0-9+.-]*://\S+", re.IGNORECASE)
+_QUERY = re.compile(r"\?[^\s>]*")  # to the end of a selector's compound: "?" is not CSS
 # Long runs of base64/base64url with both letters and digits, or of hex: keys, tokens, ids.
 _LONG_TOKEN = re.compile(
     r"(?=[A-Za-z0-9+/_-]*\d)(?=[A-Za-z0-9+/_-]*[A-Za-z])[A-Za-z0-9+/_-]{20,}={0,2}"
@@ -257,6 +258,8 @@ def culprit(attribution: object) -> dict[str, Any]:
         if isinstance(text, str) and text:
             if key == "url":  # a path as browsers encode it: %40 is an @
                 text = unquote(text.split("?", 1)[0].split("#", 1)[0])
+            else:  # a selector; a hostile page may put a path with a query string in it
+                text = _QUERY.sub("", text)
             fields[field] = scrub_message(text, MAX_TARGET)
     for key, field, words in (
         ("type", "interaction_type", INTERACTION_TYPES),
