@@ -37,7 +37,7 @@ from tests.support.backends import (
     truncate,
 )
 from tests.support.client import Client
-from tests.support.tools import MISSING_PREFIX, require_service
+from tests.support.tools import MISSING_PREFIX, require_services
 
 # Property tests try the same examples every run, so that a run's outcome is the code's, not
 # the draw's; `HYPOTHESIS_PROFILE=explore` draws new ones (then derandomize, to keep a find).
@@ -48,6 +48,8 @@ hypothesis.settings.load_profile(os.environ.get("HYPOTHESIS_PROFILE", "repeatabl
 TESTS = Path(__file__).parent
 TIERS = ("unit", "integration", "system")
 BACKENDS = ["postgres", "embedded"]
+_POSTGRES = ("PostgreSQL", PG_ADMIN_URL, "start it, or set TEST_POSTGRES_URL")
+_REDIS = ("Redis", REDIS_URL, "start it, or set TEST_REDIS_URL")
 
 
 def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
@@ -156,10 +158,10 @@ def _cheap_password_hashes(
 
 
 @pytest.fixture(scope="session")
-def postgres_url(redis_url: str) -> Iterator[str]:
+def postgres_url() -> Iterator[str]:
     """A fresh database for this run (for each worker under xdist), migrated by
     `alembic upgrade head`. Its tests run the production pair, so Redis must answer too."""
-    require_service("PostgreSQL", PG_ADMIN_URL, "start it, or set TEST_POSTGRES_URL")
+    require_services(_POSTGRES, _REDIS)
     with new_database("run") as url:
         run_alembic(url, "upgrade", "head")
         yield url
@@ -175,14 +177,14 @@ async def _empty_tables(request: pytest.FixtureRequest) -> None:
 
 @pytest.fixture(scope="session")
 def redis_url() -> str:
-    require_service("Redis", REDIS_URL, "start it, or set TEST_REDIS_URL")
+    require_services(_REDIS)
     return REDIS_URL
 
 
 @pytest.fixture
-def empty_database(redis_url: str) -> Iterator[str]:
+def empty_database() -> Iterator[str]:
     """A PostgreSQL database that was never migrated (Redis must answer too, as above)."""
-    require_service("PostgreSQL", PG_ADMIN_URL, "start it, or set TEST_POSTGRES_URL")
+    require_services(_POSTGRES, _REDIS)
     with new_database("empty") as url:
         yield url
 

@@ -65,10 +65,16 @@ def require(tool: str) -> str:
     return path  # type: ignore[return-value]
 
 
-def require_service(name: str, url: str, hint: str) -> None:
-    """Skip (or in CI fail) unless something accepts connections at `url`'s host and port."""
-    if not _accepts(url):
-        missing(f"{name} is not answering at {_address(url)} ({hint})")
+def require_services(*services: tuple[str, str, str]) -> None:
+    """Skip (or in CI fail) unless something accepts connections at each (name, url, hint)'s
+    host and port; the reason names every one that does not."""
+    down = [
+        f"{name} is not answering at {_address(url)} ({hint})"
+        for name, url, hint in services
+        if not _accepts(url)
+    ]
+    if down:
+        missing("; ".join(down))
 
 
 def missing(reason: str) -> None:
