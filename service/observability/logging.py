@@ -41,7 +41,9 @@ HYPERCORN_LOGGERS = ("hypercorn.error", "hypercorn.access")
 _URL_CREDENTIALS = re.compile(
     r"(?<![A-Za-z0-9+.-])(?P<scheme>[A-Za-z][A-Za-z0-9+.-]{0,31}://)(?P<user>[^:/@\s]*):[^@\s/]*@"
 )
-_CONTROL_CHARACTERS = re.compile(r"[\x00-\x1f\x7f]")
+# C0 and C1 controls and the Unicode line and paragraph separators: each ends a line for some
+# reader (Python's str.splitlines, JavaScript, many log shippers).
+_CONTROL_CHARACTERS = re.compile("[\x00-\x1f\x7f-\x9f\u2028\u2029]")
 # Secrets by their shape, wherever they sit in a text (an exception message, a traceback, a
 # browser's error). First whole tokens: password hashes in PHC/crypt form and JWTs.
 _SECRET_TOKENS = re.compile(
@@ -75,7 +77,7 @@ def configure_logging(settings: Settings, stream: TextIO | None = None) -> None:
         text_renderer: list[Processor] = [structlog.processors.JSONRenderer(serializer=_dumps_text)]
         # Straight to bytes where the stream allows it: orjson's output needs no decoding.
         native_renderer: list[Processor] = [
-            structlog.processors.JSONRenderer(serializer=orjson.dumps if binary else _dumps_text)
+            structlog.processors.JSONRenderer(serializer=_dumps if binary else _dumps_text)
         ]
         factory: Any = _NamedLoggerFactory(stream, binary=binary)
     else:
@@ -316,8 +318,25 @@ def _add_access_fields(_logger: WrappedLogger, _method: str, event_dict: EventDi
     return event_dict
 
 
+def _dumps(obj: Any, **kwargs: Any) -> bytes:
+    """One JSON line: orjson writes U+0085, U+2028 and U+2029 as they are (valid JSON), which
+    line-oriented readers split on; they are escaped here."""
+    line = orjson.dumps(obj, **kwargs)
+    if b"\xc2\x85" in line or b"\xe2\x80\xa8" in line or b"\xe2\x80\xa9" in line:
+        for raw, escaped in _LINE_BREAKS:
+            line = line.replace(raw, escaped)
+    return line
+
+
+_LINE_BREAKS = (
+    (b"\xc2\x85", b"\\u0085"),
+    (b"\xe2\x80\xa8", b"\\u2028"),
+    (b"\xe2\x80\xa9", b"\\u2029"),
+)  # in UTF-8 each sequence is that character alone: nothing else is touched
+
+
 def _dumps_text(obj: Any, **kwargs: Any) -> str:
-    return orjson.dumps(obj, **kwargs).decode()
+    return _dumps(obj, **kwargs).decode()
 
 
 class _NamedLogger(structlog.BytesLogger):

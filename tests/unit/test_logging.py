@@ -8,6 +8,7 @@ import logging
 import re
 from datetime import UTC, datetime
 from pathlib import Path
+from typing import Any
 
 import pytest
 import structlog
@@ -101,23 +102,36 @@ def test_a_flag_named_like_a_secret_is_shown() -> None:
     assert (result["token"], result["cookie"]) == ("[REDACTED]", "[REDACTED]")
 
 
+@pytest.mark.parametrize("stream_kind", ["text", "binary"])
 @pytest.mark.parametrize("environment", ["production", "development"])
-def test_control_characters_cannot_forge_a_line(environment: str, tmp_path: Path) -> None:
-    stream = io.StringIO()
+def test_control_characters_cannot_forge_a_line(
+    environment: str, stream_kind: str, tmp_path: Path
+) -> None:
+    """Nor can the characters that end a line for some readers only (NEL, LS, PS): Python's
+    `splitlines`, used here, splits on all of them."""
+    raw = io.BytesIO()
+    stream: Any = io.TextIOWrapper(raw, encoding="utf-8") if stream_kind == "binary" else None
+    text = io.StringIO()
     settings = load_settings(environment=environment, secret_key="x" * 40, data_dir=tmp_path)
-    configure_logging(settings, stream)
-    forged = 'a\n{"event": "fake"}\r\x1b[2J'
+    configure_logging(settings, stream or text)
+    forged = 'a\n{"event": "fake"}\r\x1b[2J\x85{"event": "nel"}\u2028ls\u2029ps'
     structlog.get_logger("t").warning("forge", username=forged)
-    logging.getLogger("stdlib.t").warning("std %s", "b\nforged line")
-    lines = stream.getvalue().splitlines()
-    assert len(lines) == 2
+    logging.getLogger("stdlib.t").warning("std %s", "b\nforged\u2028line")
+    structlog.get_logger("t").warning("separator only", path="/x\u2029y")
+    if stream is not None:
+        stream.flush()
+    output = raw.getvalue().decode() if stream is not None else text.getvalue()
+    lines = output.splitlines()
+    assert len(lines) == 3, lines
     if environment == "production":
         assert json.loads(lines[0])["username"] == forged
-        assert json.loads(lines[1])["event"] == "std b\nforged line"
+        assert json.loads(lines[1])["event"] == "std b\nforged\u2028line"
+        assert json.loads(lines[2])["path"] == "/x\u2029y"
     else:
         escaped = forged.encode("unicode_escape").decode("ascii")
         assert f"username={escaped!r}" in lines[0]
-        assert "std b\\nforged line" in lines[1]
+        assert "std b\\nforged\\u2028line" in lines[1]
+        assert "path=/x\\u2029y" in lines[2]
 
 
 ARGON2_HASH = "$argon2id$v=19$m=65536,t=3,p=4$c2FsdHNhbHQxMjM0$aGFzaGhhc2hoYXNoaGFzaGhhc2g"
