@@ -49,9 +49,23 @@ class ProxyFix:
 
 
 def client_address(scope: HTTPScope | WebsocketScope) -> str:
-    """The client's address as every part reads it (after ProxyFix, when it is installed)."""
+    """The client's address as every part reads it (after ProxyFix, when it is installed), in
+    one spelling: IPv6 compressed and without a zone (`fe80::1%eth0` is `fe80::1`), an IPv4 client
+    of a dual-stack socket as IPv4 (`::ffff:192.0.2.1` is `192.0.2.1`)."""
     client = scope.get("client")
-    return client[0] if client else "unknown"
+    return _normal_address(client[0]) if client else "unknown"
+
+
+def address_key(address: str, ipv6_prefix: int) -> str:
+    """What a per-address limit counts: an IPv4 address, or the IPv6 network of `ipv6_prefix`
+    bits around the address (one host is usually given a whole /64 to choose from)."""
+    if ":" not in address:
+        return address
+    try:
+        network = ipaddress.IPv6Network((address, ipv6_prefix), strict=False)
+    except ValueError:
+        return address
+    return str(network)
 
 
 def client_ip(remote_addr: str, forwarded_for: str, trusted: tuple[str, ...]) -> str:
@@ -85,3 +99,14 @@ def _is_trusted(address: str, trusted: tuple[str, ...]) -> bool:
     except ValueError:
         return False
     return any(ip in ipaddress.ip_network(network, strict=False) for network in trusted)
+
+
+@lru_cache(maxsize=4096)
+def _normal_address(address: str) -> str:
+    try:
+        ip = ipaddress.ip_address(address.partition("%")[0])
+    except ValueError:
+        return address  # a unix socket's path, or hypercorn's placeholder: left as it is
+    if isinstance(ip, ipaddress.IPv6Address) and ip.ipv4_mapped is not None:
+        return str(ip.ipv4_mapped)
+    return str(ip)

@@ -30,7 +30,7 @@ from quart_rate_limiter.store import RateLimiterStoreABC
 from service.cache import CacheError, get_cache
 from service.db.users import USERNAME_PATTERN
 from service.devices import DeviceCookies
-from service.proxy_fix import client_address
+from service.proxy_fix import address_key, client_address
 from service.settings import Settings
 from service.unavailable import DependencyUnavailable
 
@@ -147,7 +147,7 @@ def _headers(limit: RateLimit, until_whole: float) -> dict[str, str]:
 
 def init_rate_limits(app: Quart, settings: Settings) -> RateLimiter:
     async def ip_key() -> str:
-        return client_address(request.scope)
+        return address_key(client_address(request.scope), settings.rate_limit_ipv6_prefix)
 
     return _RateLimiter(app, key_function=ip_key, store=CacheStore())
 

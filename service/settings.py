@@ -98,6 +98,7 @@ class Settings(BaseSettings):
     login_limit_per_ip: int = Field(default=20, ge=1)
     login_limit_per_username: int = Field(default=5, ge=1)
     register_limit_per_ip: int = Field(default=10, ge=1)
+    rate_limit_ipv6_prefix: int = Field(default=64, ge=32, le=128)
     password_min_length: int = Field(default=12, ge=8, le=MAX_PASSWORD_LENGTH)
     password_hash_threads: int | None = Field(default=None, ge=1, le=256)
 

@@ -5,10 +5,13 @@ from __future__ import annotations
 from typing import Any
 
 import pytest
+import structlog
 
 from service.app import create_app
+from service.observability.context import add_request_context
 from service.proxy_fix import ProxyFix
 from service.settings import Settings
+from tests.support.client import Client
 
 
 async def _client_seen(trusted: list[str], peer: str, forwarded: list[str]) -> str:
@@ -62,3 +65,43 @@ async def test_rate_limits_count_the_client_behind_the_proxy(settings: Settings)
         other = await register_from("203.0.113.8", "user9")
     assert first == [201, 201, 429]
     assert other == 201
+
+
+@pytest.mark.parametrize(
+    ("peer", "logged"),
+    [
+        ("fe80::1%eth0", "fe80::1"),  # no zone
+        ("::ffff:192.0.2.1", "192.0.2.1"),  # an IPv4 client of a dual-stack socket
+        ("2001:DB8:0:0::1", "2001:db8::1"),  # compressed, lower case
+        ("198.51.100.4", "198.51.100.4"),
+    ],
+)
+async def test_an_address_is_spelt_one_way(client: Client, peer: str, logged: str) -> None:
+    with structlog.testing.capture_logs(processors=[add_request_context]) as events:
+        assert (await client.get("/", scope_base={"client": (peer, 40000)})).status_code == 200
+    (finished,) = [e for e in events if e["event"] == "request_finished"]
+    assert finished["client_ip"] == logged
+
+
+@pytest.mark.parametrize(("prefix", "refused"), [(64, True), (128, False)])
+async def test_an_ipv6_network_shares_one_address_budget(
+    settings: Settings, prefix: int, refused: bool
+) -> None:
+    """One host is given a /64: a new address for every attempt gets no new budget."""
+    limited = {"login_limit_per_ip": 3, "rate_limit_ipv6_prefix": prefix}
+    app = create_app(settings.model_copy(update=limited))
+    async with app.test_app() as test_app:
+        client = test_app.test_client()
+
+        async def login_from(address: str, name: str) -> int:
+            response = await client.post(
+                "/api/auth/login",
+                json={"username": name, "password": "correct horse battery"},
+                scope_base={"client": (address, 40000)},
+            )
+            return response.status_code
+
+        same_network = [await login_from(f"2001:db8:1:2::{i}", f"nobody{i}") for i in range(1, 5)]
+        next_network = await login_from("2001:db8:1:3::1", "nobody9")
+    assert same_network == [401, 401, 401, 429 if refused else 401]
+    assert next_network == 401
