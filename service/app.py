@@ -22,6 +22,7 @@ from service.api_docs import init_api_docs
 from service.blueprints import auth, health, meta, rum
 from service.blueprints import metrics as metrics_blueprint
 from service.cache import init_cache
+from service.connection_close import CloseAfterUnreadBody
 from service.db import init_db
 from service.deadlines import Deadlines
 from service.errors import body_timeout, deadline_exceeded, register_error_handlers
@@ -213,6 +214,8 @@ def create_app(settings: Settings | None = None) -> ServiceApp:
     app.asgi_app = ProbeEdge(app.asgi_app, health_monitor)  # type: ignore[method-assign]
     if settings.request_observability:
         app.asgi_app = RequestObserver(app.asgi_app, settings, metrics)  # type: ignore[method-assign]
+    # Outside the request record: an answer it gives (a deadline's 503) is an answer too.
+    app.asgi_app = CloseAfterUnreadBody(app.asgi_app)  # type: ignore[method-assign]
     if settings.trusted_proxies:
         # Outermost: everything inside, the request record included, sees the client's address.
         app.asgi_app = ProxyFix(app.asgi_app, settings.trusted_proxies)  # type: ignore[method-assign]

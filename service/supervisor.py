@@ -51,6 +51,7 @@ from hypercorn.config import Config, Sockets
 from hypercorn.typing import ASGIFramework, ASGIReceiveCallable, ASGISendCallable, Scope
 from hypercorn.utils import wrap_app
 
+from service.connection_close import announce_close
 from service.observability.metrics import WORKER_START_ENV, WorkerStart
 
 # Exit codes of `scene-packer serve` (README.md, "Exit codes").
@@ -319,10 +320,7 @@ class _Gate:
         # when draining begins must also tell its client not to reuse the connection, or the
         # client's next request meets a connection hypercorn is closing.
         def send_closing(message: Any) -> Awaitable[None]:
-            if self.draining and message["type"] == "http.response.start":
-                headers = [*message.get("headers", ()), (b"connection", b"close")]
-                message = {**message, "headers": headers}
-            return send(message)
+            return send(announce_close(message) if self.draining else message)
 
         return send_closing
 

@@ -86,3 +86,26 @@ def test_a_bad_setting_in_production_is_one_json_line(tmp_path: Path) -> None:
     assert event["level"] == "error"
     names = [problem["setting"] for problem in event["problems"]]
     assert names == ["DB_POOL_SIZE"]
+
+
+def test_an_answer_before_the_body_has_arrived_closes_the_connection(tmp_path: Path) -> None:
+    """A registration over the limit is refused before its body is read: half the body is still
+    to come, so the connection cannot carry another request, and the answer says so (without it,
+    the client's next request on the connection fails)."""
+    with running_server(tmp_path, {"REGISTER_LIMIT_PER_IP": "1"}) as server:
+        body = b'{"username": "ivan", "password": "correct horse battery"}'
+        first = httpx.post(
+            server.base_url + "/api/auth/register",
+            content=body,
+            headers={"Content-Type": "application/json"},
+            timeout=30,
+        )
+        head = (
+            b"POST /api/auth/register HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n"
+            b"Content-Length: %d\r\n\r\n" % len(body)
+        )
+        # Half the body, then nothing: the server answers and closes, or this waits 30 s.
+        status, headers, _ = parse_answer(raw_exchange(server.base_url, head + body[:10]))
+    assert first.status_code == 201 and "connection" not in first.headers
+    assert status == 429
+    assert headers["connection"] == "close"

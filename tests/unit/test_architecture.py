@@ -34,6 +34,7 @@ LAYERS: list[tuple[str, tuple[str, ...]]] = [
             "service.rate_limits",
             "service.devices",
             "service.proxy_fix",
+            "service.connection_close",
             "service.request_record",
             "service.wrappers",
             "service.blueprints",
