@@ -87,6 +87,9 @@ class Settings(BaseSettings):
     health_disk_path: Path | None = None
     disk_warning_free_percent: float = Field(default=20.0, ge=0, le=100)
     memory_warning_percent: float = Field(default=90.0, ge=0, le=100)
+    # Not read by the service: the threshold of the MemoryHigh alert (monitoring/), an early
+    # warning below the health check's, kept here so that the two are checked together.
+    memory_alert_percent: float = Field(default=85.0, ge=0, le=100)
 
     rum_pages: Annotated[list[str], NoDecode] = Field(default_factory=list)
     rum_allowed_origins: Annotated[list[str], NoDecode] = Field(default_factory=list)
@@ -196,6 +199,16 @@ class Settings(BaseSettings):
             if not origin.startswith(("http://", "https://")):
                 raise ValueError(f"{origin!r} is not an origin such as https://books.example")
         return value
+
+    @model_validator(mode="after")
+    def _memory_alert_before_the_check(self) -> Settings:
+        if self.memory_alert_percent >= self.memory_warning_percent:
+            raise ValueError(
+                f"MEMORY_ALERT_PERCENT: {self.memory_alert_percent:g} must be below "
+                f"MEMORY_WARNING_PERCENT ({self.memory_warning_percent:g}): the alert warns "
+                "before the health check degrades"
+            )
+        return self
 
     @model_validator(mode="after")
     def _production_needs_secret(self) -> Settings:

@@ -48,6 +48,7 @@ def test_through_hypercorn_options_and_leading_slashes(tmp_path: Path) -> None:
         ({"LOG_LEVEL": "LOUD"}, "LOG_LEVEL"),
         ({"TRUSTED_PROXIES": "10.0.0.0/8,not-an-ip"}, "TRUSTED_PROXIES"),
         ({"PASSWORD_HASH_THREADS": "0"}, "PASSWORD_HASH_THREADS"),
+        ({"MEMORY_ALERT_PERCENT": "95"}, "MEMORY_ALERT_PERCENT"),  # above the check's 90
     ],
 )
 def test_bad_setting_fails_start_up_with_one_line_naming_it(
