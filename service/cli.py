@@ -19,6 +19,7 @@ import signal
 import socket
 import sys
 from pathlib import Path
+from typing import Any
 
 import structlog
 from hypercorn.config import Config
@@ -139,6 +140,7 @@ def _interrupt(_signum: int, _frame: object) -> None:
 
 async def _check(settings: Settings) -> HealthReport:
     """The health report the service would give, from this process."""
+    asyncio.get_running_loop().set_exception_handler(_quiet_about_a_stop)
     timeout = max(settings.health_check_timeout, _CHECK_TIMEOUT_FLOOR)
     settings = settings.model_copy(update={"health_check_timeout": timeout})
     if settings.uses_embedded_database:
@@ -152,6 +154,14 @@ async def _check(settings: Settings) -> HealthReport:
     finally:
         await monitor.stop()
         await cache.close()
+
+
+def _quiet_about_a_stop(loop: asyncio.AbstractEventLoop, context: dict[str, Any]) -> None:
+    """A check that a stop signal interrupted (`_interrupt`) ends with KeyboardInterrupt; asyncio
+    would report it, after `server_stopped`, as a task whose exception nobody retrieved."""
+    if isinstance(context.get("exception"), KeyboardInterrupt):
+        return
+    loop.default_exception_handler(context)
 
 
 def _print_checks(report: HealthReport, settings: Settings) -> int:
