@@ -74,6 +74,8 @@ KNOWN_ERROR_TYPES = frozenset(
 WorkerStart = Literal["start", "recycle", "replace"]
 WORKER_STARTS: tuple[WorkerStart, ...] = get_args(WorkerStart)
 WORKER_START_ENV = "SCENE_PACKER_WORKER_START"
+SnapshotWriteError = Literal["disk_full", "other"]
+SNAPSHOT_WRITE_ERRORS: tuple[SnapshotWriteError, ...] = get_args(SnapshotWriteError)
 LoginResult = Literal["success", "invalid_credentials", "invalid_input", "rate_limited"]
 LOGIN_RESULTS: tuple[LoginResult, ...] = get_args(LoginResult)
 LogoutScope = Literal["session", "all"]
@@ -353,6 +355,14 @@ class Metrics:
         )
         for start in WORKER_STARTS:
             self.worker_starts.add({"reason": start}, 0)
+        self.snapshot_write_errors = Counter(
+            "metrics_snapshot_write_errors_total",
+            "Failed writes of a worker's metrics snapshot (METRICS_DIR), by reason: disk_full "
+            "(or over quota), other. Scrapes still answer, this worker's part from memory.",
+            registry=r,
+        )
+        for write_error in SNAPSHOT_WRITE_ERRORS:
+            self.snapshot_write_errors.add({"reason": write_error}, 0)
         self.python_info = self._gauge("python_info", "Python platform information.", merge="max")
         self.python_info.set(_python_labels(), 1)
         self.gc_objects_collected = Counter(

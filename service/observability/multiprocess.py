@@ -11,7 +11,11 @@ leaks into this one):
 
 A scrape writes the serving worker's own snapshot first and then reads everything else, so any
 value ever reported for a worker is already on disk: later scrapes read files that can only have
-grown, and counters never go backwards, even when the worker that reported them dies. Other
+grown, and counters never go backwards, even when the worker that reported them dies. When the
+snapshot cannot be written (a full disk), the scrape still answers, with this worker's part from
+memory (a counter may then go back if the worker dies before a write succeeds), the failure is
+counted by reason (`metrics_snapshot_write_errors_total`) and logged once until a write succeeds,
+and no temporary file is left behind. Other
 workers' numbers lag by at most the sync interval. With a single worker nothing is written
 between scrapes and a scrape reports live numbers. A file that cannot be parsed is skipped with a
 warning. Folding and reading are serialised by `flock` on `archive.lock`.
@@ -20,6 +24,7 @@ warning. Folding and reading are serialised by `flock` on `archive.lock`.
 from __future__ import annotations
 
 import asyncio
+import errno
 import fcntl
 import itertools
 import multiprocessing
@@ -38,7 +43,7 @@ from quart import Quart
 
 from service.observability import exposition
 from service.observability.exposition import Snapshot
-from service.observability.metrics import Metrics
+from service.observability.metrics import Metrics, SnapshotWriteError
 from service.settings import Settings
 
 logger = structlog.get_logger(__name__)
@@ -66,6 +71,8 @@ class WorkerSnapshots:
         self._sequence = itertools.count(1)
         self._written = 0
         self._write_lock = threading.Lock()
+        self._failing: SnapshotWriteError | None = None  # since the last write that worked
+        self._failures = 0
 
     async def start(self) -> None:
         try:
@@ -101,13 +108,38 @@ class WorkerSnapshots:
         await asyncio.to_thread(self._write_own, sequence, own)
 
     def _write_own(self, sequence: int, own: Snapshot) -> bool:
-        """Write this worker's snapshot unless a newer one is already on disk."""
+        """Write this worker's snapshot unless a newer one is already on disk; False when a
+        newer one is there. A write that fails is counted and logged, and True is returned: the
+        caller reports `own` from memory."""
         with self._write_lock:
             if sequence < self._written:
                 return False
-            _write_atomically(self.own_file, exposition.to_json(own))
+            try:
+                _write_atomically(self.own_file, exposition.to_json(own))
+            except OSError as exc:
+                self._write_failed(exc)
+                return True
             self._written = sequence
+            if self._failing is not None:
+                logger.info("metrics_snapshot_write_recovered", failed_writes=self._failures)
+                self._failing, self._failures = None, 0
             return True
+
+    def _write_failed(self, exc: OSError) -> None:
+        """Counted every time, logged once per run of failures (not a traceback a second)."""
+        reason: SnapshotWriteError = (
+            "disk_full" if exc.errno in (errno.ENOSPC, errno.EDQUOT) else "other"
+        )
+        self.metrics.snapshot_write_errors.inc({"reason": reason})
+        self._failures += 1
+        if self._failing is None:
+            self._failing = reason
+            logger.error(
+                "metrics_snapshot_write_failed",
+                reason=reason,
+                error=exc.strerror or type(exc).__name__,
+                directory=str(self.run_dir),
+            )
 
     async def _sync_forever(self) -> None:
         while not self._stopping.is_set():
@@ -122,6 +154,8 @@ class WorkerSnapshots:
                 for path in others:
                     if not self._alive(_pid_of(path)):
                         await asyncio.to_thread(self._fold, path)
+            except OSError as exc:  # the archive could not be written: the file stays to fold
+                self._write_failed(exc)
             except Exception:
                 logger.exception("metrics_sync_failed")
 
@@ -222,8 +256,12 @@ def get_worker_snapshots(app: Quart) -> WorkerSnapshots | None:
 
 def _write_atomically(path: Path, data: bytes) -> None:
     temporary = path.with_name(f".{path.name}.{uuid.uuid4().hex}.tmp")
-    temporary.write_bytes(data)
-    os.replace(temporary, path)
+    try:
+        temporary.write_bytes(data)
+        os.replace(temporary, path)
+    except OSError:
+        temporary.unlink(missing_ok=True)
+        raise
 
 
 def _pid_of(path: Path) -> int:

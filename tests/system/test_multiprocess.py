@@ -4,6 +4,10 @@ from __future__ import annotations
 
 import asyncio
 import json
+import os
+import subprocess
+from collections.abc import Iterator
+from contextlib import contextmanager, suppress
 from pathlib import Path
 
 import httpx
@@ -11,6 +15,7 @@ import pytest
 
 from tests.support.metrics_helpers import parse, value
 from tests.support.server import PRODUCTION_ENV, Server, running_server
+from tests.support.tools import missing
 from tests.support.waiting import wait_until
 
 TOTAL = 3000
@@ -158,3 +163,59 @@ def test_a_corrupt_snapshot_is_skipped_with_a_warning(tmp_path: Path) -> None:
         scrapes = [_scrape(server) for _ in range(5)]
     assert all(scrape["requests"] == 10 for scrape in scrapes)
     assert "metrics_snapshot_skipped" in server.output.read_text()
+
+
+@contextmanager
+def _small_disk(path: Path, size: str) -> Iterator[Path]:
+    """A tmpfs of `size` mounted at `path`: a disk that really fills up."""
+    if os.geteuid() != 0:
+        missing("root, to mount a small tmpfs (run scripts/test as root)")
+    path.mkdir()
+    subprocess.run(["mount", "-t", "tmpfs", "-o", f"size={size}", "tmpfs", str(path)], check=True)
+    try:
+        yield path
+    finally:
+        subprocess.run(["umount", "--lazy", str(path)], check=True)
+
+
+def _fill(path: Path) -> None:
+    with (path / "filler").open("wb", buffering=0) as filler, suppress(OSError):
+        while True:  # until ENOSPC
+            filler.write(b"\0" * 4096)
+
+
+def test_a_full_disk_leaves_the_scrapes_answering(tmp_path: Path) -> None:
+    """METRICS_DIR fills up under two workers: every scrape still answers 200, the failed writes
+    are counted and logged once (not a traceback a second), no temporary file is left, and the
+    writes resume once there is room again."""
+    with _small_disk(tmp_path / "metrics", "256k") as disk:
+        env = {**_env(tmp_path), "METRICS_DIR": str(disk)}
+        with running_server(tmp_path, env, config={"workers": 2}) as server:
+            _fill(disk)
+
+            def full_disk_counted() -> bool:
+                response = httpx.get(server.base_url + "/metrics", timeout=30)
+                assert response.status_code == 200, response.text
+                samples = parse(response.text)
+                return value(samples, "metrics_snapshot_write_errors_total", reason="disk_full") > 0
+
+            wait_until(full_disk_counted, HANG_GUARD, "no failed write was counted")
+            statuses = [
+                httpx.get(server.base_url + "/metrics", timeout=30).status_code for _ in range(10)
+            ]
+            leftovers = [path.name for path in disk.rglob("*.tmp")]
+            (disk / "filler").unlink()
+            wait_until(
+                lambda: any(
+                    e["event"] == "metrics_snapshot_write_recovered" for e in server.events()
+                ),
+                HANG_GUARD,
+                "the writes never resumed",
+            )
+            events = server.events()
+    assert statuses == [200] * 10
+    assert leftovers == []
+    failed = [e for e in events if e["event"] == "metrics_snapshot_write_failed"]
+    assert 1 <= len(failed) <= 2 and {e["reason"] for e in failed} == {"disk_full"}, failed
+    assert not [e for e in events if e["event"] == "metrics_sync_failed"]
+    assert "Traceback" not in server.output.read_text()
