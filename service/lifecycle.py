@@ -8,6 +8,7 @@ once every request has finished, with the reason and how long the stop took.
 
 from __future__ import annotations
 
+import asyncio
 import os
 import time
 from collections.abc import AsyncGenerator
@@ -17,6 +18,7 @@ import structlog
 from quart import Quart
 
 from service.health import HealthMonitor
+from service.observability.loop_errors import quiet_accept_failures
 from service.settings import Settings
 from service.version import VERSION
 
@@ -80,6 +82,7 @@ def init_lifecycle(app: Quart, settings: Settings, health: HealthMonitor) -> Lif
 
     @app.while_serving
     async def _lines() -> AsyncGenerator[None, None]:
+        quiet_accept_failures(asyncio.get_running_loop())
         lifecycle.started()
         yield
         lifecycle.stopped()

@@ -31,6 +31,7 @@ import importlib
 import logging
 import os
 import random
+import resource
 import signal
 import sys
 import time
@@ -43,6 +44,7 @@ from multiprocessing.connection import wait
 from multiprocessing.context import SpawnContext, SpawnProcess
 from multiprocessing.sharedctypes import Synchronized
 from multiprocessing.synchronize import Event
+from pathlib import Path
 from typing import Any
 
 import structlog
@@ -130,10 +132,17 @@ def serve(application_path: str, config: Config, sockets: Sockets, drain_seconds
         with suppress(OSError):  # full: the loop has enough to wake for
             os.write(wake_up, b"\0")
 
+    open_files = _raise_open_files_limit()  # before the workers, which inherit it
     slots = [start_worker() for _ in range(max(1, config.workers))]
     for signum in (*STOP_SIGNALS, signal.SIGHUP):
         signal.signal(signum, on_signal)
-    logger.info("server_started", workers=len(slots), bind=config.bind, pid=os.getpid())
+    logger.info(
+        "server_started",
+        workers=len(slots),
+        bind=config.bind,
+        pid=os.getpid(),
+        open_files_limit=open_files,
+    )
 
     retiring: list[Worker] = []
     boot_failed = False
@@ -429,3 +438,23 @@ def _capture_listeners() -> list[asyncio.Server]:
 
 async def _closed() -> None:
     return None
+
+
+def _raise_open_files_limit() -> int:
+    """Every connection is a file descriptor, and the usual soft limit (1,024, systemd's default)
+    is soon reached by slow clients: the soft limit is raised to the hard one, which the
+    administrator set (the kernel's ceiling where the hard limit is unlimited). The limit now in
+    force."""
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    target = _kernel_open_files_ceiling() if hard == resource.RLIM_INFINITY else hard
+    if soft != resource.RLIM_INFINITY and soft < target:
+        with suppress(ValueError, OSError):
+            resource.setrlimit(resource.RLIMIT_NOFILE, (target, hard))
+    return resource.getrlimit(resource.RLIMIT_NOFILE)[0]
+
+
+def _kernel_open_files_ceiling() -> int:
+    try:
+        return int(Path("/proc/sys/fs/nr_open").read_text())
+    except (OSError, ValueError):
+        return 1 << 20

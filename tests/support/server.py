@@ -11,7 +11,7 @@ import subprocess
 import sys
 import time
 import tomllib
-from collections.abc import Iterator, Mapping
+from collections.abc import Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
@@ -118,11 +118,13 @@ def running_server(
     config: Mapping[str, Any] | None = None,
     ready_path: str = "/api/health/live",
     supervised: bool = False,
+    wrapper: Sequence[str] = (),
 ) -> Iterator[Server]:
     """Serve `app` with the repository's hypercorn.toml (bind and `config` overridden), by
     hypercorn itself or, `supervised`, by `scene-packer serve` (the service's own app only).
 
-    Output (stdout and stderr together) goes to a file; the server is stopped with SIGTERM,
+    `wrapper` runs the command (`prlimit --nofile=256:4096 --`). Output (stdout and stderr
+    together) goes to a file; the server is stopped with SIGTERM,
     by its own process id, when the block ends.
     """
     port = free_port()
@@ -138,9 +140,14 @@ def running_server(
     }
     with output.open("wb") as sink:
         process = subprocess.Popen(
-            [*SCENE_PACKER, "serve", "--config", str(config_path)]
-            if supervised
-            else [sys.executable, "-m", "hypercorn", "--config", str(config_path), app],
+            [
+                *wrapper,
+                *(
+                    [*SCENE_PACKER, "serve", "--config", str(config_path)]
+                    if supervised
+                    else [sys.executable, "-m", "hypercorn", "--config", str(config_path), app]
+                ),
+            ],
             cwd=ROOT,
             env=full_env,
             stdout=sink,
