@@ -4,8 +4,8 @@
  * The web vitals (FCP, LCP, CLS, INP, TTFB) come from Google's web-vitals library (attribution
  * build), which this script loads from beside itself: its definitions are Chrome's, Search
  * Console's and CrUX's, back/forward-cache restores and prerendering included. This script
- * adds what is the service's own: JavaScript errors, timings of same-origin /api/ calls made
- * with fetch or XMLHttpRequest, batching within the receiver's limits, and sending when the page
+ * adds what is the service's own: JavaScript errors, timings of the /api/ calls made to the
+ * service (the origin of the beacon endpoint, whatever the page's) with fetch or XMLHttpRequest, batching within the receiver's limits, and sending when the page
  * is hidden or left (sendBeacon, falling back to fetch with keepalive). It never throws into the
  * page: whatever goes wrong here is dropped.
  * Optional attributes on the tag: data-endpoint="/api/rum", data-web-vitals="<its URL>".
@@ -14,6 +14,7 @@
   "use strict";
   var script = document.currentScript;
   var endpoint = attribute("data-endpoint") || "/api/rum";
+  var service = resolve(endpoint); // where the beacons go: the origin whose API calls are timed
   var library = attribute("data-web-vitals") ||
     new URL("web-vitals.attribution.iife.js", (script && script.src) || location.href).href;
   var MAX_ENTRIES = 30; // the receiver accepts 50 per beacon
@@ -26,6 +27,14 @@
 
   function attribute(name) {
     return script && script.getAttribute(name);
+  }
+
+  function resolve(url) {
+    try {
+      return new URL(url, location.href);
+    } catch (e) {
+      return null;
+    }
   }
 
   function empty() {
@@ -146,12 +155,13 @@
 
   // ---------------------------------------------------------------- API calls
 
-  // The call to time, or null: same-origin /api/ calls other than the beacon itself.
+  // The call to time, or null: /api/ calls to the service other than the beacon itself (a page
+  // served from elsewhere, a CDN say, calls the service's API on the service's origin).
   function apiCall(method, target) {
     try {
       var url = new URL(String(target), location.href);
-      if (url.origin !== location.origin || url.pathname.indexOf("/api/") !== 0 ||
-        url.pathname === endpoint) return null;
+      if (!service || url.origin !== service.origin || url.pathname.indexOf("/api/") !== 0 ||
+        url.pathname === service.pathname) return null;
       return {
         endpoint: text(url.pathname, MAX_PATH), method: text(method || "GET", 10).toUpperCase()
       };

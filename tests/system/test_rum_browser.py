@@ -6,7 +6,9 @@ poor vital reaches the log with its culprit."""
 from __future__ import annotations
 
 import json
+import threading
 from collections.abc import Iterator
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from typing import Any
 
@@ -229,6 +231,70 @@ def test_hostile_page_code_breaks_neither_the_page_nor_the_beacons(
     messages = [line["message"] for line in server.events() if line["event"] == "frontend_error"]
     assert any("\ufffd" not in m and m.startswith("Uncaught Error: xxx") for m in messages)
     assert not [m for m in messages if "alice" in m or "example.com" in m]
+
+
+FOREIGN_PAGE = """<!doctype html><html><head><title>A shop on a CDN</title>
+<script src="{service}/static/rum.js" data-endpoint="{service}/api/rum"></script></head>
+<body><p id="done"></p><script>
+(async () => {{
+  const answers = [];
+  answers.push(await fetch("{service}/api/auth/me").then(r => r.status, () => "blocked"));
+  answers.push(await new Promise(done => {{
+    const xhr = new XMLHttpRequest();
+    xhr.onloadend = () => done(xhr.status);
+    xhr.open("GET", "{service}/api/auth/me");
+    xhr.send();
+  }}));
+  answers.push(await fetch("/api/cart").then(r => r.status));  // the page's own origin
+  document.getElementById("done").textContent = answers.join(" ");
+}})();
+</script></body></html>"""
+
+
+def test_a_page_on_another_origin_times_its_calls_to_the_service(
+    site: tuple[Server, Page],
+) -> None:
+    """The common single-page setup: the app on a CDN, the API on the service. Its calls to the
+    service's origin (the beacon endpoint's) are timed; its calls to anywhere else are not."""
+    server, page = site
+
+    class Shop(BaseHTTPRequestHandler):
+        def do_GET(self) -> None:
+            found = self.path == "/shop.html"
+            body = FOREIGN_PAGE.format(service=server.base_url).encode() if found else b""
+            self.send_response(200 if found else 404)
+            self.send_header("Content-Type", "text/html")
+            self.send_header("Content-Length", str(len(body)))
+            self.end_headers()
+            self.wfile.write(body)
+
+        def log_message(self, *args: Any) -> None:
+            return None
+
+    shop = ThreadingHTTPServer(("127.0.0.1", 0), Shop)
+    threading.Thread(target=shop.serve_forever, daemon=True).start()
+    try:
+        page.load(f"http://127.0.0.1:{shop.server_address[1]}/shop.html")
+        wait_until(
+            lambda: page.evaluate("document.getElementById('done').textContent"), 30, "calls"
+        )
+        # No CORS headers on the service: the browser calls it, then hides the answer (0).
+        assert page.evaluate("document.getElementById('done').textContent") == "blocked 0 404"
+        page.load(server.base_url + "/")  # leaving the page sends its beacon
+        me = {"endpoint": "/api/auth/me", "method": "GET"}
+        wait_until(
+            lambda: (
+                value(_scrape(server), "frontend_api_request_duration_seconds_count", **me) == 2
+            ),
+            30,
+            f"the calls to the service were not timed:\n{_tail(server)}",
+        )
+    finally:
+        shop.shutdown()
+        shop.server_close()
+    samples = _scrape(server)
+    cart = {"endpoint": "other", "method": "GET"}  # /api/cart is no route of the service's
+    assert value(samples, "frontend_api_request_duration_seconds_count", **cart) == 0
 
 
 def _leave(server: Server, page: Page, path: str) -> dict[str, list[float]]:
