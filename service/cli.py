@@ -18,6 +18,7 @@ import asyncio
 import signal
 import socket
 import sys
+import tomllib
 from pathlib import Path
 from typing import Any
 
@@ -33,6 +34,7 @@ from service.settings import Settings, SettingsError, load_settings
 from service.supervisor import EXIT_CANNOT_SERVE, EXIT_OK, serve
 
 EXIT_BAD_CONFIGURATION = 2
+_STOP_MARGIN_SECONDS = 5.0
 APPLICATION = "service.asgi:app"
 _SERVER_NUMBERS = (
     "workers",
@@ -87,6 +89,7 @@ def _serve(settings: Settings, config_path: Path) -> int:
     try:
         config = Config.from_toml(config_path)
         _check_server_config(config)
+        _fit_the_stop(settings, config, config_path)
     except (OSError, ValueError, TypeError) as error:
         logger.error("configuration_invalid", file=str(config_path), problem=str(error))
         return EXIT_BAD_CONFIGURATION
@@ -131,6 +134,21 @@ def _check_server_config(config: Config) -> None:
     if not isinstance(config.bind, list) or not all(isinstance(b, str) for b in config.bind):
         raise ValueError(
             f"bind must be a list of addresses such as 127.0.0.1:8000, not {config.bind!r}"
+        )
+
+
+def _fit_the_stop(settings: Settings, config: Config, config_path: Path) -> None:
+    """A request admitted as the drain ends may run for REQUEST_TIMEOUT; the workers then wait
+    graceful_timeout for it. Shorter, and hypercorn cuts it with an empty 500: a file that says
+    so is refused; one that does not say gets REQUEST_TIMEOUT + 5 s (hypercorn's own default,
+    3 s, is below the default deadline)."""
+    if "graceful_timeout" not in tomllib.loads(config_path.read_text()):
+        config.graceful_timeout = settings.request_timeout + _STOP_MARGIN_SECONDS
+    elif settings.request_timeout >= config.graceful_timeout:
+        raise ValueError(
+            f"graceful_timeout ({config.graceful_timeout:g} s) must be longer than "
+            f"REQUEST_TIMEOUT ({settings.request_timeout:g} s): a request still within its "
+            "deadline at a stop would be cut without an answer"
         )
 
 

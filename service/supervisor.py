@@ -204,6 +204,16 @@ def _recycle(
     return worker
 
 
+def stop_budget(config: Config, drain_seconds: float) -> float:
+    """The longest a stop may take before the master kills what is left: the drain, closing the
+    sockets, the requests in flight (graceful_timeout), the app's shutdown (shutdown_timeout),
+    and 5 s to exit. A platform that kills sooner (Kubernetes' terminationGracePeriodSeconds)
+    must allow at least this."""
+    return (
+        drain_seconds + _CLOSE_GRACE_SECONDS + config.graceful_timeout + config.shutdown_timeout + 5
+    )
+
+
 def _stop(plan: Plan, workers: list[Worker], boot_failed: bool) -> int:
     started = time.monotonic()
     received = plan.stop_signal.value
@@ -212,9 +222,7 @@ def _stop(plan: Plan, workers: list[Worker], boot_failed: bool) -> int:
     # From here no worker is started: the master's copies of the listening sockets are closed,
     # so once the last worker closes its own, new connections are refused instead of queued.
     _close(plan.sockets)
-    config = plan.config
-    deadline = started + plan.drain_seconds + _CLOSE_GRACE_SECONDS + config.graceful_timeout
-    deadline += config.shutdown_timeout + 5
+    deadline = started + stop_budget(plan.config, plan.drain_seconds)
     killed = []
     while any(worker.alive for worker in workers):
         _wait_for_any(workers)

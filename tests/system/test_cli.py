@@ -138,6 +138,7 @@ def test_plain_hypercorn_still_serves(tmp_path: Path) -> None:
         ({"bind": ["not an address"]}, 2, "configuration_invalid"),
         ({"keep_alive_timeout": "x"}, 2, "configuration_invalid"),
         ({"workers": "two"}, 2, "configuration_invalid"),
+        ({"graceful_timeout": 5}, 2, "configuration_invalid"),  # below REQUEST_TIMEOUT (5 s)
         ({"bind": ["192.0.2.1:18001"]}, 3, "cannot_serve"),  # not an address of this machine
     ],
 )

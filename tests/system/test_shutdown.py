@@ -24,6 +24,7 @@ from tests.support.waiting import until
 
 LOGINS = 50  # at most: fewer where the machine hashes too slowly to finish them in the drain
 GRACEFUL_TIMEOUT = 60  # hypercorn's wait for requests in flight, in the stop-under-load test
+LOGIN_DEADLINE = 50  # REQUEST_TIMEOUT there: below graceful_timeout, as serve requires
 HANG_GUARD = 120  # seconds: only catches a hang
 
 
@@ -36,10 +37,8 @@ def _env(tmp_path: Path, postgres_url: str, **extra: str) -> dict[str, str]:
         "METRICS_DIR": str(tmp_path / "metrics"),
         "LOGIN_LIMIT_PER_IP": "100000",
         "LOGIN_LIMIT_PER_USERNAME": "100000",
-        # One hashing thread: the logins queue up, so many are in flight when the signal lands
-        # (and the last one waits longer than the default deadline of a request).
+        # One hashing thread: the logins queue up, so many are in flight when the signal lands.
         "PASSWORD_HASH_THREADS": "1",
-        "REQUEST_TIMEOUT": "60",
         **extra,
     }
 
@@ -78,7 +77,10 @@ async def test_a_stop_under_load_answers_every_request_in_flight(
     """Keep-alive clients each log in, then send one more request on the same client. As many
     clients as one hashing thread can serve in a quarter of the drain, measured on this machine
     now: the test is of the stop, not of how fast the machine hashes (at most 50)."""
-    env = _env(tmp_path, postgres_url, DRAIN_SECONDS="1")
+    # The last login waits longer than the default deadline (5 s); the stop waits for it.
+    env = _env(
+        tmp_path, postgres_url, DRAIN_SECONDS="1", REQUEST_TIMEOUT=str(GRACEFUL_TIMEOUT - 10)
+    )
     config = {"workers": workers, "graceful_timeout": GRACEFUL_TIMEOUT}
     with running_server(tmp_path, env, config=config, supervised=True) as server:
         username = f"alice-{uuid.uuid4().hex[:8]}"

@@ -19,6 +19,7 @@ from hypercorn.config import Config
 from service.app import create_app
 from service.cli import _check_server_config
 from service.settings import SettingsError, load_settings
+from service.supervisor import stop_budget
 from tests.support import ROOT
 
 BASE = ROOT / "deploy" / "kubernetes" / "base"
@@ -129,9 +130,11 @@ def test_the_pod_outlives_its_own_stop() -> None:
     pod = _one("Deployment")["spec"]["template"]["spec"]
     container = pod["containers"][0]
     pre_stop = container["lifecycle"]["preStop"]["sleep"]["seconds"]
-    drain = float(_one("ConfigMap", "scene-packer")["data"]["DRAIN_SECONDS"])
-    stop = pre_stop + drain + _hypercorn().graceful_timeout
-    assert pod["terminationGracePeriodSeconds"] >= stop + 5
+    settings = _one("ConfigMap", "scene-packer")["data"]
+    stop = pre_stop + stop_budget(_hypercorn(), float(settings["DRAIN_SECONDS"]))
+    assert pod["terminationGracePeriodSeconds"] >= stop
+    # and a request within its deadline is waited for, as `scene-packer serve` requires
+    assert float(settings["REQUEST_TIMEOUT"]) < _hypercorn().graceful_timeout
 
 
 def test_the_pod_runs_locked_down_with_a_memory_limit() -> None:
