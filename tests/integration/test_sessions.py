@@ -10,6 +10,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from pydantic import SecretStr
 from quart import Quart
 from quart_auth.extension import _AuthSerializer
 from sqlalchemy import func, select
@@ -21,7 +22,7 @@ from service.db.models import LoginSession
 from service.settings import Settings
 from tests.support.backends import REDIS_URL, admin, make_settings
 from tests.support.client import login, register, session_cookie
-from tests.support.faults import TcpProxy
+from tests.support.faults import HungServer, TcpProxy
 
 
 @pytest.fixture
@@ -186,3 +187,32 @@ async def test_an_unreadable_cache_entry_is_read_from_the_database(
             assert (await client.get("/api/auth/me")).status_code == 200
     finally:
         await redis.aclose()
+
+
+async def test_a_hung_redis_is_waited_for_once_a_request(postgres_url: str, tmp_path: Path) -> None:
+    """A signed-in read with Redis accepting connections and never answering: the first command
+    waits its timeout, the rest of the request does not ask again (the hung server sees one
+    connection, not one per command), and the read is answered from the database."""
+    settings = make_settings(
+        "postgres", postgres_url, tmp_path, redis_socket_timeout=0.2, health_refresh_seconds=0
+    )
+    app = create_app(settings)
+    async with app.test_app() as test_app:
+        client = test_app.test_client()
+        await register(client, "ivan")
+        cookie = session_cookie(await login(client, "ivan"))
+    hung = HungServer()
+    await hung.start()
+    try:
+        hung_redis = settings.model_copy(
+            update={"redis_url": SecretStr(f"redis://127.0.0.1:{hung.port}/0")}
+        )
+        app = create_app(hung_redis)
+        async with app.test_app() as test_app:
+            before = hung.connections  # the health check's own probe, as the app starts
+            me = await test_app.test_client().get("/api/auth/me", headers={"Cookie": cookie})
+            connections = hung.connections - before
+    finally:
+        await hung.stop()
+    assert me.status_code == 200 and (await me.get_json())["username"] == "ivan"
+    assert connections <= 1
