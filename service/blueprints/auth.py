@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import json
 from contextlib import suppress
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 
 import structlog
 from pydantic import BaseModel, Field
@@ -36,6 +36,8 @@ from service.sessions import SessionStore, SessionUser, current_session, keep_co
 from service.settings import MAX_PASSWORD_LENGTH, Settings
 
 logger = structlog.get_logger(__name__)
+REGISTER_RETRY_SECONDS = 600
+REGISTER_RETRY = timedelta(seconds=REGISTER_RETRY_SECONDS)
 
 
 class NewAccount(BaseModel):
@@ -77,6 +79,10 @@ def create_blueprint(settings: Settings, sessions: SessionStore, metrics: Metric
     @document_response(Profile, 201)
     @declare_errors(400, 408, 409, 413, 415, 429, 503)
     async def register(data: NewAccount) -> tuple[Response, int]:
+        """Create an account; 201 with its profile. Safe to retry: the same username and
+        password again within 10 minutes of the account's creation answer 201 with the same
+        profile (the first answer may have been lost after the account was made); any other
+        registration of a taken username is 409 `username_taken`."""
         username = data.username.lower()
         weakness = await check_new_password(data.password, username, settings.password_min_length)
         if weakness is not None:
@@ -86,8 +92,12 @@ def create_blueprint(settings: Settings, sessions: SessionStore, metrics: Metric
             async with get_database().transaction() as session:
                 user = await insert_user(session, username, password_hash)
         except UsernameTaken:
-            # The one deliberate signal that a username exists (rate limited; README).
-            raise APIError(409, "username_taken", "This username is already taken.") from None
+            retried = await _registered_just_now(username, data.password)
+            if retried is None:
+                # The one deliberate signal that a username exists (rate limited; README).
+                raise APIError(409, "username_taken", "This username is already taken.") from None
+            logger.info("user_registered", user_id=retried.id, retry=True)
+            return jsonify(_profile(retried).model_dump(mode="json")), 201
         logger.info("user_registered", user_id=user.id)
         return jsonify(_profile(user).model_dump(mode="json")), 201
 
@@ -224,6 +234,18 @@ async def _end_replaced_session(sessions: SessionStore, token: str) -> None:
         await sessions.end(token)
     except Exception:
         logger.warning("replaced_session_not_ended", exc_info=True)
+
+
+async def _registered_just_now(username: str, password: str) -> User | None:
+    """The account a retried registration made, if it is one: created within
+    REGISTER_RETRY_SECONDS with this very password. The first attempt's answer can be lost after
+    its commit (a dropped connection, a reply to COMMIT that never came, a worker killed); its
+    retry then answers as the first would have, not 409 to the account's own owner."""
+    async with get_database().transaction() as session:
+        user = await select_user_by_username(session, username)
+    if user is None or datetime.now(UTC) - _utc(user.created_at) > REGISTER_RETRY:
+        return None
+    return user if await verify_password(user.password_hash, password) else None
 
 
 def _profile(user: User) -> Profile:

@@ -7,15 +7,18 @@ import base64
 import hashlib
 import shutil
 import threading
+from datetime import UTC, datetime, timedelta
 from typing import Any
 
 import pytest
 import structlog
 from quart import Quart
+from sqlalchemy import update
 
 from service import passwords
 from service.app import create_app
 from service.db import get_database
+from service.db.models import User
 from service.db.users import insert_user
 from service.devices import COOKIE_NAME, COOKIE_PATH
 from service.passwords import hash_password, verify_password
@@ -321,3 +324,19 @@ async def test_a_planted_device_cookie_does_not_hide_the_real_one(settings: Sett
             headers=planted,
         )
         assert response.status_code == 200
+
+
+async def test_a_retried_registration_answers_as_the_first(client: Client, app: Quart) -> None:
+    """The first answer can be lost after its commit; the client's retry must not be told that
+    its own new account is someone else's."""
+    first = await register(client, "olga")
+    again = await register(client, "olga")
+    assert first.status_code == again.status_code == 201
+    assert await again.get_json() == await first.get_json()
+    taken = await register(client, "olga", "plum orchard velvet ninety")
+    assert taken.status_code == 409  # another password: someone else
+    async with app.app_context(), get_database().transaction() as session:
+        await session.execute(
+            update(User).values(created_at=datetime.now(UTC) - timedelta(minutes=11))
+        )
+    assert (await register(client, "olga")).status_code == 409  # no longer a retry
