@@ -9,37 +9,16 @@ from contextlib import asynccontextmanager
 from pathlib import Path
 from typing import Any
 
-import pytest
 from pydantic import SecretStr
 from quart import Quart
 from quart_auth.extension import _AuthSerializer
-from sqlalchemy import func, select
 from sqlalchemy.engine import make_url
 from sqlalchemy.ext.asyncio import AsyncEngine, create_async_engine
 
 from service.app import create_app
-from service.db.models import LoginSession
-from service.settings import Settings
-from tests.support.backends import REDIS_URL, admin, make_settings
-from tests.support.client import login, register, session_cookie
+from tests.support.backends import REDIS_URL, admin, make_settings, session_rows
+from tests.support.client import login, register, session_cookie, session_token
 from tests.support.faults import HungServer, TcpProxy
-
-
-@pytest.fixture
-async def database(settings: Settings) -> AsyncIterator[AsyncEngine]:
-    """A connection of the test's own to the app's database, to age sessions for real."""
-    engine = create_async_engine(settings.effective_database_url)
-    yield engine
-    await engine.dispose()
-
-
-async def _session_rows(engine: AsyncEngine) -> int:
-    async with engine.connect() as connection:
-        return int((await connection.execute(select(func.count(LoginSession.id)))).scalar_one())
-
-
-def _cookie(response: Any) -> str:
-    return session_cookie(response).split("=", 1)[1]
 
 
 @asynccontextmanager
@@ -93,7 +72,7 @@ async def test_a_logout_the_cache_missed_is_a_503_and_a_retry_lands(
         assert response.status_code == 503
         assert "Set-Cookie" not in response.headers  # the cookie stays for the retry
         async with engine_for(postgres_url) as engine:
-            assert await _session_rows(engine) == 1  # nothing deleted the cache was not told of
+            assert await session_rows(engine) == 1  # nothing deleted the cache was not told of
         await proxy.start()
         assert (await client.post("/api/auth/logout")).status_code == 204
         assert (await client.get("/api/auth/me")).status_code == 401
@@ -151,7 +130,7 @@ async def test_an_ending_the_database_refused_can_be_retried(
             assert response.status_code == 200
             assert await response.get_json() == {"sessions_ended": 2}
         async with engine_for(postgres_url) as engine:
-            assert await _session_rows(engine) == 0
+            assert await session_rows(engine) == 0
     finally:
         admin(f'DROP OWNED BY "{role}"', database)
         admin(f'DROP ROLE IF EXISTS "{role}"')
@@ -180,7 +159,7 @@ async def test_an_unreadable_cache_entry_is_read_from_the_database(
         async with app.test_app() as test_app:
             client = test_app.test_client()
             await register(client, "kate")
-            cookie = _cookie(await login(client, "kate"))
+            cookie = session_token(await login(client, "kate"))
             token = _AuthSerializer(app.secret_key, SESSION_COOKIE_SALT).loads(cookie)
             key = f"{settings.cache_key_prefix}session:{stored_id(token)}"
             await redis.set(key, b"\xff not json", ex=60)

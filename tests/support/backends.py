@@ -20,8 +20,11 @@ from pathlib import Path
 from typing import Any
 
 import asyncpg
+from sqlalchemy import func, select
 from sqlalchemy.engine import make_url
+from sqlalchemy.ext.asyncio import AsyncEngine
 
+from service.db.models import LoginSession
 from service.settings import Settings, load_settings
 from tests.support import ROOT
 
@@ -96,3 +99,9 @@ async def in_database(database: str | None, sql: str) -> None:
 async def truncate(url: str) -> None:
     """Empty the service's tables in the database at `url`, for a test of its own."""
     await in_database(make_url(url).database, "TRUNCATE users, sessions RESTART IDENTITY")
+
+
+async def session_rows(engine: AsyncEngine) -> int:
+    """How many sessions the database holds, read on the test's own connection."""
+    async with engine.connect() as connection:
+        return int((await connection.execute(select(func.count(LoginSession.id)))).scalar_one())

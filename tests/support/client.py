@@ -8,7 +8,7 @@ from quart.typing import TestClientProtocol as Client
 
 from service.sessions import SESSION_COOKIE_NAME
 
-__all__ = ["Client", "login", "register", "session_cookie", "set_cookie"]
+__all__ = ["Client", "login", "register", "session_cookie", "session_token", "set_cookie"]
 
 PASSWORD = "correct horse battery"
 
@@ -34,3 +34,8 @@ def set_cookie(response: Any, name: str) -> str:
 def session_cookie(response: Any) -> str:
     """`name=value` of the session cookie a response sets."""
     return set_cookie(response, SESSION_COOKIE_NAME).split(";", 1)[0]
+
+
+def session_token(response: Any) -> str:
+    """The value of the session cookie a response sets."""
+    return session_cookie(response).split("=", 1)[1]

@@ -3,7 +3,11 @@
 from __future__ import annotations
 
 import subprocess
+from typing import Any
 
+from prometheus_client.openmetrics.parser import (
+    text_string_to_metric_families as openmetrics_families,
+)
 from prometheus_client.parser import text_string_to_metric_families
 
 from tests.support.tools import require
@@ -36,3 +40,16 @@ def promtool_check(text: str) -> subprocess.CompletedProcess[str]:
         text=True,
         timeout=60,
     )
+
+
+OPENMETRICS = "application/openmetrics-text;version=1.0.0,text/plain;version=0.0.4;q=0.5"
+
+
+def parse_openmetrics(text: str) -> dict[str, Any]:
+    """Every sample by name and labels (the parser refuses anything OpenMetrics forbids)."""
+    assert text.endswith("# EOF\n")
+    return {
+        (sample.name, frozenset(sample.labels.items())): sample
+        for family in openmetrics_families(text)
+        for sample in family.samples
+    }

@@ -13,27 +13,8 @@ from typing import Any
 import yaml
 
 from tests.support import ROOT
+from tests.support.kubernetes import GENERATOR, OPERATOR_API, VALIDATE, objects, one
 from tests.support.tools import missing, require
-
-BASE = ROOT / "deploy" / "kubernetes" / "base"
-VALIDATE = ROOT / "deploy" / "kubernetes" / "validate"
-GENERATOR = ROOT / "scripts" / "kubernetes-manifests"
-OPERATOR_API = "monitoring.coreos.com/v1"
-
-
-def _objects() -> list[dict[str, Any]]:
-    kustomization = yaml.safe_load((BASE / "kustomization.yaml").read_text())
-    objects = []
-    for name in kustomization["resources"]:
-        objects += [doc for doc in yaml.safe_load_all((BASE / name).read_text()) if doc]
-    return objects
-
-
-def _one(kind: str, name: str | None = None) -> dict[str, Any]:
-    (found,) = [
-        o for o in _objects() if o["kind"] == kind and name in (None, o["metadata"]["name"])
-    ]
-    return found
 
 
 def _operator_check(objects: list[dict[str, Any]]) -> subprocess.CompletedProcess[str]:
@@ -51,11 +32,11 @@ def _operator_check(objects: list[dict[str, Any]]) -> subprocess.CompletedProces
 
 
 def test_operator_objects_match_its_published_crd_schemas() -> None:
-    objects = [o for o in _objects() if o["apiVersion"] == OPERATOR_API]
-    assert {o["kind"] for o in objects} == {"ServiceMonitor", "PrometheusRule"}
-    result = _operator_check(objects)
+    operator_objects = [o for o in objects() if o["apiVersion"] == OPERATOR_API]
+    assert {o["kind"] for o in operator_objects} == {"ServiceMonitor", "PrometheusRule"}
+    result = _operator_check(operator_objects)
     assert result.returncode == 0, result.stdout + result.stderr
-    broken = _one("ServiceMonitor")
+    broken = one("ServiceMonitor")
     broken["spec"]["scrapeProtocols"] = ["OpenMetrics"]  # not one of the allowed values
     result = _operator_check([broken])
     assert result.returncode == 1 and "scrapeProtocols" in result.stdout
@@ -69,13 +50,13 @@ def test_generated_manifests_equal_monitoring() -> None:
 def test_the_prometheus_rule_loads_in_promtool(tmp_path: Path) -> None:
     promtool = require("promtool")
     rules = tmp_path / "rules.yml"
-    rules.write_text(yaml.safe_dump({"groups": _one("PrometheusRule")["spec"]["groups"]}))
+    rules.write_text(yaml.safe_dump({"groups": one("PrometheusRule")["spec"]["groups"]}))
     result = subprocess.run([promtool, "check", "rules", str(rules)], capture_output=True)
     assert result.returncode == 0, result.stdout + result.stderr
     alerts = yaml.safe_load((ROOT / "monitoring/prometheus/rules/alerts.yml").read_text())
     names = {r["alert"] for g in alerts["groups"] for r in g["rules"] if "alert" in r}
     spec_names = {
-        r["alert"] for g in _one("PrometheusRule")["spec"]["groups"] for r in g["rules"]
+        r["alert"] for g in one("PrometheusRule")["spec"]["groups"] for r in g["rules"]
         if "alert" in r
     }  # fmt: skip
     assert spec_names == names

@@ -9,17 +9,23 @@ import subprocess
 import threading
 import time
 import uuid
-from collections.abc import Iterator, Mapping
+from collections.abc import Iterator
 from contextlib import contextmanager, suppress
 from pathlib import Path
 from typing import Any
-from urllib.parse import parse_qs, quote, urlsplit
+from urllib.parse import parse_qs, urlsplit
 
 import httpx
 import pytest
 import yaml
 
 from tests.support.backends import REDIS_URL
+from tests.support.grafana import (
+    DASHBOARD,
+    dashboard_variables,
+    log_search,
+    panels,
+)
 from tests.support.server import PRODUCTION_ENV, Server, free_port, running_server
 from tests.support.stack import (
     MONITORING,
@@ -35,10 +41,7 @@ from tests.support.waiting import wait_until
 
 PROMETHEUS_DIR = MONITORING / "prometheus"
 ALERTMANAGER_CONFIG = MONITORING / "alertmanager" / "alertmanager.yml"
-DASHBOARD = MONITORING / "grafana" / "dashboards" / "scene-packer.json"
-DATASOURCES = MONITORING / "grafana" / "provisioning" / "datasources" / "prometheus.yaml"
 # A variable in a Grafana data link: `${name}` or `${name:format}`.
-_GRAFANA_VARIABLE = re.compile(r"\$\{([^}:]+)(?::([^}]*))?\}")
 
 
 def _run(*command: str) -> subprocess.CompletedProcess[str]:
@@ -77,10 +80,6 @@ def test_amtool_accepts_the_config_and_routes_each_severity() -> None:
         assert routed.returncode == 0, (labels, routed.stdout + routed.stderr)
 
 
-def _panels(dashboard: dict[str, Any]) -> list[dict[str, Any]]:
-    return [panel for panel in dashboard["panels"] if panel["type"] != "row"]
-
-
 def _panel_query(expr: str) -> str:
     """A panel's query as Grafana sends it for this service's job and every instance."""
     return (
@@ -90,46 +89,12 @@ def _panel_query(expr: str) -> str:
     )
 
 
-def _exemplar_destinations() -> dict[str, dict[str, str]]:
-    """The datasource's exemplar links by label name, read as Grafana's provisioning reads
-    them: `$$` is a literal `$`, any other `$` would expand an environment variable."""
-    datasource = yaml.safe_load(DATASOURCES.read_text())["datasources"][0]
-    destinations = {}
-    for destination in datasource["jsonData"]["exemplarTraceIdDestinations"]:
-        parts = destination["url"].split("$$")
-        assert not any("$" in part for part in parts), destination["url"]
-        destinations[destination["name"]] = {**destination, "url": "$".join(parts)}
-    return destinations
-
-
-def _dashboard_variables() -> dict[str, str]:
-    dashboard = json.loads(DASHBOARD.read_text())
-    return {
-        v["name"]: v["query"] for v in dashboard["templating"]["list"] if v["type"] == "constant"
-    }
-
-
-def _log_search(value: str, variables: Mapping[str, str]) -> str:
-    """An exemplar's link as Grafana builds it: one pass over the URL, `__value.raw`
-    percent-encoded (Grafana's default for data links), `:raw` variables as they are."""
-
-    def expand(match: re.Match[str]) -> str:
-        name, format_ = match.group(1), match.group(2)
-        if name == "__value.raw":
-            return quote(value, safe="")
-        assert format_ == "raw"
-        return variables[name]
-
-    url = _exemplar_destinations()["request_id"]["url"]
-    return _GRAFANA_VARIABLE.sub(expand, url)
-
-
 def _assert_log_search_finds(value: str) -> None:
     """The exemplar's link, with the dashboard's values and with each of the README's
     examples, searches for exactly that id: as a query parameter of a plain search, or as the
     line filter of a Loki query in Grafana's Explore."""
-    for variables in (_dashboard_variables(), *_readme_log_searches()):
-        link = urlsplit(_log_search(value, variables))
+    for variables in (dashboard_variables(), *_readme_log_searches()):
+        link = urlsplit(log_search(value, variables))
         parameters = parse_qs(link.query)
         if link.path == "/explore":
             (pane,) = json.loads(parameters["panes"][0]).values()
@@ -228,7 +193,7 @@ def test_every_dashboard_panel_returns_data(tmp_path: Path, postgres_url: str) -
             assert client.post("/api/rum", content=b"{broken").status_code == 400
             dashboard = json.loads(DASHBOARD.read_text())
             with _background_traffic(server, ["/api/auth/me", "/", "/nope"], 0.2, beacon):
-                for panel in _panels(dashboard):
+                for panel in panels(dashboard):
                     for panel_target in panel["targets"]:
                         expr = _panel_query(panel_target["expr"])
                         wait_until(
@@ -502,7 +467,7 @@ def test_prometheus_stores_the_exemplars_it_scrapes(tmp_path: Path, postgres_url
                 panel["title"]: [
                     _panel_query(t["expr"]) for t in panel["targets"] if t.get("exemplar")
                 ]
-                for panel in _panels(json.loads(DASHBOARD.read_text()))
+                for panel in panels(json.loads(DASHBOARD.read_text()))
             }
             assert {title for title, queries in shown.items() if queries} == set(wanted)
             for title, labels in wanted.items():

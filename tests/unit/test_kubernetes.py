@@ -9,11 +9,9 @@ import importlib.machinery
 import importlib.util
 from pathlib import Path
 from types import ModuleType
-from typing import Any
 
 import kubernetes_validate
 import pytest
-import yaml
 from hypercorn.config import Config
 
 from service.app import create_app
@@ -21,25 +19,7 @@ from service.cli import _check_server_config
 from service.settings import SettingsError, load_settings
 from service.supervisor import stop_budget
 from tests.support import ROOT
-
-BASE = ROOT / "deploy" / "kubernetes" / "base"
-GENERATOR = ROOT / "scripts" / "kubernetes-manifests"
-OPERATOR_API = "monitoring.coreos.com/v1"
-
-
-def _objects() -> list[dict[str, Any]]:
-    kustomization = yaml.safe_load((BASE / "kustomization.yaml").read_text())
-    objects = []
-    for name in kustomization["resources"]:
-        objects += [doc for doc in yaml.safe_load_all((BASE / name).read_text()) if doc]
-    return objects
-
-
-def _one(kind: str, name: str | None = None) -> dict[str, Any]:
-    (found,) = [
-        o for o in _objects() if o["kind"] == kind and name in (None, o["metadata"]["name"])
-    ]
-    return found
+from tests.support.kubernetes import BASE, GENERATOR, OPERATOR_API, objects, one
 
 
 def _generator() -> ModuleType:
@@ -54,7 +34,7 @@ def _generator() -> ModuleType:
 def test_every_manifest_is_valid_for_current_kubernetes_in_strict_mode() -> None:
     version = kubernetes_validate.latest_version()
     checked = []
-    for obj in _objects():
+    for obj in objects():
         if obj["apiVersion"] == OPERATOR_API:
             continue  # the operator's kinds: next test
         kubernetes_validate.validate(obj, version, strict=True)
@@ -66,7 +46,7 @@ def test_every_manifest_is_valid_for_current_kubernetes_in_strict_mode() -> None
 
 def test_strict_validation_refuses_a_misspelt_field() -> None:
     """The check above can fail: a field Kubernetes does not know is refused."""
-    deployment = _one("Deployment")
+    deployment = one("Deployment")
     deployment["spec"]["template"]["spec"]["terminationGracePeriod"] = 45
     with pytest.raises(kubernetes_validate.ValidationError):
         kubernetes_validate.validate(deployment, kubernetes_validate.latest_version(), strict=True)
@@ -91,10 +71,10 @@ def _hypercorn() -> Config:
 def test_the_container_listens_where_the_probes_and_the_service_look() -> None:
     config = _hypercorn()
     _check_server_config(config)  # what `scene-packer serve` refuses before it starts
-    container = _one("Deployment")["spec"]["template"]["spec"]["containers"][0]
+    container = one("Deployment")["spec"]["template"]["spec"]["containers"][0]
     (port,) = container["ports"]
     assert config.bind == [f"0.0.0.0:{port['containerPort']}"]
-    assert _one("Service")["spec"]["ports"][0]["targetPort"] == port["name"]
+    assert one("Service")["spec"]["ports"][0]["targetPort"] == port["name"]
     app = create_app(load_settings())
     routes = {rule.rule for rule in app.url_map.iter_rules()}
     for probe in ("startupProbe", "livenessProbe", "readinessProbe"):
@@ -105,15 +85,15 @@ def test_the_container_listens_where_the_probes_and_the_service_look() -> None:
 
 
 def test_the_selectors_find_the_pods_and_the_service() -> None:
-    pods = _one("Deployment")["spec"]["template"]["metadata"]["labels"]
-    service = _one("Service")
+    pods = one("Deployment")["spec"]["template"]["metadata"]["labels"]
+    service = one("Service")
     for selector in (
         service["spec"]["selector"],
-        _one("Deployment")["spec"]["selector"]["matchLabels"],
-        _one("PodDisruptionBudget")["spec"]["selector"]["matchLabels"],
+        one("Deployment")["spec"]["selector"]["matchLabels"],
+        one("PodDisruptionBudget")["spec"]["selector"]["matchLabels"],
     ):
         assert selector.items() <= pods.items()
-    monitor = _one("ServiceMonitor")["spec"]
+    monitor = one("ServiceMonitor")["spec"]
     assert monitor["selector"]["matchLabels"].items() <= service["metadata"]["labels"].items()
     assert {e["port"] for e in monitor["endpoints"]} <= {
         p["name"] for p in service["spec"]["ports"]
@@ -127,10 +107,10 @@ def test_the_selectors_find_the_pods_and_the_service() -> None:
 def test_the_pod_outlives_its_own_stop() -> None:
     """SIGTERM comes after preStop; the stop then drains and finishes requests in flight: the
     kubelet must not kill the pod before that (it would drop requests)."""
-    pod = _one("Deployment")["spec"]["template"]["spec"]
+    pod = one("Deployment")["spec"]["template"]["spec"]
     container = pod["containers"][0]
     pre_stop = container["lifecycle"]["preStop"]["sleep"]["seconds"]
-    settings = _one("ConfigMap", "scene-packer")["data"]
+    settings = one("ConfigMap", "scene-packer")["data"]
     stop = pre_stop + stop_budget(_hypercorn(), float(settings["DRAIN_SECONDS"]))
     assert pod["terminationGracePeriodSeconds"] >= stop
     # and a request within its deadline is waited for, as `scene-packer serve` requires
@@ -138,7 +118,7 @@ def test_the_pod_outlives_its_own_stop() -> None:
 
 
 def test_the_pod_runs_locked_down_with_a_memory_limit() -> None:
-    pod = _one("Deployment")["spec"]["template"]["spec"]
+    pod = one("Deployment")["spec"]["template"]["spec"]
     container = pod["containers"][0]
     assert pod["securityContext"]["runAsNonRoot"] is True
     assert container["securityContext"]["readOnlyRootFilesystem"] is True
@@ -147,10 +127,10 @@ def test_the_pod_runs_locked_down_with_a_memory_limit() -> None:
     # every worker (argon2, 64 MiB each) fit inside it
     limit = container["resources"]["limits"]["memory"]
     assert limit.endswith("Mi")
-    threads = int(_one("ConfigMap", "scene-packer")["data"]["PASSWORD_HASH_THREADS"])
+    threads = int(one("ConfigMap", "scene-packer")["data"]["PASSWORD_HASH_THREADS"])
     assert _hypercorn().workers * threads * 64 < int(limit.removesuffix("Mi"))
     mounts = {m["mountPath"] for m in container["volumeMounts"] if not m.get("readOnly")}
-    assert _one("ConfigMap", "scene-packer")["data"]["DATA_DIR"] in mounts
+    assert one("ConfigMap", "scene-packer")["data"]["DATA_DIR"] in mounts
     dockerfile = (ROOT / "Dockerfile").read_text()
     assert f"USER {pod['securityContext']['runAsUser']}" in dockerfile
     assert f"EXPOSE {container['ports'][0]['containerPort']}" in dockerfile
@@ -160,8 +140,8 @@ def test_the_shipped_settings_refuse_to_start_until_the_secret_is_filled_in(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     env = {
-        **_one("ConfigMap", "scene-packer")["data"],
-        **_one("Secret")["stringData"],
+        **one("ConfigMap", "scene-packer")["data"],
+        **one("Secret")["stringData"],
         "DATA_DIR": str(tmp_path),
     }
     for name, value in env.items():

@@ -4,24 +4,28 @@ from __future__ import annotations
 
 import json
 import re
-from collections.abc import Mapping
 from typing import Any
-from urllib.parse import quote
 
 import yaml
 
 from service.observability.exposition import exemplar_labels
 from service.observability.metrics import VITAL_THRESHOLDS
 from service.settings import Settings
+from tests.support.grafana import (
+    DASHBOARD,
+    DATASOURCES,
+    GRAFANA_VARIABLE,
+    dashboard_variables,
+    exemplar_destinations,
+    log_search,
+    panels,
+)
 from tests.support.stack import (
     MONITORING,
 )
 
 PROMETHEUS_DIR = MONITORING / "prometheus"
-DASHBOARD = MONITORING / "grafana" / "dashboards" / "scene-packer.json"
-DATASOURCES = MONITORING / "grafana" / "provisioning" / "datasources" / "prometheus.yaml"
 # A variable in a Grafana data link: `${name}` or `${name:format}`.
-_GRAFANA_VARIABLE = re.compile(r"\$\{([^}:]+)(?::([^}]*))?\}")
 RUNBOOK_URL = '{{{{ or $externalLabels.runbook_base "monitoring/README.md" }}}}#{anchor}'
 
 
@@ -76,11 +80,11 @@ def test_resource_alerts_use_the_health_check_thresholds() -> None:
 def test_vital_panels_draw_the_thresholds_the_service_rates_with() -> None:
     """Each vital's p75 panel draws its good and poor lines, and the good-share panel cuts at
     the good threshold, both from the one definition the receiver and the buckets use."""
-    panels = _panels(json.loads(DASHBOARD.read_text()))
+    every_panel = panels(json.loads(DASHBOARD.read_text()))
     for name, thresholds in VITAL_THRESHOLDS.items():
         series = "frontend_cls_bucket" if name == "CLS" else f'metric="{name}"'
         (panel,) = [
-            p for p in panels
+            p for p in every_panel
             if p["targets"][0]["expr"].startswith("histogram_quantile(0.75")
             and series in p["targets"][0]["expr"]
         ]  # fmt: skip
@@ -88,7 +92,7 @@ def test_vital_panels_draw_the_thresholds_the_service_rates_with() -> None:
         assert tuple(step["value"] for step in steps[1:]) == thresholds, panel["title"]
         assert panel["fieldConfig"]["defaults"]["custom"]["thresholdsStyle"]["mode"] != "off"
         (good,) = [
-            t["expr"] for p in panels for t in p["targets"]
+            t["expr"] for p in every_panel for t in p["targets"]
             if t.get("legendFormat") == name and "le=" in t["expr"]
         ]  # fmt: skip
         assert f'le="{thresholds[0]}"' in good and series.replace("_bucket", "") in good
@@ -104,7 +108,7 @@ def test_dashboard_is_plain_provisionable_json() -> None:
     assert variables["datasource"]["current"]["value"] == "scene-packer-prometheus"
     provisioned = yaml.safe_load(DATASOURCES.read_text())
     assert provisioned["datasources"][0]["uid"] == "scene-packer-prometheus"
-    for panel in _panels(dashboard):
+    for panel in panels(dashboard):
         assert panel["fieldConfig"]["defaults"].get("unit"), panel["title"]
         for target in panel["targets"]:
             assert target["datasource"]["uid"] == "${datasource}"
@@ -118,7 +122,7 @@ def test_exemplar_links_are_written_as_grafana_reads_them() -> None:
     link is built only from Grafana's `__value.raw` and the dashboard's constant variables, which
     a provisioning `$` would have emptied, and only for a label every exemplar has: Grafana links
     a label an exemplar lacks too, with an empty value (a search for nothing)."""
-    destinations = _exemplar_destinations()
+    destinations = exemplar_destinations()
     untraced = exemplar_labels("r" * 16, None)
     assert untraced is not None
     assert set(destinations) == {name for name, _ in untraced} == {"request_id"}
@@ -126,50 +130,12 @@ def test_exemplar_links_are_written_as_grafana_reads_them() -> None:
     constants = {v["name"]: v for v in dashboard["templating"]["list"] if v["type"] == "constant"}
     for destination in destinations.values():
         assert "datasourceUid" not in destination  # an internal link sends `query`, not `expr`
-        references = _GRAFANA_VARIABLE.findall(destination["url"])
+        references = GRAFANA_VARIABLE.findall(destination["url"])
         assert ("__value.raw", "") in references
         for name, format_ in references:
             if name != "__value.raw":
                 assert name in constants and format_ == "raw", (name, format_)
                 assert constants[name]["hide"] == 2
-    assert _log_search("1a2b3c4d-request", _dashboard_variables()) == (
+    assert log_search("1a2b3c4d-request", dashboard_variables()) == (
         "https://logs.example.invalid/search?q=1a2b3c4d-request"
     )
-
-
-def _panels(dashboard: dict[str, Any]) -> list[dict[str, Any]]:
-    return [panel for panel in dashboard["panels"] if panel["type"] != "row"]
-
-
-def _exemplar_destinations() -> dict[str, dict[str, str]]:
-    """The datasource's exemplar links by label name, read as Grafana's provisioning reads
-    them: `$$` is a literal `$`, any other `$` would expand an environment variable."""
-    datasource = yaml.safe_load(DATASOURCES.read_text())["datasources"][0]
-    destinations = {}
-    for destination in datasource["jsonData"]["exemplarTraceIdDestinations"]:
-        parts = destination["url"].split("$$")
-        assert not any("$" in part for part in parts), destination["url"]
-        destinations[destination["name"]] = {**destination, "url": "$".join(parts)}
-    return destinations
-
-
-def _dashboard_variables() -> dict[str, str]:
-    dashboard = json.loads(DASHBOARD.read_text())
-    return {
-        v["name"]: v["query"] for v in dashboard["templating"]["list"] if v["type"] == "constant"
-    }
-
-
-def _log_search(value: str, variables: Mapping[str, str]) -> str:
-    """An exemplar's link as Grafana builds it: one pass over the URL, `__value.raw`
-    percent-encoded (Grafana's default for data links), `:raw` variables as they are."""
-
-    def expand(match: re.Match[str]) -> str:
-        name, format_ = match.group(1), match.group(2)
-        if name == "__value.raw":
-            return quote(value, safe="")
-        assert format_ == "raw"
-        return variables[name]
-
-    url = _exemplar_destinations()["request_id"]["url"]
-    return _GRAFANA_VARIABLE.sub(expand, url)

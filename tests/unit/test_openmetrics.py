@@ -4,27 +4,14 @@ to the very request behind it. Checked with prometheus_client's strict OpenMetri
 from __future__ import annotations
 
 import gzip
-from typing import Any
 
 import pytest
-from prometheus_client.openmetrics.parser import text_string_to_metric_families
 
 from service.observability import exposition
 from tests.support.client import Client
-from tests.support.metrics_helpers import parse
+from tests.support.metrics_helpers import OPENMETRICS, parse, parse_openmetrics
 
-OPENMETRICS = "application/openmetrics-text;version=1.0.0,text/plain;version=0.0.4;q=0.5"
 TRACE = "4bf92f3577b34da6a3ce929d0e0e4736"
-
-
-def _openmetrics(text: str) -> dict[str, Any]:
-    """Every sample by name and labels (the parser refuses anything OpenMetrics forbids)."""
-    assert text.endswith("# EOF\n")
-    return {
-        (sample.name, frozenset(sample.labels.items())): sample
-        for family in text_string_to_metric_families(text)
-        for sample in family.samples
-    }
 
 
 @pytest.mark.parametrize("backend", ["embedded"], indirect=True)
@@ -33,7 +20,7 @@ async def test_a_latency_bucket_names_the_request_that_landed_in_it(client: Clie
     assert (await client.get("/", headers=traced)).status_code == 200
     response = await client.get("/metrics", headers={"Accept": OPENMETRICS})
     assert response.content_type == exposition.OPENMETRICS_CONTENT_TYPE
-    samples = _openmetrics(await response.get_data(as_text=True))
+    samples = parse_openmetrics(await response.get_data(as_text=True))
     buckets = [
         sample
         for (name, labels), sample in samples.items()
@@ -73,7 +60,9 @@ async def test_exemplar_labels_keep_to_128_characters(client: Client) -> None:
     text = await (await client.get("/metrics", headers={"Accept": OPENMETRICS})).get_data(
         as_text=True
     )
-    examples = [s.exemplar.labels for s in _openmetrics(text).values() if s.exemplar is not None]
+    examples = [
+        s.exemplar.labels for s in parse_openmetrics(text).values() if s.exemplar is not None
+    ]
     assert examples == [{"trace_id": TRACE}]  # "/" alone had nothing that fits
 
 
@@ -102,7 +91,7 @@ def test_workers_merge_exemplars_latest_first() -> None:
         round_trip = [exposition.from_json(exposition.to_json(part)) for part in parts]
         merged = exposition.merge(round_trip)
         text = exposition.render_openmetrics(merged).decode()
-        (sample,) = [s for s in _openmetrics(text).values() if s.name == "errors_total"]
+        (sample,) = [s for s in parse_openmetrics(text).values() if s.name == "errors_total"]
         assert sample.value == 2
         assert sample.exemplar.labels == {"request_id": "newer-request"}
 
@@ -122,7 +111,7 @@ async def test_hostile_ids_cannot_break_either_format(client: Client) -> None:
     openmetrics = await (await client.get("/metrics", headers={"Accept": OPENMETRICS})).get_data(
         as_text=True
     )
-    samples = _openmetrics(openmetrics)
+    samples = parse_openmetrics(openmetrics)
     examples = [s.exemplar.labels for s in samples.values() if s.exemplar is not None]
     assert examples and all(set(labels) == {"request_id"} for labels in examples)
     assert all(len(labels["request_id"]) == 32 for labels in examples)  # replaced, not kept

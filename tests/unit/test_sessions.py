@@ -5,19 +5,19 @@ from __future__ import annotations
 
 from collections.abc import AsyncIterator
 from datetime import UTC, datetime, timedelta
-from typing import Any
 
 import pytest
 from quart import Quart
 from quart_auth import generate_auth_token
-from sqlalchemy import func, select, update
+from sqlalchemy import select, update
 from sqlalchemy.ext.asyncio import AsyncEngine, create_async_engine
 
 from service.app import create_app
 from service.db.models import LoginSession
 from service.sessions import SESSION_COOKIE_NAME
 from service.settings import Settings
-from tests.support.client import Client, login, register, session_cookie
+from tests.support.backends import session_rows
+from tests.support.client import Client, login, register, session_token
 from tests.support.metrics_helpers import parse, value
 from tests.support.waiting import until
 
@@ -35,22 +35,13 @@ async def _age_sessions(engine: AsyncEngine, **values: datetime) -> None:
         await connection.execute(update(LoginSession).values(**values))
 
 
-async def _session_rows(engine: AsyncEngine) -> int:
-    async with engine.connect() as connection:
-        return int((await connection.execute(select(func.count(LoginSession.id)))).scalar_one())
-
-
-def _cookie(response: Any) -> str:
-    return session_cookie(response).split("=", 1)[1]
-
-
 def _use(client: Client, cookie: str) -> None:
     client.set_cookie("localhost", SESSION_COOKIE_NAME, cookie)  # type: ignore[attr-defined]
 
 
 async def test_a_replayed_cookie_is_refused_after_logout(client: Client, app: Quart) -> None:
     await register(client)
-    cookie = _cookie(await login(client))
+    cookie = session_token(await login(client))
     assert (await client.get("/api/auth/me")).status_code == 200
     assert (await client.post("/api/auth/logout")).status_code == 204
 
@@ -67,7 +58,7 @@ async def test_the_cookie_carries_an_opaque_token_not_the_user_id(
     client: Client, database: AsyncEngine
 ) -> None:
     await register(client)
-    cookie = _cookie(await login(client))
+    cookie = session_token(await login(client))
     token = cookie.split(".", 1)[0]
     assert len(token) > 40 and token not in ("1", "IjEi")  # not a signed "1"
     async with database.connect() as connection:
@@ -104,7 +95,7 @@ async def test_an_expired_session_is_refused_and_purged_at_start(
     async with restarted.test_app():  # the purge runs as the app starts serving
 
         async def purged() -> bool:
-            return await _session_rows(database) == 0
+            return await session_rows(database) == 0
 
         await until(purged, 30, "the expired session was never purged")
 
@@ -134,7 +125,7 @@ async def test_a_session_survives_a_restart(settings: Settings) -> None:
     async with first.test_app() as test_app:
         client = test_app.test_client()
         await register(client)
-        cookie = _cookie(await login(client))
+        cookie = session_token(await login(client))
     second = create_app(settings)
     async with second.test_app() as test_app:
         client = test_app.test_client()
@@ -163,9 +154,9 @@ async def test_a_new_login_replaces_the_browser_s_old_session(
     client: Client, app: Quart, database: AsyncEngine
 ) -> None:
     await register(client)
-    old = _cookie(await login(client))
+    old = session_token(await login(client))
     await login(client)  # the same browser, its cookie sent
-    assert await _session_rows(database) == 1
+    assert await session_rows(database) == 1
     replay = app.test_client()
     _use(replay, old)
     assert (await replay.get("/api/auth/me")).status_code == 401
@@ -174,7 +165,7 @@ async def test_a_new_login_replaces_the_browser_s_old_session(
 
 async def test_a_dead_cookie_is_cleared(client: Client, app: Quart) -> None:
     await register(client)
-    cookie = _cookie(await login(client))
+    cookie = session_token(await login(client))
     await client.post("/api/auth/logout")
     replay = app.test_client()
     _use(replay, cookie)
