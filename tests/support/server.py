@@ -69,6 +69,14 @@ def parse_answer(answer: bytes) -> tuple[int, dict[str, str], bytes]:
     return int(status_line.split()[1]), headers, body
 
 
+def is_live(base_url: str) -> bool:
+    """The server answers its liveness probe 200 now."""
+    try:
+        return httpx.get(base_url + "/api/health/live", timeout=5).status_code == 200
+    except httpx.TransportError:
+        return False
+
+
 def free_port() -> int:
     """A port on 127.0.0.1 that nothing listens on: the next free one of `TEST_PORTS` (`low-high`,
     divided between pytest-xdist's workers) when it is set, else one the kernel picks."""

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import socket
-import time
 from pathlib import Path
 
 import httpx
@@ -14,6 +13,7 @@ from service.settings import load_settings
 from tests.support.client import Client, login, register
 from tests.support.metrics_helpers import parse, promtool_check, value
 from tests.support.server import running_server
+from tests.support.waiting import wait_until
 
 
 async def _scrape(client: Client) -> str:
@@ -70,16 +70,14 @@ def test_a_client_that_goes_away_is_not_a_server_error(tmp_path: Path) -> None:
                     b'Content-Length: 100\r\n\r\n{"a'
                 )
         samples: dict[object, float] = {}
-        for _ in range(50):  # the server sees each disconnect a moment later
-            samples = parse(httpx.get(server.base_url + "/metrics").text)
-            if (
-                value(
-                    samples, "http_requests_total", method="POST", endpoint="/api/rum", status="499"
-                )
-                == 5
-            ):
-                break
-            time.sleep(0.1)
+
+        def five_seen() -> bool:  # the server sees each disconnect a moment later
+            nonlocal samples
+            samples = parse(httpx.get(server.base_url + "/metrics", timeout=30).text)
+            labels = {"method": "POST", "endpoint": "/api/rum", "status": "499"}
+            return value(samples, "http_requests_total", **labels) == 5
+
+        wait_until(five_seen, 30, "the disconnects were never all counted")
     answered = {
         dict(labels)["status"]
         for (name, labels), _ in samples.items()

@@ -19,7 +19,7 @@ import pytest
 from service.observability import exposition
 from tests.support.backends import REDIS_URL
 from tests.support.metrics_helpers import parse, value
-from tests.support.server import PRODUCTION_ENV, Server, running_server
+from tests.support.server import PRODUCTION_ENV, Server, is_live, running_server
 from tests.support.waiting import until
 
 LOGINS = 50  # at most: fewer where the machine hashes too slowly to finish them in the drain
@@ -241,11 +241,7 @@ async def test_a_worker_killed_while_its_successor_starts_is_replaced_by_it(
         await until(lambda: len(_workers(server)) == 2, HANG_GUARD, "no successor started")
         os.kill(old, signal.SIGKILL)
         async with httpx.AsyncClient(base_url=server.base_url, timeout=HANG_GUARD) as client:
-            for _ in range(300):  # until the successor serves
-                with contextlib.suppress(httpx.TransportError):
-                    if (await client.get("/api/health/live")).status_code == 200:
-                        break
-                await asyncio.sleep(0.1)
+            await until(lambda: is_live(server.base_url), HANG_GUARD, "the successor never served")
             # The master started a replacement, if it would, as it noted the exit.
             await until(lambda: _exited(server), HANG_GUARD, "the exit was never noted")
             assert (await client.get("/")).status_code == 200
@@ -264,12 +260,14 @@ async def test_a_worker_that_dies_is_replaced_and_counted(
         os.kill(old, signal.SIGKILL)
         async with httpx.AsyncClient(base_url=server.base_url, timeout=HANG_GUARD) as client:
             replaced: dict[Any, float] = {}
-            for _ in range(300):
+
+            async def replacement_counted() -> bool:
+                nonlocal replaced
                 with contextlib.suppress(httpx.TransportError):
                     replaced = parse((await client.get("/metrics")).text)
-                    if value(replaced, "app_worker_starts_total", reason="replace") == 1:
-                        break
-                await asyncio.sleep(0.1)
+                return value(replaced, "app_worker_starts_total", reason="replace") == 1
+
+            await until(replacement_counted, HANG_GUARD, "the replacement was never counted")
         assert value(replaced, "app_worker_starts_total", reason="replace") == 1
         assert len(_workers(server)) == 1
     (exited,) = [e for e in server.events() if e["event"] == "worker_exited"]
