@@ -1,11 +1,10 @@
 """Answers that end their HTTP/1 connection say so (`Connection: close`).
 
-One such answer is given before the request's body was read.
-A route can answer without reading the body (a 429 from a rate limit, a 503 while the limits'
-cache is down, a 413 from the declared length). The unread rest of the body is still on the
-connection, so the server cannot read the next request from it and closes it after the answer;
-without `Connection: close` on that answer, a client sends its next request on a connection the
-server is closing and sees it fail.
+A route can answer before the request's body has arrived (a 429 from a rate limit, a 503 while
+the limits' cache is down, a 413 from the declared length). The unread rest of the body is still
+on the connection, so the server cannot read the next request from it and closes it after the
+answer; without `Connection: close` on that answer, a client sends its next request on a
+connection the server is closing and sees it fail.
 """
 
 from __future__ import annotations
@@ -33,10 +32,14 @@ class CloseAfterUnreadBody:
     async def __call__(
         self, scope: Scope, receive: ASGIReceiveCallable, send: ASGISendCallable
     ) -> None:
-        if scope["type"] != "http" or scope.get("http_version") not in ("1.0", "1.1"):
+        if (
+            scope["type"] != "http"
+            or scope.get("http_version") not in ("1.0", "1.1")
+            or not _has_body(scope["headers"])  # most requests: nothing to wrap
+        ):
             await self.app(scope, receive, send)
             return
-        unread = _has_body(scope["headers"])
+        unread = True
 
         async def receive_tracked() -> ASGIReceiveEvent:
             nonlocal unread

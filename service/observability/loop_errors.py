@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import asyncio
 import errno
+from collections.abc import Callable
 from typing import Any
 
 import structlog
@@ -22,15 +23,12 @@ _ACCEPT_FAILED = "socket.accept() out of system resource"  # asyncio's selector_
 
 
 class AcceptFailures:
-    """A loop exception handler; `install` puts it in front of the loop's current one."""
+    """A loop exception handler in front of `previous` (None: asyncio's default)."""
 
-    def __init__(self, loop: asyncio.AbstractEventLoop) -> None:
-        self._previous = loop.get_exception_handler()
+    def __init__(self, previous: _Handler | None) -> None:
+        self._previous = previous
         self._count = 0
         self._next_line_at = 0.0
-
-    def install(self, loop: asyncio.AbstractEventLoop) -> None:
-        loop.set_exception_handler(self)
 
     def __call__(self, loop: asyncio.AbstractEventLoop, context: dict[str, Any]) -> None:
         exc = context.get("exception")
@@ -53,4 +51,7 @@ class AcceptFailures:
 
 
 def quiet_accept_failures(loop: asyncio.AbstractEventLoop) -> None:
-    AcceptFailures(loop).install(loop)
+    loop.set_exception_handler(AcceptFailures(loop.get_exception_handler()))
+
+
+_Handler = Callable[[asyncio.AbstractEventLoop, dict[str, Any]], object]

@@ -11,14 +11,15 @@ leaks into this one):
 
 A scrape writes the serving worker's own snapshot first and then reads everything else, so any
 value ever reported for a worker is already on disk: later scrapes read files that can only have
-grown, and counters never go backwards, even when the worker that reported them dies. When the
-snapshot cannot be written (a full disk), the scrape still answers, with this worker's part from
-memory (a counter may then go back if the worker dies before a write succeeds), the failure is
-counted by reason (`metrics_snapshot_write_errors_total`) and logged once until a write succeeds,
-and no temporary file is left behind. Other
+grown, and counters never go backwards, even when the worker that reported them dies. Other
 workers' numbers lag by at most the sync interval. With a single worker nothing is written
 between scrapes and a scrape reports live numbers. A file that cannot be parsed is skipped with a
 warning. Folding and reading are serialised by `flock` on `archive.lock`.
+
+When a snapshot cannot be written (a full disk), the scrape still answers, with this worker's part
+from memory (a counter may then go back if the worker dies before a write succeeds); the failure
+is counted by reason (`metrics_snapshot_write_errors_total`) and logged once until a write
+succeeds, and no temporary file is left behind.
 """
 
 from __future__ import annotations

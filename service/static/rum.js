@@ -5,7 +5,8 @@
  * build), which this script loads from beside itself: its definitions are Chrome's, Search
  * Console's and CrUX's, back/forward-cache restores and prerendering included. This script
  * adds what is the service's own: JavaScript errors, timings of the /api/ calls made to the
- * service (the origin of the beacon endpoint, whatever the page's) with fetch or XMLHttpRequest, batching within the receiver's limits, and sending when the page
+ * service (the origin of the beacon endpoint, whatever the page's) with fetch or
+ * XMLHttpRequest, batching within the receiver's limits, and sending when the page
  * is hidden or left (sendBeacon, falling back to fetch with keepalive). It never throws into the
  * page: whatever goes wrong here is dropped.
  * Optional attributes on the tag: data-endpoint="/api/rum", data-web-vitals="<its URL>".
