@@ -387,7 +387,8 @@ def test_monitoring_run_on_ports_of_choice(tmp_path: Path, postgres_url: str) ->
             url = f"http://{prometheus_address}"
 
             def all_up() -> bool:
-                with suppress(httpx.TransportError):
+                # Until it is ready, Prometheus answers queries with a plain-text 503.
+                with suppress(httpx.TransportError, ValueError):
                     found = query(url, "up == 1")
                     return {s["metric"]["job"] for s in found} == {
                         "scene-packer", "prometheus", "alertmanager"
