@@ -29,6 +29,8 @@ from bench.metrics_cost import (
     _trivial_app,
     populate,
 )
+from service.health import HealthMonitor
+from service.lifecycle import Lifecycle
 from service.observability import exposition
 from service.observability.metrics import Metrics
 from service.request_record import RequestObserver
@@ -58,7 +60,9 @@ def run() -> None:
         settings = load_settings(environment="production", secret_key="x" * 40, data_dir=Path(tmp))
         _configure(settings, devnull)  # before the observer, which binds its logger when made
         metrics = Metrics(settings)
-        observed = RequestObserver(_trivial_app, settings, metrics)
+        observed = RequestObserver(
+            _trivial_app, settings, metrics, Lifecycle(settings, HealthMonitor(settings, metrics))
+        )
         bare, plain, traced, without, with_ = [], [], [], [], []
         for _ in range(RUNS):
             bare.append(asyncio.run(_per_request_us(_trivial_app, _PLAIN)))

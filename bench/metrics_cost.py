@@ -15,6 +15,8 @@ from typing import Any
 import prometheus_client
 
 from bench.machine import summary, write
+from service.health import HealthMonitor
+from service.lifecycle import Lifecycle
 from service.observability import exposition
 from service.observability.context import bind_route
 from service.observability.logging import configure_logging
@@ -99,7 +101,9 @@ def run() -> None:
         settings = load_settings(environment="production", secret_key="x" * 40, data_dir=Path(tmp))
         quiet = settings.model_copy(update={"log_level": "WARNING"})
         metrics = Metrics(settings)
-        observed = RequestObserver(_trivial_app, settings, metrics)
+        observed = RequestObserver(
+            _trivial_app, settings, metrics, Lifecycle(settings, HealthMonitor(settings, metrics))
+        )
         bare, full, unlogged = [], [], []
         for _ in range(RUNS):  # interleaved A/B/C
             _configure(settings, devnull)

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Collection
 from typing import Any
 from urllib.parse import urlsplit
 
@@ -25,7 +25,12 @@ from service.cache import init_cache
 from service.connection_close import CloseAfterUnreadBody
 from service.db import init_db
 from service.deadlines import Deadlines
-from service.errors import body_timeout, deadline_exceeded, register_error_handlers
+from service.errors import (
+    body_timeout,
+    deadline_exceeded,
+    register_error_handlers,
+    shutting_down,
+)
 from service.health import init_health
 from service.lifecycle import Lifecycle, StopReason, init_lifecycle
 from service.observability.context import current_context
@@ -84,6 +89,17 @@ class ServiceApp(Quart):
         """Called by the supervisor (service/supervisor.py) when this worker is to stop."""
         self.lifecycle.begin_draining(reason, in_flight)
 
+    def stop_in_flight(self) -> int:
+        """Called by the supervisor when graceful_timeout is nearly over: every request still
+        being worked on is cancelled and answered 503 `shutting_down` (hypercorn would cancel it
+        with an empty 500). How many."""
+        return self.deadlines.stop_all()
+
+    def abandon(self, tasks: Collection[asyncio.Task[Any]]) -> None:
+        """Called by the supervisor before it closes the connections of `tasks`, requests whose
+        answer the client has not taken by the end of graceful_timeout: their lines say so."""
+        self.lifecycle.abandon(tasks)
+
     async def full_dispatch_request(
         self, request_context: RequestContext | None = None
     ) -> ResponseTypes:
@@ -95,12 +111,17 @@ class ServiceApp(Quart):
         try:
             return await super().full_dispatch_request(request_context)
         except asyncio.CancelledError:
-            if not self.deadlines.expired(task):
+            expiry = self.deadlines.expired(task)
+            if expiry is None:
                 raise
         finally:
             self.deadlines.end(task)
-        context = current_context()
-        waited = context.waiting_on if context is not None else None
+        if expiry == "stop":
+            _logger.warning("request_stopped", waiting_on=_waiting_on())
+            return await self.finalize_request(
+                await self.handle_user_exception(shutting_down()), request_context
+            )
+        waited = _waiting_on()
         client = waited == "client"  # still sending its body: the client's delay, not ours
         _logger.log(
             logging.INFO if client else logging.WARNING,
@@ -152,6 +173,12 @@ class ServiceApp(Quart):
             if len(self._async_functions) < _ASYNC_FUNCTIONS_KEPT:
                 self._async_functions[func] = known
         return known
+
+
+def _waiting_on() -> str | None:
+    """What the request was waiting on when it was cancelled (observability/context.py)."""
+    context = current_context()
+    return context.waiting_on if context is not None else None
 
 
 def _routed_path(scope: Any) -> str:
@@ -210,14 +237,15 @@ def create_app(settings: Settings | None = None) -> ServiceApp:
     app.register_blueprint(rum.create_blueprint(app, settings, metrics))
     app.register_blueprint(auth.create_blueprint(settings, sessions, metrics))
     metrics.expect_rate_limits(rate_limited_routes(app))
+    # After every part's start-up hook, so that `service_started` means every part is open.
+    app.lifecycle = init_lifecycle(app, settings, health_monitor)
     # Inside the request record (request ids, metrics and log lines as for every request).
     app.asgi_app = ProbeEdge(app.asgi_app, health_monitor)  # type: ignore[method-assign]
     if settings.request_observability:
-        app.asgi_app = RequestObserver(app.asgi_app, settings, metrics)  # type: ignore[method-assign]
+        app.asgi_app = RequestObserver(app.asgi_app, settings, metrics, app.lifecycle)  # type: ignore[method-assign]
     # Outside the request record: an answer it gives (a deadline's 503) is an answer too.
     app.asgi_app = CloseAfterUnreadBody(app.asgi_app)  # type: ignore[method-assign]
     if settings.trusted_proxies:
         # Outermost: everything inside, the request record included, sees the client's address.
         app.asgi_app = ProxyFix(app.asgi_app, settings.trusted_proxies)  # type: ignore[method-assign]
-    app.lifecycle = init_lifecycle(app, settings, health_monitor)
     return app

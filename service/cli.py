@@ -31,7 +31,7 @@ from service.health import HealthMonitor, HealthReport
 from service.observability.logging import configure_logging, log_bad_configuration
 from service.observability.metrics import Metrics
 from service.settings import Settings, SettingsError, load_settings
-from service.supervisor import EXIT_CANNOT_SERVE, EXIT_OK, serve
+from service.supervisor import EXIT_CANNOT_SERVE, EXIT_OK, end_margin, serve
 
 EXIT_BAD_CONFIGURATION = 2
 _STOP_MARGIN_SECONDS = 5.0
@@ -139,16 +139,20 @@ def _check_server_config(config: Config) -> None:
 
 def _fit_the_stop(settings: Settings, config: Config, config_path: Path) -> None:
     """A request admitted as the drain ends may run for REQUEST_TIMEOUT; the workers then wait
-    graceful_timeout for it. Shorter, and hypercorn cuts it with an empty 500: a file that says
-    so is refused; one that does not say gets REQUEST_TIMEOUT + 5 s (hypercorn's own default,
-    3 s, is below the default deadline)."""
+    graceful_timeout for it, less the moment they keep to end what is left (`end_margin`).
+    Shorter, and the request is stopped within its deadline (503 `shutting_down`): a file that
+    says so is refused; one that does not say gets REQUEST_TIMEOUT + 5 s (hypercorn's own
+    default, 3 s, is below the default deadline)."""
     if "graceful_timeout" not in tomllib.loads(config_path.read_text()):
         config.graceful_timeout = settings.request_timeout + _STOP_MARGIN_SECONDS
-    elif settings.request_timeout >= config.graceful_timeout:
+        return
+    usable = config.graceful_timeout - end_margin(config.graceful_timeout)
+    if settings.request_timeout >= usable:
         raise ValueError(
             f"graceful_timeout ({config.graceful_timeout:g} s) must be longer than "
-            f"REQUEST_TIMEOUT ({settings.request_timeout:g} s): a request still within its "
-            "deadline at a stop would be cut without an answer"
+            f"REQUEST_TIMEOUT ({settings.request_timeout:g} s) by more than "
+            f"{end_margin(config.graceful_timeout):g} s: a request still within its deadline "
+            "at a stop would be stopped unfinished"
         )
 
 

@@ -7,8 +7,9 @@ scheduled and cancelled a timer handle and ran a context manager (3.6 µs of CPU
 bench/README.md). The price: a deadline is kept to within `resolution` (a tenth of the timeout,
 at most 50 ms) rather than to the millisecond.
 
-The cancellation is told apart from any other (a client that went away, a stopping server) by
-the set of tasks the sweeper cancelled, as `asyncio.timeout` does with its own state.
+The cancellation is told apart from any other (a client that went away) by the tasks the sweeper
+cancelled, as `asyncio.timeout` does with its own state, with why: their deadline passed, or the
+server is stopping and cannot wait for them any longer (`stop_all`).
 """
 
 from __future__ import annotations
@@ -16,8 +17,11 @@ from __future__ import annotations
 import asyncio
 import contextvars
 from contextlib import suppress
+from typing import Literal
 
 MAX_RESOLUTION = 0.05
+# Why a request's work was cancelled: its REQUEST_TIMEOUT passed, or the server is stopping.
+Expiry = Literal["deadline", "stop"]
 
 
 class Deadlines:
@@ -25,7 +29,7 @@ class Deadlines:
         self.timeout = timeout
         self.resolution = min(MAX_RESOLUTION, timeout / 10)
         self._expiries: dict[asyncio.Task[object], float] = {}
-        self._expired: set[asyncio.Task[object]] = set()
+        self._expired: dict[asyncio.Task[object], Expiry] = {}
         self._sweeper: asyncio.Task[None] | None = None
         self._loop: asyncio.AbstractEventLoop | None = None
 
@@ -46,16 +50,25 @@ class Deadlines:
         if expiry is not None:
             self._expiries[task] = expiry + seconds
 
-    def expired(self, task: asyncio.Task[object]) -> bool:
-        """Whether the task was cancelled because its deadline passed."""
-        return task in self._expired
+    def expired(self, task: asyncio.Task[object]) -> Expiry | None:
+        """Why the task was cancelled here (its deadline passed, or `stop_all`), or None."""
+        return self._expired.get(task)
+
+    def stop_all(self) -> int:
+        """Cancel every request still being worked on, as its deadline would (the server stops
+        and cannot wait for them): how many."""
+        stopped = list(self._expiries)
+        self._expiries.clear()
+        for task in stopped:
+            self._expired[task] = "stop"
+            task.cancel()
+        return len(stopped)
 
     def end(self, task: asyncio.Task[object]) -> None:
         """The request is over: forget its deadline, and take back the cancellation the sweeper
         sent if it did, so that the task's own later waits are not cancelled again."""
         self._expiries.pop(task, None)
-        if task in self._expired:
-            self._expired.discard(task)
+        if self._expired.pop(task, None) is not None:
             task.uncancel()
 
     async def close(self) -> None:
@@ -83,5 +96,5 @@ class Deadlines:
             overdue = [task for task, expiry in self._expiries.items() if expiry <= now]
             for task in overdue:
                 del self._expiries[task]
-                self._expired.add(task)
+                self._expired[task] = "deadline"
                 task.cancel()

@@ -93,6 +93,17 @@ def deadline_exceeded() -> APIError:
 _CLOSE = {"Connection": "close"}
 
 
+def shutting_down() -> APIError:
+    """The answer to a request the server could not finish before it stopped: another instance
+    (or this one, restarted) will take it."""
+    return APIError(
+        503,
+        "shutting_down",
+        "The server is stopping and could not finish this request; retry it.",
+        RETRY_SOON,
+    )
+
+
 def body_timeout() -> APIError:
     """The answer to a request whose client was still sending its body at REQUEST_TIMEOUT."""
     return APIError(408, *_HTTP_CODES[408], _CLOSE)

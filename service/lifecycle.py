@@ -2,8 +2,10 @@
 
 `service_started` is written once every part is open; `begin_draining` (called by the supervisor,
 `service/supervisor.py`, when the worker is asked to stop or to make way for a successor) turns
-readiness to 503 `draining` and writes `service_draining`; `service_stopped` closes the record
-once every request has finished, with the reason and how long the stop took.
+readiness to 503 `draining` and writes `service_draining`; `abandon` names the requests whose
+answer a client had not taken when the stop's time ran out (`requests_abandoned`; each one's
+`request_finished` line says `delivered: false`); `service_stopped` closes the record once every
+request has finished, with the reason and how long the stop took.
 """
 
 from __future__ import annotations
@@ -11,8 +13,8 @@ from __future__ import annotations
 import asyncio
 import os
 import time
-from collections.abc import AsyncGenerator
-from typing import Literal
+from collections.abc import AsyncGenerator, Collection
+from typing import Any, Literal
 
 import structlog
 from quart import Quart
@@ -36,6 +38,8 @@ class Lifecycle:
         self.started_at: float | None = None
         self.draining_since: float | None = None
         self.stop_reason: StopReason | None = None
+        # The tasks (one per request, hypercorn's) whose connection the stop closed mid-answer.
+        self.abandoned: set[asyncio.Task[Any]] = set()
 
     def begin_draining(self, reason: StopReason, in_flight: int) -> None:
         """From now on readiness answers 503 `draining`; requests are still served."""
@@ -50,6 +54,12 @@ class Lifecycle:
             in_flight_requests=in_flight,
             drain_seconds=self.settings.drain_seconds if reason != "recycle" else 0,
         )
+
+    def abandon(self, tasks: Collection[asyncio.Task[Any]]) -> None:
+        """`tasks` are requests whose answer was not taken by the end of the stop's time: their
+        connections are about to be closed."""
+        self.abandoned.update(tasks)
+        self.logger.warning("requests_abandoned", requests=len(tasks))
 
     def started(self) -> None:
         self.started_at = time.monotonic()

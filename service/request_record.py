@@ -33,6 +33,7 @@ from werkzeug.routing import Rule
 
 from service.active_users import ActiveUsers
 from service.cache import CacheError
+from service.lifecycle import Lifecycle
 from service.observability.context import (
     REQUEST_ID_HEADER,
     RequestContext,
@@ -66,10 +67,13 @@ _logger = structlog.get_logger(REQUEST_LOGGER)
 
 
 class RequestObserver:
-    def __init__(self, app: ASGIFramework, settings: Settings, metrics: Metrics) -> None:
+    def __init__(
+        self, app: ASGIFramework, settings: Settings, metrics: Metrics, lifecycle: Lifecycle
+    ) -> None:
         self.app = app
         self.settings = settings
         self.metrics = metrics
+        self.lifecycle = lifecycle
         # Bound once (create_app configures logging first): a module-level structlog logger is a
         # lazy proxy that looks its configuration up again on every call.
         self.logger = structlog.get_logger(REQUEST_LOGGER).bind()
@@ -134,8 +138,11 @@ class RequestObserver:
                     context.request_id,
                     context.trace_id,
                 )
+            # Abandoned at a stop: the answer (or its end) was handed over but never taken.
+            abandoned = self.lifecycle.abandoned
+            delivered = not abandoned or asyncio.current_task() not in abandoned
             if self.settings.log_health_requests or not is_poll:
-                self._log_finished(context, status, elapsed, sent_bytes)
+                self._log_finished(context, status, elapsed, sent_bytes, delivered)
 
     def _start(self, scope: HTTPScope) -> RequestContext:
         """The request's context, from the one pass over its headers this module makes."""
@@ -161,10 +168,27 @@ class RequestObserver:
         )
 
     def _log_finished(
-        self, context: RequestContext, status: int, elapsed: float, sent_bytes: int
+        self,
+        context: RequestContext,
+        status: int,
+        elapsed: float,
+        sent_bytes: int,
+        delivered: bool,
     ) -> None:
         # Whole microseconds: round(x, 3) formats the float as text internally.
         duration_ms = int(elapsed * 1_000_000) / 1000
+        if not delivered:
+            self.logger.warning(
+                "request_finished",
+                status=status,
+                error_code=context.error_code,
+                delivered=False,
+                duration_ms=duration_ms,
+                response_bytes=sent_bytes,
+                route=context.route,
+                user_id=context.user_id,
+            )
+            return
         if status < 400:
             self.logger.info(
                 "request_finished",

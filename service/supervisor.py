@@ -68,6 +68,8 @@ _RETRY_SUCCESSOR_SECONDS = 10.0
 # After a stopping worker closes its listener: requests already on an open connection are still
 # served (with `Connection: close`) before hypercorn closes the idle ones.
 _CLOSE_GRACE_SECONDS = 1.0
+# How long before graceful_timeout the requests still in flight are ended (at most a quarter of it).
+_END_MARGIN_SECONDS = 1.0
 
 logger = structlog.get_logger("service.supervisor")
 
@@ -214,6 +216,13 @@ def stop_budget(config: Config, drain_seconds: float) -> float:
     )
 
 
+def end_margin(graceful_timeout: float) -> float:
+    """How long before graceful_timeout a stopping worker ends the requests still in flight:
+    a request admitted as the drain ends must be able to finish within graceful_timeout less
+    this."""
+    return min(_END_MARGIN_SECONDS, graceful_timeout / 4)
+
+
 def _stop(plan: Plan, workers: list[Worker], boot_failed: bool) -> int:
     started = time.monotonic()
     received = plan.stop_signal.value
@@ -311,7 +320,7 @@ class _Gate:
         self.max_requests = max_requests
         self.wants_successor = wants_successor
         self.served = 0
-        self.in_flight = 0
+        self.in_flight: set[asyncio.Task[Any]] = set()  # hypercorn's task of each request
         self.draining = False
 
     async def __call__(
@@ -323,14 +332,16 @@ class _Gate:
         self.served += 1
         if self.max_requests is not None and self.served == self.max_requests:
             self.wants_successor.set()
-        self.in_flight += 1
+        task = asyncio.current_task()
+        assert task is not None
+        self.in_flight.add(task)
         try:
             if scope["http_version"] in ("1.0", "1.1"):
                 await self.app(scope, receive, self._closing_when_draining(send))
             else:
                 await self.app(scope, receive, send)
         finally:
-            self.in_flight -= 1
+            self.in_flight.discard(task)
 
     def _closing_when_draining(self, send: ASGISendCallable) -> ASGISendCallable:
         # Decided when the answer starts, not when the request arrived: a request in flight
@@ -355,12 +366,12 @@ def _worker_main(
     for signum in STOP_SIGNALS:
         signal.signal(signum, lambda received, _frame: early.append(received))
     signal.pthread_sigmask(signal.SIG_UNBLOCK, STOP_SIGNALS)  # blocked by the master's _start
-    listeners = _capture_listeners()
+    servers = _capture_servers()
     try:
         module_name, _, attribute = plan.application_path.partition(":")
         app = getattr(importlib.import_module(module_name), attribute or "app")
         gate = _Gate(app, max_requests, wants_successor)
-        asyncio.run(_serve_worker(plan, app, gate, listeners, early, ready, retire))
+        asyncio.run(_serve_worker(plan, app, gate, servers, early, ready, retire))
     except BaseException:
         if ready.is_set():
             raise
@@ -374,7 +385,7 @@ async def _serve_worker(
     plan: Plan,
     app: Any,
     gate: _Gate,
-    listeners: list[asyncio.Server],
+    servers: _Servers,
     early: list[int],
     ready: Event,
     retire: Event,
@@ -396,20 +407,49 @@ async def _serve_worker(
         gate.draining = True
         begin_draining = getattr(app, "begin_draining", None)
         if begin_draining is not None:
-            begin_draining(reason, gate.in_flight)
+            begin_draining(reason, len(gate.in_flight))
         if reason != "recycle":
             await asyncio.sleep(plan.drain_seconds)  # still accepting: readiness says 503
-        for listener in listeners:
+        for listener in servers.listeners:
             listener.close()
         grace = plan.config.keep_alive_timeout if reason == "recycle" else _CLOSE_GRACE_SECONDS
         await asyncio.sleep(min(grace, plan.config.keep_alive_timeout))
         # Returning hands over to hypercorn: idle connections closed, in-flight requests
         # finished (up to graceful_timeout), then the app's shutdown.
+        ending.append(
+            asyncio.create_task(_end_in_time(app, gate, servers, plan.config.graceful_timeout))
+        )
 
+    ending: list[asyncio.Task[None]] = []
     wrapped = wrap_app(gate, plan.config.wsgi_max_body_size, "asgi")
-    await worker_serve(
-        wrapped, plan.config, sockets=plan.sockets, shutdown_trigger=shutdown_trigger
-    )
+    try:
+        await worker_serve(
+            wrapped, plan.config, sockets=plan.sockets, shutdown_trigger=shutdown_trigger
+        )
+    finally:
+        for task in ending:
+            task.cancel()
+
+
+async def _end_in_time(app: Any, gate: _Gate, servers: _Servers, graceful_timeout: float) -> None:
+    """What hypercorn would find at `graceful_timeout`, ended a moment before it on the app's
+    terms. hypercorn cancels every connection left then: a request still being worked on answers
+    an empty 500, and a response blocked on a client that reads nothing (an HTTP/2 stream with a
+    zero window) fails the cancellation itself, and the worker's exit. Here the requests still
+    being worked on answer 503 `shutting_down` first; then the connections still open are
+    closed, their unanswered requests logged as not delivered."""
+    margin = end_margin(graceful_timeout)
+    await asyncio.sleep(graceful_timeout - margin)
+    stop_in_flight = getattr(app, "stop_in_flight", None)
+    if gate.in_flight and stop_in_flight is not None:
+        stop_in_flight()
+        await asyncio.sleep(margin / 2)  # their answers go out
+    if gate.in_flight:
+        abandon = getattr(app, "abandon", None)
+        if abandon is not None:
+            abandon(set(gate.in_flight))
+    for writer in list(servers.connections):
+        writer.transport.abort()
 
 
 def _stop_reason(plan: Plan, signalled: list[int], retire: Event, master: int) -> str | None:
@@ -425,23 +465,43 @@ def _stop_reason(plan: Plan, signalled: list[int], retire: Event, master: int) -
     return None
 
 
-def _capture_listeners() -> list[asyncio.Server]:
-    """The servers hypercorn's worker_serve starts, so a stopping worker can stop accepting
-    before hypercorn closes idle connections (it does both at once). This process only."""
-    listeners: list[asyncio.Server] = []
+@dataclass
+class _Servers:
+    """The servers hypercorn's worker_serve starts, and their open connections."""
+
+    listeners: list[asyncio.Server] = field(default_factory=list)
+    connections: set[asyncio.StreamWriter] = field(default_factory=set)
+
+
+def _capture_servers() -> _Servers:
+    """Record the servers hypercorn's worker_serve starts, so a stopping worker can stop
+    accepting before hypercorn closes idle connections (it does both at once), and their
+    connections, so it can close the ones still open at the stop's end. This process only."""
+    servers = _Servers()
     start_server = asyncio.start_server
 
-    async def recording_start_server(*args: Any, **kwargs: Any) -> asyncio.Server:
-        server = await start_server(*args, **kwargs)
-        listeners.append(server)
+    async def recording_start_server(
+        client_connected: Callable[[asyncio.StreamReader, asyncio.StreamWriter], Awaitable[None]],
+        *args: Any,
+        **kwargs: Any,
+    ) -> asyncio.Server:
+        async def recorded(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+            servers.connections.add(writer)
+            try:
+                await client_connected(reader, writer)
+            finally:
+                servers.connections.discard(writer)
+
+        server = await start_server(recorded, *args, **kwargs)
+        servers.listeners.append(server)
         if sys.version_info >= (3, 12, 1):
             # From 3.12.1 wait_closed() waits for every connection, so hypercorn's
             # graceful_timeout would never apply (hypercorn issue #308).
             server.wait_closed = _closed  # type: ignore[method-assign]
         return server
 
-    asyncio.start_server = recording_start_server
-    return listeners
+    asyncio.start_server = recording_start_server  # type: ignore[assignment]
+    return servers
 
 
 async def _closed() -> None:

@@ -7,11 +7,15 @@ import asyncio
 import contextlib
 import os
 import signal
+import socket
 import time
 import uuid
 from pathlib import Path
 from typing import Any
 
+import h2.config
+import h2.connection
+import h2.settings
 import httpx
 import psutil
 import pytest
@@ -20,7 +24,7 @@ from service.observability import exposition
 from tests.support.backends import REDIS_URL
 from tests.support.metrics_helpers import parse, value
 from tests.support.server import PRODUCTION_ENV, Server, is_live, running_server
-from tests.support.waiting import until
+from tests.support.waiting import until, wait_until
 
 LOGINS = 50  # at most: fewer where the machine hashes too slowly to finish them in the drain
 GRACEFUL_TIMEOUT = 60  # hypercorn's wait for requests in flight, in the stop-under-load test
@@ -43,14 +47,19 @@ def _env(tmp_path: Path, postgres_url: str, **extra: str) -> dict[str, str]:
     }
 
 
+def _in_progress(server: Server, method: str) -> float:
+    """The server's `http_requests_in_progress` for `method` (asked on a separate connection)."""
+    samples = parse(httpx.get(server.base_url + "/metrics", timeout=HANG_GUARD).text)
+    return value(samples, "http_requests_in_progress", method=method)
+
+
 async def _until_in_flight(server: Server, count: int) -> None:
-    """Until the server reports `count` requests in progress (on a separate connection)."""
-
-    def enough() -> bool:
-        samples = parse(httpx.get(server.base_url + "/metrics", timeout=HANG_GUARD).text)
-        return value(samples, "http_requests_in_progress", method="POST") >= count
-
-    await until(enough, HANG_GUARD, f"fewer than {count} requests ever in flight")
+    """Until the server reports `count` POSTs in progress."""
+    await until(
+        lambda: _in_progress(server, "POST") >= count,
+        HANG_GUARD,
+        f"fewer than {count} requests ever in flight",
+    )
 
 
 def _archived(tmp_path: Path) -> dict[Any, float]:
@@ -156,6 +165,56 @@ async def test_draining_keeps_serving_while_readiness_says_503(
     # Once the drain is over the socket closes: nothing is accepted and then dropped.
     with pytest.raises(httpx.ConnectError):
         await asyncio.to_thread(httpx.get, server.base_url + "/api/health/live", timeout=5)
+
+
+def test_a_client_that_reads_nothing_cannot_hold_up_the_stop(
+    tmp_path: Path, postgres_url: str
+) -> None:
+    """An HTTP/2 (prior knowledge) client that opens its streams with a zero flow-control window
+    and never widens it: the answers can never be sent. The stop still ends in graceful_timeout,
+    exit 0; the stuck requests are logged as not delivered (hypercorn's own cancellation made the
+    worker exit 1 with a burst of ExceptionGroup tracebacks, and the lines said 200, delivered)."""
+    env = _env(tmp_path, postgres_url, DRAIN_SECONDS="0", REQUEST_TIMEOUT="2")
+    config = {"workers": 1, "graceful_timeout": 4}
+    streams = 3
+    with running_server(tmp_path, env, config=config, supervised=True) as server:
+        host, port = server.base_url.removeprefix("http://").split(":")
+        with socket.create_connection((host, int(port)), timeout=HANG_GUARD) as sock:
+            connection = h2.connection.H2Connection(
+                h2.config.H2Configuration(client_side=True, header_encoding="utf-8")
+            )
+            connection.local_settings = h2.settings.Settings(
+                client=True, initial_values={h2.settings.SettingCodes.INITIAL_WINDOW_SIZE: 0}
+            )
+            connection.initiate_connection()
+            for _ in range(streams):
+                connection.send_headers(
+                    connection.get_next_available_stream_id(),
+                    [
+                        (":method", "GET"),
+                        (":path", "/openapi.json"),
+                        (":scheme", "http"),
+                        (":authority", f"{host}:{port}"),
+                    ],
+                    end_stream=True,
+                )
+            sock.sendall(connection.data_to_send())
+            wait_until(
+                lambda: _in_progress(server, "GET") >= streams,
+                HANG_GUARD,
+                "the streams never reached the app",
+            )
+            os.kill(server.process.pid, signal.SIGTERM)
+            exit_code = server.process.wait(HANG_GUARD)
+    assert exit_code == 0
+    events = server.events()
+    (master,) = [e for e in events if e["event"] == "server_stopped"]
+    assert master["exit_code"] == 0 and master["killed"] is None
+    assert [e["requests"] for e in events if e["event"] == "requests_abandoned"] == [streams]
+    stuck = [e for e in events if e["event"] == "request_finished" and e["path"] == "/openapi.json"]
+    assert [(e["delivered"], e["level"]) for e in stuck] == [(False, "warning")] * streams
+    assert [e for e in events if e["level"] in ("error", "critical")] == []
+    assert "Traceback" not in server.output.read_text()
 
 
 @pytest.mark.parametrize("workers", [1, 2])

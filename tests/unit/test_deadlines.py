@@ -12,6 +12,7 @@ from service.app import create_app
 from service.settings import Settings
 from tests.support.client import login
 from tests.support.metrics_helpers import parse
+from tests.support.waiting import until
 
 # Generous: only tells "bounded by the deadline" from "waited for the client timeouts" (60 s).
 DEADLINE = 1.0
@@ -62,3 +63,43 @@ async def test_logins_queued_for_the_hashing_pool_past_the_deadline_say_so(
     labels = frozenset({("dependency", "database"), ("reason", "timeout")})
     assert ("dependency_errors_total", labels) in samples  # the counters are there, at zero
     assert not [v for (name, _), v in samples.items() if name == "dependency_errors_total" and v]
+
+
+async def test_requests_still_working_when_the_stop_runs_out_answer_503_shutting_down(
+    settings: Settings,
+) -> None:
+    """What the supervisor does shortly before graceful_timeout (`ServiceApp.stop_in_flight`):
+    logins queued behind a busy hashing thread, far from their deadline, each answer 503
+    `shutting_down` with Retry-After and their request id (hypercorn would have cancelled them
+    with an empty 500), and each is logged with what it was waiting on."""
+    update = {
+        "request_timeout": BOUND * 10,
+        "password_hash_threads": 1,
+        "login_limit_per_ip": 1000,
+        "login_limit_per_username": 1000,
+    }
+    app = create_app(settings.model_copy(update=update))
+    async with app.test_app() as test_app:
+        client = test_app.test_client()
+        pool = app.extensions["password_hashing"]
+        busy = threading.Event()
+        pool.submit(busy.wait, BOUND * 3)
+        try:
+            with structlog.testing.capture_logs() as logs:
+                logins = [asyncio.ensure_future(login(client, f"late-{i}")) for i in range(5)]
+                await until(lambda: pool._work_queue.qsize() == 5, BOUND, "the logins never queued")
+                assert app.stop_in_flight() == 5
+                answers = await asyncio.wait_for(asyncio.gather(*logins), BOUND)
+        finally:
+            busy.set()
+        assert [answer.status_code for answer in answers] == [503] * 5
+        assert {answer.headers["Retry-After"] for answer in answers} == {"1"}
+        errors = [(await answer.get_json())["error"] for answer in answers]
+        assert {error["code"] for error in errors} == {"shutting_down"}
+        assert {error["request_id"] for error in errors} == {
+            answer.headers["X-Request-ID"] for answer in answers
+        }
+        stopped = [line for line in logs if line["event"] == "request_stopped"]
+        assert [line["waiting_on"] for line in stopped] == ["password_hashing"] * 5
+        assert app.stop_in_flight() == 0  # nothing left to stop; the app serves on
+        assert (await client.get("/")).status_code == 200
