@@ -26,7 +26,7 @@ import structlog
 from hypercorn.config import Config
 
 from service.cache import InstrumentedCache, create_cache
-from service.db.engine import create_engine, upgrade_to_head
+from service.db.engine import create_engine, dispose, upgrade_to_head
 from service.health import HealthMonitor, HealthReport
 from service.observability.logging import configure_logging, log_bad_configuration
 from service.observability.metrics import Metrics
@@ -206,7 +206,7 @@ async def _migrate(settings: Settings) -> int:
         logger.error("migration_failed", exc_info=error)
         return EXIT_CANNOT_SERVE
     finally:
-        await engine.dispose()
+        await dispose(engine)
     logger.info("database_migrated", from_revision=before, to_revision=after)
     return EXIT_OK
 

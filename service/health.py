@@ -29,6 +29,7 @@ from service.cache import InstrumentedCache, get_cache
 from service.db.engine import (
     SchemaRevisions,
     create_probe_engine,
+    dispose,
     schema_revisions,
     select_schema_revision,
 )
@@ -140,7 +141,7 @@ class HealthMonitor:
                 await asyncio.gather(inflight, return_exceptions=True)
         await asyncio.gather(*self._disposals, return_exceptions=True)
         if self.probe_engine is not None:
-            await self.probe_engine.dispose()
+            await dispose(self.probe_engine)
 
     async def report(self) -> HealthReport:
         """The latest report: cached for the TTL, else the one in flight, else a new run."""
@@ -317,7 +318,7 @@ def get_health() -> HealthMonitor:
 async def _dispose_quietly(engine: AsyncEngine) -> None:
     try:
         async with asyncio.timeout(5):
-            await engine.dispose()
+            await dispose(engine)
     except Exception:
         logger.debug("probe_engine_dispose_failed", exc_info=True)
 

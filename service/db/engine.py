@@ -9,14 +9,15 @@ from __future__ import annotations
 import asyncio
 import fcntl
 from collections.abc import AsyncIterator, Callable
-from contextlib import asynccontextmanager
+from contextlib import asynccontextmanager, suppress
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
+from weakref import WeakKeyDictionary
 
 from quart import Quart, current_app
 from sqlalchemy import event, text
-from sqlalchemy.engine import Connection
+from sqlalchemy.engine import Connection, Engine
 from sqlalchemy.exc import DBAPIError, InterfaceError, OperationalError, ProgrammingError
 from sqlalchemy.exc import TimeoutError as PoolTimeoutError
 from sqlalchemy.ext.asyncio import (
@@ -27,6 +28,7 @@ from sqlalchemy.ext.asyncio import (
     create_async_engine,
 )
 from sqlalchemy.pool import NullPool
+from sqlalchemy.util.concurrency import in_greenlet
 
 from service.observability.context import waiting_on
 from service.settings import Settings
@@ -126,7 +128,7 @@ def create_engine(settings: Settings) -> AsyncEngine:
         )
         event.listen(engine.sync_engine, "connect", _sqlite_pragmas)
         return engine
-    return create_async_engine(
+    engine = create_async_engine(
         url,
         hide_parameters=True,
         pool_size=settings.db_pool_size,
@@ -142,6 +144,8 @@ def create_engine(settings: Settings) -> AsyncEngine:
             },
         },
     )
+    _close_in_background(engine, settings.db_connect_timeout)
+    return engine
 
 
 def create_probe_engine(settings: Settings) -> AsyncEngine:
@@ -153,7 +157,7 @@ def create_probe_engine(settings: Settings) -> AsyncEngine:
         return create_async_engine(
             url, hide_parameters=True, poolclass=NullPool, connect_args={"timeout": timeout}
         )
-    return create_async_engine(
+    engine = create_async_engine(
         url,
         hide_parameters=True,
         pool_size=1,
@@ -166,6 +170,51 @@ def create_probe_engine(settings: Settings) -> AsyncEngine:
             "server_settings": {"application_name": "scene-packer-health"},
         },
     )
+    _close_in_background(engine, timeout)
+    return engine
+
+
+class _BackgroundCloser:
+    """Closes the connections a pool gives up on (a request cancelled mid-query at its deadline,
+    a broken or hung link) in the background. SQLAlchemy closes them gracefully in the request's
+    own time: the server is asked to cancel the running statement, told goodbye and given 2 s to
+    answer; when the server is the thing that hung, the 503 went out REQUEST_TIMEOUT + 2 s after
+    the request arrived. Here the same close runs as a task of its own, bounded by `timeout`
+    (then asyncpg drops the socket), and the request answers at once."""
+
+    def __init__(self, timeout: float) -> None:
+        self.timeout = timeout
+        self.closing: set[asyncio.Task[None]] = set()
+
+    def terminate(self, dbapi_connection: Any) -> None:
+        driver = dbapi_connection.driver_connection
+        if not in_greenlet():  # the garbage collector's cleanup: nothing may wait
+            driver.terminate()
+            return
+        task = asyncio.get_running_loop().create_task(self._close(driver))
+        self.closing.add(task)
+        task.add_done_callback(self.closing.discard)
+
+    async def _close(self, driver: Any) -> None:
+        # asyncpg aborts the connection itself when the graceful close fails or times out.
+        with suppress(Exception):
+            await driver.close(timeout=self.timeout)
+
+
+_closers: WeakKeyDictionary[Engine, _BackgroundCloser] = WeakKeyDictionary()
+
+
+def _close_in_background(engine: AsyncEngine, timeout: float) -> None:
+    closer = _closers[engine.sync_engine] = _BackgroundCloser(timeout)
+    engine.sync_engine.dialect.do_terminate = closer.terminate  # type: ignore[method-assign]
+
+
+async def dispose(engine: AsyncEngine) -> None:
+    """Close the engine's pool, and wait for the connections it gave up on to finish closing."""
+    await engine.dispose()
+    closer = _closers.get(engine.sync_engine)
+    if closer is not None:
+        await asyncio.gather(*closer.closing, return_exceptions=True)
 
 
 def init_db(
@@ -188,7 +237,7 @@ def init_db(
     async def _close() -> None:
         database: Database | None = app.extensions.pop(_EXTENSION, None)
         if database is not None:
-            await database.engine.dispose()
+            await dispose(database.engine)
 
 
 def get_database() -> Database:

@@ -19,7 +19,7 @@ from service.app import create_app
 from service.db.engine import get_database
 from service.settings import Settings
 from tests.support.client import Client, login, register, session_cookie
-from tests.support.faults import HungServer
+from tests.support.faults import HungServer, TcpProxy
 from tests.support.metrics_helpers import parse, value
 
 # Generous: only tells "bounded by the deadline" from "waited for the client timeouts" (60 s).
@@ -201,3 +201,48 @@ async def test_redis_replies_are_timed_by_redis_socket_timeout(settings: Setting
         samples = parse(await (await client.get("/metrics")).get_data(as_text=True))
         cause = {"dependency": "cache", "reason": "timeout"}
         assert value(samples, "dependency_errors_total", **cause) >= 2
+
+
+async def test_a_pooled_connection_that_hangs_is_answered_first_and_closed_after(
+    settings: Settings, postgres_url: str
+) -> None:
+    """A connection already in the pool stops answering mid-query (the path to PostgreSQL goes
+    dark). The request answers 503 `dependency_timeout` at its deadline while the connection is
+    still being closed: SQLAlchemy's graceful close (cancel the statement, say goodbye, wait for
+    the server) ran in the request's time, and the 503 came 2 s past REQUEST_TIMEOUT. The close
+    is bounded (DB_CONNECT_TIMEOUT here, 60 s, so that the order shows whatever the machine's
+    load) and ends with the dark path; the pool is whole for the next request."""
+    target = make_url(postgres_url)
+    proxy = TcpProxy(target.port or 5432)
+    await proxy.start()
+    via_proxy = target.set(port=proxy.port).render_as_string(hide_password=False)
+    update = {
+        "database_url": SecretStr(via_proxy),
+        "request_timeout": DEADLINE,
+        "db_connect_timeout": 60,
+        "db_statement_timeout": 60,
+        "health_refresh_seconds": 0,
+    }
+    app = create_app(settings.model_copy(update=update))
+    try:
+        async with app.test_app() as test_app:
+            client = test_app.test_client()
+            assert (await register(client)).status_code == 201  # a connection in the pool
+            pooled = proxy.hang()
+            assert pooled >= 1
+            with structlog.testing.capture_logs() as logs:
+                answer = await asyncio.wait_for(login(client), BOUND)
+            # Answered while the dark connection is still open, its close under way.
+            assert proxy.open_since_hang == pooled
+            assert answer.status_code == 503
+            assert (await answer.get_json())["error"]["code"] == "dependency_timeout"
+            late = [line for line in logs if line["event"] == "request_deadline_exceeded"]
+            assert [line["waiting_on"] for line in late] == ["database"]
+            async with test_app.app.app_context():
+                assert get_database().engine.sync_engine.pool.checkedout() == 0
+            await proxy.cut()  # the dark path resets: the close ends
+            proxy.hung = False
+            await proxy.start()
+            assert (await login(client)).status_code == 200
+    finally:
+        await proxy.cut()

@@ -9,13 +9,29 @@ from tests.support.server import free_port
 
 
 class TcpProxy:
-    """Forwards 127.0.0.1:port to a real service; `cut()` refuses and drops connections."""
+    """Forwards 127.0.0.1:port to a real service; `cut()` refuses and drops connections,
+    `hang()` leaves the open ones open and silent."""
 
     def __init__(self, target_port: int) -> None:
         self.target_port = target_port
         self.port = free_port()
         self._server: asyncio.Server | None = None
         self._writers: set[asyncio.StreamWriter] = set()
+        self.hung = False
+        self._clients: set[asyncio.StreamWriter] = set()  # not yet closed on the client's side
+        self._hung_open: set[asyncio.StreamWriter] = set()
+
+    @property
+    def open_since_hang(self) -> int:
+        """How many of the connections open at `hang()` their clients have not closed yet."""
+        return len(self._hung_open)
+
+    def hang(self) -> int:
+        """From now on nothing more passes either way on the open connections (a server stuck
+        mid-query, or a network path that went dark); they stay open. How many there are."""
+        self.hung = True
+        self._hung_open = set(self._clients)
+        return len(self._hung_open)
 
     async def start(self) -> None:
         self._server = await asyncio.start_server(self._handle, "127.0.0.1", self.port)
@@ -38,10 +54,31 @@ class TcpProxy:
             writer.transport.abort()
             return
         self._writers.update({writer, upstream_writer})
+        self._clients.add(writer)
         await asyncio.gather(
-            _pipe(reader, upstream_writer), _pipe(upstream_reader, writer), return_exceptions=True
+            self._pipe(reader, upstream_writer, client=writer),
+            self._pipe(upstream_reader, writer),
+            return_exceptions=True,
         )
         self._writers.difference_update({writer, upstream_writer})
+
+    async def _pipe(
+        self,
+        reader: asyncio.StreamReader,
+        writer: asyncio.StreamWriter,
+        client: asyncio.StreamWriter | None = None,
+    ) -> None:
+        try:
+            while data := await reader.read(65536):
+                if not self.hung:
+                    writer.write(data)
+                    await writer.drain()
+        finally:
+            if client is not None:  # the client closed its side
+                self._clients.discard(client)
+                self._hung_open.discard(client)
+            with contextlib.suppress(Exception):
+                writer.close()
 
 
 class HungServer:
@@ -68,13 +105,3 @@ class HungServer:
 
     async def _handle(self, _reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         self._writers.append(writer)
-
-
-async def _pipe(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
-    try:
-        while data := await reader.read(65536):
-            writer.write(data)
-            await writer.drain()
-    finally:
-        with contextlib.suppress(Exception):
-            writer.close()
