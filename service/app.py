@@ -204,11 +204,17 @@ def create_app(settings: Settings | None = None) -> ServiceApp:
     )
 
     metrics = init_metrics(app, settings)
+    health_monitor = init_health(app, settings, metrics)
+
+    def database_failed(reason: FailureReason) -> None:
+        metrics.dependency_failed("database", reason)
+        health_monitor.database_failed(reason)  # a full disk makes the database check write
+
     init_db(
         app,
         settings,
         instrument=lambda engine: instrument_engine(engine, metrics),
-        failed=lambda reason: metrics.dependency_failed("database", reason),
+        failed=database_failed,
     )
     init_cache(
         app,
@@ -217,7 +223,6 @@ def create_app(settings: Settings | None = None) -> ServiceApp:
         metrics.cache_errors,
         failed=lambda reason: metrics.dependency_failed("cache", reason),
     )
-    health_monitor = init_health(app, settings, metrics)
     init_worker_snapshots(app, metrics, settings)
     active_users = init_active_users(app, settings, metrics)
     if settings.request_observability:

@@ -103,6 +103,8 @@ class HealthMonitor:
         self.metrics = metrics
         self.probe_engine: AsyncEngine | None = None
         self.draining = False  # set by the lifecycle when this worker is about to stop
+        # A write failed for want of disk: the database check writes until a write works again.
+        self.cannot_write = False
         self._report: HealthReport | None = None
         self._report_at = 0.0
         self._inflight: asyncio.Future[HealthReport] | None = None
@@ -231,8 +233,18 @@ class HealthMonitor:
             self._disposals.add(task)
             task.add_done_callback(self._disposals.discard)
 
+    def database_failed(self, reason: FailureReason) -> None:
+        """Told by the database layer why a request's transaction failed. A full disk leaves
+        reads working (`SELECT 1` passes) while every write fails: from now on the check
+        writes too, and says `disk_full` until a write works again."""
+        if reason == "disk_full":
+            self.cannot_write = True
+
     async def _check_database(self) -> CheckResult:
         assert self.probe_engine is not None
+        if self.cannot_write:
+            await self._write_probe()  # raises while the disk is full
+            self.cannot_write = False
         async with self.probe_engine.connect() as connection:
             if self.schema is None:  # the embedded database migrates itself at start
                 await connection.execute(text("SELECT 1"))
@@ -242,6 +254,21 @@ class HealthMonitor:
             # Reachable, but every write would fail: not ready (`alembic upgrade head`).
             return CheckResult("unhealthy", 0.0, reason="schema_outdated")
         return CheckResult("healthy", 0.0)
+
+    async def _write_probe(self) -> None:
+        """A write that needs room on the database's disk and leaves the data as it was: the
+        embedded database's header (`user_version`, which nothing else uses), or a temporary
+        table on PostgreSQL (dropped at commit)."""
+        assert self.probe_engine is not None
+        async with self.probe_engine.begin() as connection:
+            if self.settings.uses_embedded_database:
+                stamp = uuid.uuid4().int % 2**31
+                await connection.exec_driver_sql(f"PRAGMA user_version = {stamp}")
+            else:
+                await connection.exec_driver_sql(
+                    "CREATE TEMPORARY TABLE health_write_probe (written integer) ON COMMIT DROP"
+                )
+                await connection.exec_driver_sql("INSERT INTO health_write_probe VALUES (1)")
 
     async def _check_cache(self) -> CheckResult:
         cache = self.cache
@@ -292,6 +319,7 @@ _CHECK_REASONS: dict[FailureReason, str] = {
     "pool_exhausted": "timeout",
     "refused": "connection_refused",
     "auth": "auth_failed",
+    "disk_full": "disk_full",
     "other": "error",
 }
 

@@ -14,7 +14,7 @@ from typing import Literal, get_args
 Dependency = Literal["database", "cache"]
 DEPENDENCIES: tuple[Dependency, ...] = get_args(Dependency)
 # Why a backing service failed, as a bounded label (`dependency_errors_total{reason}`).
-FailureReason = Literal["refused", "timeout", "pool_exhausted", "auth", "other"]
+FailureReason = Literal["refused", "timeout", "pool_exhausted", "auth", "disk_full", "other"]
 FAILURE_REASONS: tuple[FailureReason, ...] = get_args(FailureReason)
 _AUTH_ERRORS = {
     "InvalidPasswordError",
@@ -45,7 +45,22 @@ def failure_reason(exc: BaseException) -> FailureReason:
             return "refused"
         if name in _AUTH_ERRORS:
             return "auth"
+        if _is_disk_full(cause):
+            return "disk_full"
     return "other"
+
+
+_SQLITE_FULL = 13  # "database or disk is full"
+_POSTGRES_DISK_FULL = "53100"
+
+
+def _is_disk_full(exc: BaseException) -> bool:
+    """The database's disk (or the embedded database's file system) has no room for a write."""
+    return (
+        (isinstance(exc, OSError) and exc.errno == errno.ENOSPC)
+        or getattr(exc, "sqlite_errorcode", None) == _SQLITE_FULL
+        or getattr(exc, "sqlstate", None) == _POSTGRES_DISK_FULL
+    )
 
 
 def _causes(exc: BaseException) -> Iterator[BaseException]:

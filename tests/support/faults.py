@@ -1,11 +1,17 @@
-"""Real network faults on loopback: a proxy that can be cut and restored, a server that hangs."""
+"""Real faults: on loopback, a proxy that can be cut, hung and restored, a server that hangs; on
+disk, a small file system that fills up."""
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
+import os
+import subprocess
+from collections.abc import Iterator
+from pathlib import Path
 
 from tests.support.server import free_port
+from tests.support.tools import missing
 
 
 class TcpProxy:
@@ -105,3 +111,23 @@ class HungServer:
 
     async def _handle(self, _reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         self._writers.append(writer)
+
+
+@contextlib.contextmanager
+def small_disk(path: Path, size: str) -> Iterator[Path]:
+    """A tmpfs of `size` mounted at `path`: a disk that really fills up."""
+    if os.geteuid() != 0:
+        missing("root, to mount a small tmpfs (run scripts/test as root)")
+    path.mkdir()
+    subprocess.run(["mount", "-t", "tmpfs", "-o", f"size={size}", "tmpfs", str(path)], check=True)
+    try:
+        yield path
+    finally:
+        subprocess.run(["umount", "--lazy", str(path)], check=True)
+
+
+def fill(path: Path) -> None:
+    """Write `path/filler` until the disk has no room left; removing it makes room again."""
+    with (path / "filler").open("wb", buffering=0) as filler, contextlib.suppress(OSError):
+        while True:  # until ENOSPC
+            filler.write(b"\0" * 4096)

@@ -4,18 +4,14 @@ from __future__ import annotations
 
 import asyncio
 import json
-import os
-import subprocess
-from collections.abc import Iterator
-from contextlib import contextmanager, suppress
 from pathlib import Path
 
 import httpx
 import pytest
 
+from tests.support.faults import fill, small_disk
 from tests.support.metrics_helpers import parse, value
 from tests.support.server import PRODUCTION_ENV, Server, running_server
-from tests.support.tools import missing
 from tests.support.waiting import wait_until
 
 TOTAL = 3000
@@ -165,33 +161,14 @@ def test_a_corrupt_snapshot_is_skipped_with_a_warning(tmp_path: Path) -> None:
     assert "metrics_snapshot_skipped" in server.output.read_text()
 
 
-@contextmanager
-def _small_disk(path: Path, size: str) -> Iterator[Path]:
-    """A tmpfs of `size` mounted at `path`: a disk that really fills up."""
-    if os.geteuid() != 0:
-        missing("root, to mount a small tmpfs (run scripts/test as root)")
-    path.mkdir()
-    subprocess.run(["mount", "-t", "tmpfs", "-o", f"size={size}", "tmpfs", str(path)], check=True)
-    try:
-        yield path
-    finally:
-        subprocess.run(["umount", "--lazy", str(path)], check=True)
-
-
-def _fill(path: Path) -> None:
-    with (path / "filler").open("wb", buffering=0) as filler, suppress(OSError):
-        while True:  # until ENOSPC
-            filler.write(b"\0" * 4096)
-
-
 def test_a_full_disk_leaves_the_scrapes_answering(tmp_path: Path) -> None:
     """METRICS_DIR fills up under two workers: every scrape still answers 200, the failed writes
     are counted and logged once (not a traceback a second), no temporary file is left, and the
     writes resume once there is room again."""
-    with _small_disk(tmp_path / "metrics", "256k") as disk:
+    with small_disk(tmp_path / "metrics", "256k") as disk:
         env = {**_env(tmp_path), "METRICS_DIR": str(disk)}
         with running_server(tmp_path, env, config={"workers": 2}) as server:
-            _fill(disk)
+            fill(disk)
 
             def full_disk_counted() -> bool:
                 response = httpx.get(server.base_url + "/metrics", timeout=30)

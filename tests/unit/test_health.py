@@ -3,13 +3,20 @@
 from __future__ import annotations
 
 import asyncio
+import errno
+import sqlite3
 from typing import Any
 
+import asyncpg
+import pytest
 import structlog
+from sqlalchemy.exc import OperationalError
 
 from service.app import create_app
+from service.health import classify
 from service.observability.context import add_request_context
 from service.settings import Settings
+from service.unavailable import failure_reason
 from tests.support.client import Client
 from tests.support.metrics_helpers import Samples, parse, value
 from tests.support.waiting import until
@@ -151,3 +158,23 @@ async def test_polls_are_not_logged_or_counted_by_default(client: Client) -> Non
     samples = parse(await (await client.get("/metrics")).get_data(as_text=True))
     assert not [k for k in samples if dict(k[1]).get("endpoint", "").startswith("/api/health")]
     assert value(samples, "http_requests_total", method="GET", endpoint="/", status="200") == 1
+
+
+def test_a_full_disk_is_named_whichever_layer_reports_it() -> None:
+    """SQLite's own SQLITE_FULL (caused for real: a database capped at two pages), as the driver
+    raises it and as SQLAlchemy wraps it; PostgreSQL's disk_full (SQLSTATE 53100, which only a
+    full server disk causes); and the file system's ENOSPC."""
+    connection = sqlite3.connect(":memory:")
+    connection.execute("CREATE TABLE t (x)")
+    connection.execute("PRAGMA max_page_count = 2")
+    with pytest.raises(sqlite3.OperationalError) as full:
+        connection.execute("INSERT INTO t VALUES (randomblob(100000))")
+    causes = [
+        full.value,
+        OperationalError("INSERT INTO t", {}, full.value),
+        asyncpg.exceptions.DiskFullError("could not extend file"),
+        OSError(errno.ENOSPC, "No space left on device"),
+    ]
+    assert [failure_reason(cause) for cause in causes] == ["disk_full"] * 4
+    assert {classify(cause) for cause in causes} == {"disk_full"}
+    assert failure_reason(OSError(errno.EIO, "Input/output error")) == "other"
