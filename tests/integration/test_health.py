@@ -209,3 +209,19 @@ async def test_a_database_behind_the_code_is_not_ready(
     app = create_app(make_settings("postgres", empty_database, tmp_path, health_cache_ttl=0))
     async with app.test_app() as test_app:
         assert (await test_app.test_client().get("/api/health/ready")).status_code == 200
+
+
+async def test_after_a_write_failed_for_want_of_room_the_check_writes_to_postgresql(
+    settings: Settings,
+) -> None:
+    """PostgreSQL's disk cannot be filled here; what can be checked is the other half: once the
+    database layer has reported `disk_full`, the check's own write (a temporary table, dropped at
+    commit) is accepted by a real PostgreSQL, the check passes, and it stops writing."""
+    app = create_app(_with(settings))
+    async with app.test_app():
+        monitor = app.extensions["health"]
+        monitor.database_failed("disk_full")
+        client = app.test_client()
+        status, body = await _health(client)
+        assert (status, body["checks"]["database"]["status"]) == (200, "healthy")
+        assert monitor.cannot_write is False
