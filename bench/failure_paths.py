@@ -8,6 +8,11 @@
    whole process group, 1 and 2 workers, under hypercorn's own master and under
    `scene-packer serve`: requests dropped (a transport error or a 5xx) and seconds to exit.
 3. Recycling: 3,000 keep-alive requests (8 clients) with `max_requests = 200`: errors.
+4. Links that go dark: a pooled PostgreSQL connection that stops answering mid-query
+   (`REQUEST_TIMEOUT=3`), and Redis going silent under a signed-in read (`GET /api/auth/me`
+   with a session cookie), each through a loopback proxy that stops passing bytes: the answer
+   and its time against REQUEST_TIMEOUT. And a stop while an HTTP/2 client holds three
+   streams it gives no flow-control window: seconds to exit, exit code.
 """
 
 from __future__ import annotations
@@ -15,20 +20,25 @@ from __future__ import annotations
 import asyncio
 import os
 import signal
+import socket
 import subprocess
 import threading
 import time
 import uuid
-from collections.abc import Iterator
+from collections.abc import Coroutine, Iterator
 from contextlib import contextmanager
 from typing import Any
 
 import asyncpg
+import h2.config
+import h2.connection
+import h2.settings
 import httpx
 
 from bench.machine import spread, summary, write
 from bench.serving import Server, hypercorn
-from tests.support.faults import HungServer
+from service.sessions import SESSION_COOKIE_NAME
+from tests.support.faults import HungServer, TcpProxy
 from tests.support.server import SCENE_PACKER
 
 RUNS = 3
@@ -51,6 +61,7 @@ def run() -> None:
             "hung": _hung_dependencies(),
             "stop": _stops(),
             "recycling": _recycling(),
+            "dark": _dark_links(),
         }
     write("failure_paths", results, _table(results))
 
@@ -84,18 +95,42 @@ def _migrated_database() -> Iterator[None]:
 
 
 @contextmanager
-def _hung_server() -> Iterator[int]:
+def _background_loop() -> Iterator[asyncio.AbstractEventLoop]:
+    """An event loop in a thread of its own, for the fault servers beside a blocking client."""
     loop = asyncio.new_event_loop()
     thread = threading.Thread(target=loop.run_forever, daemon=True)
     thread.start()
-    hung = HungServer()
-    asyncio.run_coroutine_threadsafe(hung.start(), loop).result()
     try:
-        yield hung.port
+        yield loop
     finally:
-        asyncio.run_coroutine_threadsafe(hung.stop(), loop).result()
         loop.call_soon_threadsafe(loop.stop)
         thread.join()
+
+
+def _on(loop: asyncio.AbstractEventLoop, coroutine: Coroutine[Any, Any, Any]) -> Any:
+    return asyncio.run_coroutine_threadsafe(coroutine, loop).result()
+
+
+@contextmanager
+def _hung_server() -> Iterator[int]:
+    with _background_loop() as loop:
+        hung = HungServer()
+        _on(loop, hung.start())
+        try:
+            yield hung.port
+        finally:
+            _on(loop, hung.stop())
+
+
+@contextmanager
+def _proxy(port: int) -> Iterator[TcpProxy]:
+    with _background_loop() as loop:
+        proxy = TcpProxy(port)
+        _on(loop, proxy.start())
+        try:
+            yield proxy
+        finally:
+            _on(loop, proxy.cut())
 
 
 def _hung_dependencies() -> dict[str, Any]:
@@ -169,7 +204,11 @@ def _stop_once(supervised: bool, workers: int, target: str) -> dict[str, Any]:
         "PASSWORD_HASH_THREADS": "1",
         "DRAIN_SECONDS": "1",
     }
-    with hypercorn("service.asgi:app", env, workers=workers, supervised=supervised) as server:
+    # The logins queue for 60 s at most; serve refuses a graceful_timeout that cannot wait for them.
+    config = {"graceful_timeout": 70}
+    with hypercorn(
+        "service.asgi:app", env, workers=workers, config=config, supervised=supervised
+    ) as server:
         return asyncio.run(_logins_then_signal(server, target))
 
 
@@ -227,6 +266,116 @@ async def _keep_alive_requests(url: str, total: int, clients: int) -> int:
     return sum(await asyncio.gather(*(client_run() for _ in range(clients))))
 
 
+# ---- 4. links that go dark ----
+
+
+def _dark_links() -> dict[str, Any]:
+    return {
+        "pooled_database": _dark_pooled_database(),
+        "redis_signed_in_read": _dark_redis_signed_in_read(),
+        "stop_h2_zero_window": [_stop_with_a_client_that_reads_nothing() for _ in range(RUNS)],
+    }
+
+
+def _port(url: str) -> int:
+    return int(url.rsplit(":", 1)[1].split("/")[0])
+
+
+def _dark_pooled_database() -> dict[str, Any]:
+    """Each run: a login through a fresh pooled connection, the link goes dark, the next login
+    meets the hung pooled connection; then the link is back."""
+    timeout = 3.0
+    with _proxy(_port(DATABASE_URL)) as proxy:
+        via = DATABASE_URL.replace(f":{_port(DATABASE_URL)}/", f":{proxy.port}/")
+        env = {
+            **PRODUCTION,
+            "DATABASE_URL": via,
+            "REDIS_URL": REDIS_URL,
+            "CACHE_KEY_PREFIX": f"bench-{uuid.uuid4().hex[:8]}:",
+            "REQUEST_TIMEOUT": str(timeout),
+            "LOGIN_LIMIT_PER_IP": "100000",
+            "LOGIN_LIMIT_PER_USERNAME": "100000",
+            "DB_POOL_SIZE": "1",
+            "DB_MAX_OVERFLOW": "0",
+        }
+        with (
+            hypercorn("service.asgi:app", env) as server,
+            httpx.Client(base_url=server.url, timeout=60) as client,
+        ):
+            credentials = {"username": f"bench-{uuid.uuid4().hex[:8]}", **CREDENTIALS}
+            client.post("/api/auth/register", json=credentials)
+            seconds, codes = [], set()
+            for _ in range(RUNS * 2):
+                proxy.hung = False
+                client.post("/api/auth/login", json=credentials)  # the pool's one connection
+                proxy.hang()
+                started = time.monotonic()
+                response = client.post("/api/auth/login", json=credentials)
+                seconds.append(time.monotonic() - started)
+                codes.add(f"{response.status_code} {response.json()['error']['code']}")
+    return {**summary(seconds), "request_timeout": timeout, "answers": sorted(codes)}
+
+
+def _dark_redis_signed_in_read() -> dict[str, Any]:
+    """A signed-in user's reads while Redis has gone silent on every open connection."""
+    with _proxy(_port(REDIS_URL)) as proxy:
+        via = REDIS_URL.replace(f":{_port(REDIS_URL)}/", f":{proxy.port}/")
+        env = {
+            **PRODUCTION,
+            "DATABASE_URL": DATABASE_URL,
+            "REDIS_URL": via,
+            "CACHE_KEY_PREFIX": f"bench-{uuid.uuid4().hex[:8]}:",
+        }
+        with (
+            hypercorn("service.asgi:app", env) as server,
+            httpx.Client(base_url=server.url, timeout=60) as client,
+        ):
+            credentials = {"username": f"bench-{uuid.uuid4().hex[:8]}", **CREDENTIALS}
+            client.post("/api/auth/register", json=credentials)
+            # The production cookie is Secure, which a client sends over HTTPS only.
+            client.post("/api/auth/login", json=credentials)
+            cookie = {"Cookie": f"{SESSION_COOKIE_NAME}={client.cookies[SESSION_COOKIE_NAME]}"}
+            seconds, codes = [], set()
+            for _ in range(RUNS * 2):
+                proxy.hung = False
+                client.get("/api/auth/me", headers=cookie)
+                proxy.hang()
+                started = time.monotonic()
+                response = client.get("/api/auth/me", headers=cookie)
+                seconds.append(time.monotonic() - started)
+                code = response.json().get("error", {}).get("code", "")
+                codes.add(f"{response.status_code} {code}".strip())
+    return {**summary(seconds), "request_timeout": 5.0, "answers": sorted(codes)}
+
+
+def _stop_with_a_client_that_reads_nothing() -> dict[str, Any]:
+    """`scene-packer serve`, 1 worker, default graceful_timeout (REQUEST_TIMEOUT + 5 s): SIGTERM
+    while an HTTP/2 client holds three streams with a zero flow-control window."""
+    env = {**PRODUCTION, "DATABASE_URL": DATABASE_URL, "REDIS_URL": REDIS_URL}
+    with hypercorn("service.asgi:app", env, supervised=True) as server:
+        assert server.process is not None
+        host, port = server.url.removeprefix("http://").split(":")
+        with socket.create_connection((host, int(port)), timeout=60) as sock:
+            connection = h2.connection.H2Connection(h2.config.H2Configuration(client_side=True))
+            connection.local_settings = h2.settings.Settings(
+                client=True, initial_values={h2.settings.SettingCodes.INITIAL_WINDOW_SIZE: 0}
+            )
+            connection.initiate_connection()
+            for _ in range(3):
+                connection.send_headers(
+                    connection.get_next_available_stream_id(),
+                    [(":method", "GET"), (":path", "/openapi.json"), (":scheme", "http"),
+                     (":authority", f"{host}:{port}")],
+                    end_stream=True,
+                )  # fmt: skip
+            sock.sendall(connection.data_to_send())
+            time.sleep(1)
+            signalled = time.monotonic()
+            os.kill(server.pid, signal.SIGTERM)
+            exit_code = server.process.wait(120)
+            return {"exit_code": exit_code, "seconds": time.monotonic() - signalled}
+
+
 # ---- report ----
 
 
@@ -261,4 +410,24 @@ def _table(results: dict[str, Any]) -> str:
         server, workers = key.split("_")
         name = "`scene-packer serve`" if server == "serve" else "plain hypercorn"
         text += f"| {name} | {workers} | {errors} |\n"
+    dark = results["dark"]
+    text += "\nLinks that go dark (a proxy that stops passing bytes), seconds:\n\n"
+    text += "| case | `REQUEST_TIMEOUT` | answer time, median (min–max) | answers |\n"
+    text += "| --- | --- | --- | --- |\n"
+    for key, label in (
+        ("pooled_database", "login on a pooled PostgreSQL connection gone dark"),
+        ("redis_signed_in_read", "signed-in read (`/api/auth/me`), Redis gone dark"),
+    ):
+        row = dark[key]
+        text += (
+            f"| {label} | {row['request_timeout']:g} | {spread(row, 3)} | "
+            f"{', '.join(row['answers'])} |\n"
+        )
+    stops = dark["stop_h2_zero_window"]
+    seconds = ", ".join(f"{run['seconds']:.2f}" for run in stops)
+    codes = ", ".join(str(run["exit_code"]) for run in stops)
+    text += (
+        f"\nStop with an HTTP/2 client holding 3 zero-window streams (`scene-packer serve`, "
+        f"1 worker, graceful_timeout 10 s): seconds to exit {seconds}; exit codes {codes}.\n"
+    )
     return text
