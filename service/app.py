@@ -33,7 +33,7 @@ from service.errors import (
 )
 from service.health import init_health
 from service.lifecycle import Lifecycle, StopReason, init_lifecycle
-from service.observability.context import current_context
+from service.observability.context import bind_user, current_context
 from service.observability.logging import configure_logging
 from service.observability.metrics import init_metrics, instrument_engine
 from service.observability.multiprocess import init_worker_snapshots
@@ -44,10 +44,10 @@ from service.rate_limits import init_rate_limits, rate_limited_routes
 from service.request_record import (
     ExcInfo,
     RequestObserver,
-    bind_route_and_user,
+    bind_route_of,
     log_request_failure,
 )
-from service.sessions import init_sessions
+from service.sessions import init_sessions, settle_session_cookie
 from service.settings import Settings, load_settings
 from service.unavailable import DEPENDENCIES, Dependency, FailureReason
 from service.wrappers import ServiceRequest
@@ -74,8 +74,7 @@ class _NoCookieSession(SessionInterface):
 class ServiceApp(Quart):
     request_class = ServiceRequest
     session_interface = _NoCookieSession()  # type: ignore[assignment]  # Quart names its own
-    # Set by create_app when REQUEST_OBSERVABILITY is on: who to tell about a signed-in user.
-    active_users: ActiveUsers | None = None
+    active_users: ActiveUsers  # who to tell about a signed-in user
     deadlines: Deadlines  # REQUEST_TIMEOUT, kept per request
     # Told which dependency a request was waiting on when its deadline passed.
     dependency_failed: Callable[[Dependency, FailureReason], None] | None = None
@@ -147,9 +146,18 @@ class ServiceApp(Quart):
             # slashes): a proxy's rule on the path would not see it. No route starts with `//`.
             request.url_rule = None
             raise NotFound()
-        if self.active_users is not None:
-            # Half the request's budget: a route that needs no session keeps the other half.
-            await bind_route_and_user(request, self.active_users, self.deadlines.timeout / 2)
+        context = current_context()  # None with REQUEST_OBSERVABILITY off
+        if context is not None:
+            bind_route_of(request)
+        # Sign-in's own work, whatever the request record does. `has_cookies` (read by the
+        # record from the headers) lets most requests skip parsing cookies altogether. Half the
+        # request's budget: a route that needs no session keeps the other half.
+        if context is None or context.has_cookies:
+            user_id = await settle_session_cookie(
+                request, self.active_users, self.deadlines.timeout / 2
+            )
+            if user_id is not None and context is not None:
+                bind_user(user_id)
         return await super().preprocess_request(request_context)
 
     async def make_default_options_response(self) -> Response:
@@ -224,9 +232,7 @@ def create_app(settings: Settings | None = None) -> ServiceApp:
         failed=lambda reason: metrics.dependency_failed("cache", reason),
     )
     init_worker_snapshots(app, metrics, settings)
-    active_users = init_active_users(app, settings, metrics)
-    if settings.request_observability:
-        app.active_users = active_users
+    app.active_users = init_active_users(app, settings, metrics)
     app.deadlines = Deadlines(settings.request_timeout)
     app.after_serving(app.deadlines.close)
     app.dependency_failed = metrics.dependency_failed

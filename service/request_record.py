@@ -3,8 +3,8 @@
 `RequestObserver` (ASGI, outside Quart, so it sees the whole exchange) starts the request's
 context (`context.py`), counts it in the metrics, echoes the request id on every response (500s
 included) and writes the one canonical `request_finished` line once the body has been sent.
-Inside Quart, `bind_route_and_user` adds what only routing and the session know; an unhandled
-exception is logged once, by `log_request_failure`.
+Inside Quart, `bind_route_of` adds the route template (the app binds the signed-in user, once
+sign-in has settled who it is); an unhandled exception is logged once, by `log_request_failure`.
 """
 
 from __future__ import annotations
@@ -13,7 +13,6 @@ import asyncio
 import sys
 import time
 from collections.abc import Awaitable
-from contextlib import suppress
 from logging import ERROR, WARNING
 from types import TracebackType
 from typing import Any
@@ -31,16 +30,12 @@ from quart.wrappers import Request
 from werkzeug.exceptions import HTTPException, MethodNotAllowed
 from werkzeug.routing import Rule
 
-from service.active_users import ActiveUsers
-from service.cache import CacheError
 from service.lifecycle import Lifecycle
 from service.observability.context import (
     REQUEST_ID_HEADER,
     RequestContext,
     accept_request_id,
     bind_route,
-    bind_user,
-    current_context,
     is_probe,
     start_request,
 )
@@ -48,12 +43,6 @@ from service.observability.logging import redact_url
 from service.observability.metrics import UNMATCHED, Metrics, method_label
 from service.observability.trace_context import TRACEPARENT_HEADER, accept_traceparent
 from service.proxy_fix import client_address
-from service.sessions import (
-    SESSION_COOKIE_NAME,
-    abandon_session_lookup,
-    current_session,
-    expire_cookie,
-)
 from service.settings import Settings
 
 REQUEST_LOGGER = "service.request"
@@ -211,41 +200,14 @@ class RequestObserver:
         )
 
 
-async def bind_route_and_user(
-    request: Request, active_users: ActiveUsers, lookup_timeout: float
-) -> None:
-    """Add the route template and the signed-in user to the request's context (called by the
-    app before the route runs; only routing and the session know them). The session lookup is
-    given up after `lookup_timeout`, so a route that needs no session still answers when the
-    database hangs."""
-    context = current_context()
-    if context is None:
-        return
+def bind_route_of(request: Request) -> None:
+    """Add the route template to the request's context (called by the app before the route
+    runs: only routing knows it)."""
     rule: Rule | None = request.url_rule
     if rule is None and isinstance(request.routing_exception, MethodNotAllowed):
         rule = _rule_for_another_method(request.routing_exception)
     if rule is not None:
         bind_route(rule.rule)
-    # `has_cookies` lets most requests (API clients, probes) skip cookie parsing altogether.
-    if context.has_cookies and SESSION_COOKIE_NAME in request.cookies:
-        # Any route may carry the cookie; its user is logged when the session can be looked up.
-        # A lookup that fails must not fail a route that needs no session: the routes that do
-        # need one meet the same failure (sessions.SessionUser remembers it) and answer 503.
-        try:
-            async with asyncio.timeout(lookup_timeout):
-                session = await current_session()
-        except TimeoutError:
-            abandon_session_lookup()
-            return
-        except Exception:
-            return
-        if session is None:
-            expire_cookie()  # a dead or forged cookie: tell the browser to stop sending it
-            return
-        bind_user(session.user_id)
-        # A cache failure is counted by the cache wrapper; it must not fail the request.
-        with suppress(CacheError):
-            await active_users.mark(session.user_id)
 
 
 def _rule_for_another_method(refused: MethodNotAllowed) -> Rule | None:

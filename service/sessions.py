@@ -27,10 +27,11 @@ from typing import cast
 
 import orjson
 import structlog
-from quart import Quart, Response, g
+from quart import Quart, Request, Response, g
 from quart_auth import Action, AuthUser, QuartAuth, current_user
 from sqlalchemy.ext.asyncio import AsyncSession
 
+from service.active_users import ActiveUsers
 from service.cache import CacheError, InstrumentedCache, get_cache
 from service.db import Database, get_database
 from service.db.models import LoginSession
@@ -371,6 +372,34 @@ def expire_cookie() -> None:
 def keep_cookie() -> None:
     """Have the response leave the session cookie as it is (until `logout_user`)."""
     current_user.action = Action.PASS
+
+
+async def settle_session_cookie(
+    request: Request, active_users: ActiveUsers, lookup_timeout: float
+) -> int | None:
+    """Before any route runs, for a request that carries the session cookie: the signed-in
+    user's id, counted as active; a dead or forged cookie is expired (the browser stops sending
+    it). The lookup is given up after `lookup_timeout`, so a route that needs no session still
+    answers when the database hangs; a lookup that fails must not fail such a route either (the
+    routes that need the session meet the same failure, remembered by `SessionUser`, and
+    answer 503)."""
+    if SESSION_COOKIE_NAME not in request.cookies:
+        return None
+    try:
+        async with asyncio.timeout(lookup_timeout):
+            session = await current_session()
+    except TimeoutError:
+        abandon_session_lookup()
+        return None
+    except Exception:
+        return None
+    if session is None:
+        expire_cookie()
+        return None
+    # A cache failure is counted by the cache wrapper; it must not fail the request.
+    with suppress(CacheError):
+        await active_users.mark(session.user_id)
+    return session.user_id
 
 
 def init_sessions(app: Quart, settings: Settings, metrics: Metrics) -> SessionStore:

@@ -59,7 +59,7 @@ class RequestContext:
     # a backing service is counted against it (`dependency_errors_total{reason="timeout"}`).
     waiting_on: WaitingOn | None = None
     trace: TraceContext | None = None  # from a valid incoming `traceparent`
-    # Not logged: lets the route and user binding (`request_record.bind_route_and_user`) skip cookie
+    # Not logged: lets the session check (`sessions.settle_session_cookie`) skip cookie
     # parsing (and the session lookup) when the request carries no cookie at all, as most API
     # and probe requests do.
     has_cookies: bool = False

@@ -163,13 +163,25 @@ async def test_a_new_login_replaces_the_browser_s_old_session(
     assert (await client.get("/api/auth/me")).status_code == 200
 
 
-async def test_a_dead_cookie_is_cleared(client: Client, app: Quart) -> None:
-    await register(client)
-    cookie = session_token(await login(client))
-    await client.post("/api/auth/logout")
-    replay = app.test_client()
-    _use(replay, cookie)
-    response = await replay.get("/")
+@pytest.mark.parametrize("observability", [True, False], ids=["observed", "unobserved"])
+async def test_a_dead_cookie_is_cleared_and_a_live_one_counted(
+    settings: Settings, observability: bool
+) -> None:
+    """Sign-in behaviour, whatever REQUEST_OBSERVABILITY says (it switches the request record
+    only): a signed-in request counts its user as active, and a dead cookie is cleared on any
+    route. Both ran only with the switch on."""
+    app = create_app(settings.model_copy(update={"request_observability": observability}))
+    async with app.test_app() as test_app:
+        client = test_app.test_client()
+        await register(client)
+        cookie = session_token(await login(client))
+        assert (await client.get("/")).status_code == 200
+        samples = parse(await (await client.get("/metrics")).get_data(as_text=True))
+        assert value(samples, "active_users") == 1
+        await client.post("/api/auth/logout")
+        replay = test_app.test_client()
+        _use(replay, cookie)
+        response = await replay.get("/")
     assert response.status_code == 200
     assert response.headers["Set-Cookie"].startswith(f"{SESSION_COOKIE_NAME}=;")
 
