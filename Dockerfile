@@ -8,7 +8,7 @@ WORKDIR /app
 COPY pyproject.toml README.md ./
 COPY service ./service
 COPY alembic ./alembic
-# Installed in place (-e): the migrations are found beside the package (service/db/engine.py
+# Installed in place (-e): the migrations are found beside the package (service/backends/db/engine.py
 # reads alembic/ next to service/), as in a checkout.
 RUN python -m venv /opt/scene-packer \
     && /opt/scene-packer/bin/pip install --no-cache-dir -e .

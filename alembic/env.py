@@ -8,7 +8,7 @@ from sqlalchemy.engine import Connection
 from sqlalchemy.ext.asyncio import create_async_engine
 
 from alembic import context
-from service.db.models import Base
+from service.backends.db.models import Base
 from service.settings import load_settings
 
 target_metadata = Base.metadata

@@ -29,11 +29,11 @@ from bench.metrics_cost import (
     _trivial_app,
     populate,
 )
-from service.health import HealthMonitor
-from service.lifecycle import Lifecycle
+from service.health.checks import HealthMonitor
+from service.http.request_record import RequestObserver
 from service.observability import exposition
 from service.observability.metrics import Metrics
-from service.request_record import RequestObserver
+from service.serving.lifecycle import Lifecycle
 from service.settings import load_settings
 
 _PLAIN = _SCOPE

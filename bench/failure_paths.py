@@ -37,7 +37,7 @@ import httpx
 
 from bench.machine import spread, summary, write
 from bench.serving import Server, hypercorn
-from service.sessions import SESSION_COOKIE_NAME
+from service.auth.sessions import SESSION_COOKIE_NAME
 from tests.support.faults import HungServer, TcpProxy
 from tests.support.server import SCENE_PACKER
 

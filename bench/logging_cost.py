@@ -15,9 +15,9 @@ from tempfile import TemporaryDirectory
 import structlog
 
 from bench.machine import summary, write
+from service.http.request_record import REQUEST_LOGGER
 from service.observability.context import bind_route, bind_user, start_request
 from service.observability.logging import configure_logging
-from service.request_record import REQUEST_LOGGER
 from service.settings import load_settings
 
 ITERATIONS = 20_000

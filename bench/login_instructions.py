@@ -81,11 +81,11 @@ def _count(env: dict[str, str], design: str, variant: str, logins: int) -> int:
 
 
 def _serve_service(logins: int, without_hash: bool) -> None:
-    import service.passwords
+    import service.auth.passwords
     from service.app import create_app
 
     if without_hash:
-        service.passwords._verify = lambda _hash, _password: True  # type: ignore[assignment]
+        service.auth.passwords._verify = lambda _hash, _password: True  # type: ignore[assignment]
 
     async def serve() -> None:
         app = create_app()

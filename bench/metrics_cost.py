@@ -15,13 +15,13 @@ from typing import Any
 import prometheus_client
 
 from bench.machine import summary, write
-from service.health import HealthMonitor
-from service.lifecycle import Lifecycle
+from service.health.checks import HealthMonitor
+from service.http.request_record import RequestObserver
 from service.observability import exposition
 from service.observability.context import bind_route
 from service.observability.logging import configure_logging
 from service.observability.metrics import Metrics
-from service.request_record import RequestObserver
+from service.serving.lifecycle import Lifecycle
 from service.settings import Settings, load_settings
 
 REQUESTS = 20_000

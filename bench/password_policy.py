@@ -3,7 +3,7 @@
 zxcvbn's l33t matcher tries every combination of substitutions that a password's digits and
 symbols allow. Passwords of 72 characters drawn from k of those characters (k = 2 … 20; random
 draws, the k characters repeated, and mixed with six letters; a fixed seed) are timed through
-`zxcvbn` directly and through `service.password_policy.password_weakness`, in this process.
+`zxcvbn` directly and through `service.auth.password_policy.password_weakness`, in this process.
 """
 
 from __future__ import annotations
@@ -17,7 +17,7 @@ from zxcvbn import zxcvbn
 from zxcvbn.matching import L33T_TABLE
 
 from bench.machine import write
-from service.password_policy import password_weakness
+from service.auth.password_policy import password_weakness
 
 LENGTH = 72
 TRIALS = 4

@@ -17,40 +17,42 @@ from quart.typing import ResponseReturnValue, ResponseTypes
 from quart.wrappers import BaseRequestWebsocket, Response
 from werkzeug.exceptions import NotFound
 
-from service.active_users import ActiveUsers, init_active_users
-from service.api_docs import init_api_docs
-from service.blueprints import auth, health, meta, rum
+from service.auth import routes as auth
+from service.auth.active_users import ActiveUsers, init_active_users
+from service.auth.passwords import init_passwords
+from service.auth.rate_limits import init_rate_limits, rate_limited_routes
+from service.auth.sessions import init_sessions, settle_session_cookie
+from service.backends.cache import init_cache
+from service.backends.db import init_db
+from service.blueprints import meta, rum
 from service.blueprints import metrics as metrics_blueprint
-from service.cache import init_cache
-from service.connection_close import CloseAfterUnreadBody
-from service.db import init_db
-from service.deadlines import Deadlines
-from service.errors import (
+from service.health import routes as health
+from service.health.checks import init_health
+from service.health.probes import ProbeEdge
+from service.http.api_docs import init_api_docs
+from service.http.connection_close import CloseAfterUnreadBody
+from service.http.deadlines import Deadlines
+from service.http.errors import (
     body_timeout,
     deadline_exceeded,
     register_error_handlers,
     shutting_down,
 )
-from service.health import init_health
-from service.lifecycle import Lifecycle, StopReason, init_lifecycle
-from service.observability.context import bind_user, current_context
-from service.observability.logging import configure_logging
-from service.observability.metrics import init_metrics, instrument_engine
-from service.observability.multiprocess import init_worker_snapshots
-from service.passwords import init_passwords
-from service.probes import ProbeEdge
-from service.proxy_fix import ProxyFix
-from service.rate_limits import init_rate_limits, rate_limited_routes
-from service.request_record import (
+from service.http.proxy_fix import ProxyFix
+from service.http.request_record import (
     ExcInfo,
     RequestObserver,
     bind_route_of,
     log_request_failure,
 )
-from service.sessions import init_sessions, settle_session_cookie
+from service.http.wrappers import ServiceRequest
+from service.observability.context import bind_user, current_context
+from service.observability.logging import configure_logging
+from service.observability.metrics import init_metrics, instrument_engine
+from service.observability.multiprocess import init_worker_snapshots
+from service.serving.lifecycle import Lifecycle, StopReason, init_lifecycle
 from service.settings import Settings, load_settings
 from service.unavailable import DEPENDENCIES, Dependency, FailureReason
-from service.wrappers import ServiceRequest
 
 _logger = structlog.get_logger("service.request")
 # Hooks, views, error handlers and session methods; a function made per request is not kept.
@@ -59,7 +61,7 @@ _ASYNC_FUNCTIONS_KEPT = 1024
 
 class _NoCookieSession(SessionInterface):
     """Quart's signed-cookie `session` is not used (sign-in keeps its sessions server-side,
-    service/sessions.py); opening and saving it built a signer on every request."""
+    service/auth/sessions.py); opening and saving it built a signer on every request."""
 
     null_session_class = NullSession
     _null = NullSession()
@@ -85,7 +87,7 @@ class ServiceApp(Quart):
         self._async_functions: dict[Callable[..., Any], Callable[..., Awaitable[Any]]] = {}
 
     def begin_draining(self, reason: StopReason, in_flight: int) -> None:
-        """Called by the supervisor (service/supervisor.py) when this worker is to stop."""
+        """Called by the supervisor (service/serving/supervisor.py) when this worker is to stop."""
         self.lifecycle.begin_draining(reason, in_flight)
 
     def stop_in_flight(self) -> int:

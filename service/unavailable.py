@@ -1,6 +1,6 @@
 """The error a lower layer raises when a backing service cannot do what was asked.
 
-It knows nothing of HTTP: `service.errors` answers it with 503 `service_unavailable` and its
+It knows nothing of HTTP: `service.http.errors` answers it with 503 `service_unavailable` and its
 message (safe to show a client) or, without one, the standard message.
 """
 

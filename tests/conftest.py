@@ -25,8 +25,8 @@ import redis.asyncio as aioredis
 from argon2 import PasswordHasher
 from quart import Quart
 
-from service import passwords
 from service.app import create_app
+from service.auth import passwords
 from service.settings import Settings
 from tests.support.backends import (
     PG_ADMIN_URL,

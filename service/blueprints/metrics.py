@@ -12,7 +12,7 @@ import structlog
 from quart import Blueprint, Response, current_app, request
 from quart_schema import hide
 
-from service.errors import APIError
+from service.http.errors import APIError
 from service.observability import exposition
 from service.observability.context import METRICS_PATH
 from service.observability.metrics import Metrics

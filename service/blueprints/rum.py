@@ -10,11 +10,11 @@ from pydantic import BaseModel
 from quart import Blueprint, Quart, Response, request
 from quart_schema import document_request, document_response, hide
 
-from service.api_docs import NoContent, declare_errors
-from service.errors import APIError
+from service.http.api_docs import NoContent, declare_errors
+from service.http.errors import APIError
+from service.http.proxy_fix import client_address
 from service.observability.metrics import Metrics
 from service.observability.rum import REJECTIONS, BeaconReceiver, Rejected
-from service.proxy_fix import client_address
 from service.settings import Settings
 
 DEMO = Path(__file__).resolve().parent.parent / "rum_demo"

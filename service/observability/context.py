@@ -1,6 +1,6 @@
 """The request context: request id, method, path, client, route and user, in one ContextVar.
 
-The request observer (`service/request_record.py`) starts a `RequestContext` for each request.
+The request observer (`service/http/request_record.py`) starts a `RequestContext` for each request.
 Quart runs the handler in a child task, which inherits the context: `bind_route` and `bind_user`
 there change the one shared object, so every later log line of the request, the observer's last
 one included, carries them.

@@ -16,7 +16,7 @@ from pydantic import SecretStr
 from sqlalchemy.engine import make_url
 
 from service.app import create_app
-from service.db.engine import get_database
+from service.backends.db.engine import get_database
 from service.settings import Settings
 from tests.support.client import Client, login, register, session_cookie
 from tests.support.faults import HungServer, TcpProxy

@@ -150,7 +150,7 @@ async def test_an_unreadable_cache_entry_is_read_from_the_database(
 ) -> None:
     import redis.asyncio as aioredis
 
-    from service.sessions import SESSION_COOKIE_SALT, stored_id
+    from service.auth.sessions import SESSION_COOKIE_SALT, stored_id
 
     settings = make_settings("postgres", postgres_url, tmp_path)
     app = create_app(settings)

@@ -24,7 +24,7 @@ from sqlalchemy import func, select
 from sqlalchemy.engine import make_url
 from sqlalchemy.ext.asyncio import AsyncEngine
 
-from service.db.models import LoginSession
+from service.backends.db.models import LoginSession
 from service.settings import Settings, load_settings
 from tests.support import ROOT
 

@@ -6,7 +6,7 @@ from typing import Any
 
 from quart.typing import TestClientProtocol as Client
 
-from service.sessions import SESSION_COOKIE_NAME
+from service.auth.sessions import SESSION_COOKIE_NAME
 
 __all__ = ["Client", "login", "register", "session_cookie", "session_token", "set_cookie"]
 

@@ -28,7 +28,7 @@ PRODUCTION_ENV = {
 
 
 # The console script, run by this interpreter (the project's venv).
-SCENE_PACKER = [sys.executable, "-c", "from service.cli import run; run()"]
+SCENE_PACKER = [sys.executable, "-c", "from service.serving.cli import run; run()"]
 
 
 @dataclass

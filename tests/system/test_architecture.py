@@ -15,7 +15,7 @@ def test_importing_the_service_does_no_work() -> None:
     probe = (
         "import threading, psutil\n"
         "import service, service.app, sys\n"
-        "from service.passwords import _dummy_hash\n"
+        "from service.auth.passwords import _dummy_hash\n"
         "print(threading.active_count(), len(psutil.Process().net_connections()),"
         " _dummy_hash.cache_info().currsize, 'zxcvbn' in sys.modules)\n"
     )

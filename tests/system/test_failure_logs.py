@@ -10,7 +10,7 @@ import httpx
 from quart_auth.extension import _AuthSerializer
 from sqlalchemy.engine import make_url
 
-from service.sessions import SESSION_COOKIE_NAME, SESSION_COOKIE_SALT, stored_id
+from service.auth.sessions import SESSION_COOKIE_NAME, SESSION_COOKIE_SALT, stored_id
 from tests.support.backends import REDIS_URL, admin, run_alembic
 from tests.support.server import PRODUCTION_ENV, Server, running_server
 from tests.support.stack import ThreadedProxy

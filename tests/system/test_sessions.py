@@ -8,7 +8,7 @@ from pathlib import Path
 import httpx
 import pytest
 
-from service.sessions import SESSION_COOKIE_NAME
+from service.auth.sessions import SESSION_COOKIE_NAME
 from tests.support.backends import REDIS_URL, make_settings
 from tests.support.server import PRODUCTION_ENV, running_server
 

@@ -15,13 +15,13 @@ import structlog
 from quart import Quart
 from sqlalchemy import update
 
-from service import passwords
 from service.app import create_app
-from service.db import get_database
-from service.db.models import User
-from service.db.users import insert_user
-from service.devices import COOKIE_NAME, COOKIE_PATH
-from service.passwords import hash_password, verify_password
+from service.auth import passwords
+from service.auth.devices import COOKIE_NAME, COOKIE_PATH
+from service.auth.passwords import hash_password, verify_password
+from service.backends.db import get_database
+from service.backends.db.models import User
+from service.backends.db.users import insert_user
 from service.settings import Settings
 from service.version import VERSION
 from tests.support.client import Client, login, register, set_cookie

@@ -13,7 +13,7 @@ import structlog
 from sqlalchemy.exc import OperationalError
 
 from service.app import create_app
-from service.health import classify
+from service.health.checks import classify
 from service.observability.context import add_request_context
 from service.settings import Settings
 from service.unavailable import failure_reason

@@ -1,6 +1,6 @@
-"""`jsonify` renders through orjson (service/wrappers.py) and says what the provider quart-schema
-installs (the standard library's encoder, pydantic's conversion) said before: same data, sorted
-keys, dates in ISO 8601."""
+"""`jsonify` renders through orjson (service/http/wrappers.py) and says what the provider
+quart-schema installs (the standard library's encoder, pydantic's conversion) said before: same
+data, sorted keys, dates in ISO 8601."""
 
 from __future__ import annotations
 

@@ -15,9 +15,9 @@ import pytest
 from hypercorn.config import Config
 
 from service.app import create_app
-from service.cli import _check_server_config
+from service.serving.cli import _check_server_config
+from service.serving.supervisor import stop_budget
 from service.settings import SettingsError, load_settings
-from service.supervisor import stop_budget
 from tests.support import ROOT
 from tests.support.kubernetes import BASE, GENERATOR, OPERATOR_API, objects, one
 

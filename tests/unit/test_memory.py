@@ -7,7 +7,7 @@ from pathlib import Path
 
 import psutil
 
-from service.memory import memory_use
+from service.health.memory import memory_use
 
 GIB = 1024**3
 

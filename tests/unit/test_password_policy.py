@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import pytest
 
-from service import password_policy
-from service.password_policy import password_weakness
+from service.auth import password_policy
+from service.auth.password_policy import password_weakness
 
 
 @pytest.mark.parametrize(

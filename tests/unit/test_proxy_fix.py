@@ -1,4 +1,5 @@
-"""The client's address behind trusted proxies, decided once at the edge (service.proxy_fix)."""
+"""The client's address behind trusted proxies, decided once at the edge
+(service.http.proxy_fix)."""
 
 from __future__ import annotations
 
@@ -8,8 +9,8 @@ import pytest
 import structlog
 
 from service.app import create_app
+from service.http.proxy_fix import ProxyFix
 from service.observability.context import add_request_context
-from service.proxy_fix import ProxyFix
 from service.settings import Settings
 from tests.support.client import Client
 

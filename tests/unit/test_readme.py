@@ -5,8 +5,8 @@ from __future__ import annotations
 import re
 from pathlib import Path
 
-from service import sessions
 from service.app import create_app
+from service.auth import sessions
 from service.observability.metrics import Metrics
 from service.settings import Settings, load_settings
 from tests.support import ROOT

@@ -13,8 +13,8 @@ from sqlalchemy import select, update
 from sqlalchemy.ext.asyncio import AsyncEngine, create_async_engine
 
 from service.app import create_app
-from service.db.models import LoginSession
-from service.sessions import SESSION_COOKIE_NAME
+from service.auth.sessions import SESSION_COOKIE_NAME
+from service.backends.db.models import LoginSession
 from service.settings import Settings
 from tests.support.backends import session_rows
 from tests.support.client import Client, login, register, session_token

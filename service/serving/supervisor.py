@@ -53,7 +53,7 @@ from hypercorn.config import Config, Sockets
 from hypercorn.typing import ASGIFramework, ASGIReceiveCallable, ASGISendCallable, Scope
 from hypercorn.utils import wrap_app
 
-from service.connection_close import announce_close
+from service.http.connection_close import announce_close
 from service.observability.metrics import WORKER_START_ENV, WorkerStart
 
 # Exit codes of `scene-packer serve` (README.md, "Exit codes").
@@ -71,7 +71,7 @@ _CLOSE_GRACE_SECONDS = 1.0
 # How long before graceful_timeout the requests still in flight are ended (at most a quarter of it).
 _END_MARGIN_SECONDS = 1.0
 
-logger = structlog.get_logger("service.supervisor")
+logger = structlog.get_logger("service.serving.supervisor")
 
 
 @dataclass(frozen=True)

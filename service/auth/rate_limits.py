@@ -27,10 +27,10 @@ from quart_rate_limiter import (
 )
 from quart_rate_limiter.store import RateLimiterStoreABC
 
-from service.cache import CacheError, get_cache
-from service.db.users import USERNAME_PATTERN
-from service.devices import DeviceCookies
-from service.proxy_fix import address_key, client_address
+from service.auth.devices import DeviceCookies
+from service.backends.cache import CacheError, get_cache
+from service.backends.db.users import USERNAME_PATTERN
+from service.http.proxy_fix import address_key, client_address
 from service.settings import Settings
 from service.unavailable import DependencyUnavailable
 
@@ -184,9 +184,9 @@ async def no_username() -> bool:
 
 
 def login_limits(settings: Settings, devices: DeviceCookies) -> list[RateLimit]:
-    """Per client address; and per username, counted apart for each device that has signed in as
-    that user before (service/devices.py), so that spending the username's budget from elsewhere
-    does not lock the user out of their own browsers."""
+    """Per client address; and per username, counted apart for each device that has signed in
+    as that user before (service/auth/devices.py), so that spending the username's budget from
+    elsewhere does not lock the user out of their own browsers."""
     window = timedelta(seconds=settings.rate_limit_window_seconds)
 
     async def device() -> str | None:

@@ -12,7 +12,7 @@ from datetime import datetime
 from sqlalchemy import ColumnElement, delete, func, or_, select, update
 from sqlalchemy.ext.asyncio import AsyncSession
 
-from service.db.models import LoginSession
+from service.backends.db.models import LoginSession
 
 
 async def insert_session(

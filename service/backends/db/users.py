@@ -8,7 +8,7 @@ from sqlalchemy import select, update
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.ext.asyncio import AsyncSession
 
-from service.db.models import User
+from service.backends.db.models import User
 
 # 3–32 of A-Z a-z 0-9 _ . - ; stored lower-case.
 USERNAME_PATTERN = r"^[A-Za-z0-9_.-]{3,32}$"

@@ -18,10 +18,10 @@ from quart import Quart, Response, abort, send_from_directory
 from quart_schema import QuartSchema, document_response, hide
 from quart_schema.openapi import OpenAPIProvider
 
-from service.errors import ErrorBody
+from service.http.errors import ErrorBody
+from service.http.wrappers import ServiceJSONProvider
 from service.settings import Settings
 from service.version import VERSION
-from service.wrappers import ServiceJSONProvider
 
 DOCS_ASSETS_PATH = "/docs/assets"
 _SWAGGER_FILES = {"swagger-ui-bundle.js", "swagger-ui.css", "favicon-32x32.png", "LICENSE"}
@@ -51,7 +51,7 @@ def _quart_schema(app: Quart, **options: Any) -> None:
 def _render_with_orjson(app: Quart) -> None:
     """quart-schema installs its JSON provider (the standard library's encoder, with pydantic's
     conversion for what JSON has no type for); this one renders through orjson
-    (service/wrappers.py) and keeps quart-schema's conversion."""
+    (service/http/wrappers.py) and keeps quart-schema's conversion."""
     app.json = ServiceJSONProvider(app, default=getattr(app.json, "default", None))
 
 

@@ -14,11 +14,14 @@ from quart_rate_limiter import rate_limit
 from quart_schema import document_response, validate_request
 from werkzeug.exceptions import RequestEntityTooLarge
 
-from service.api_docs import NoContent, declare_errors
-from service.cache import CacheError, get_cache
-from service.db import get_database
-from service.db.models import User
-from service.db.users import (
+from service.auth.devices import DeviceCookies
+from service.auth.passwords import check_new_password, hash_password, needs_rehash, verify_password
+from service.auth.rate_limits import login_limits, refused_by, register_limits, submitted_username
+from service.auth.sessions import SessionStore, SessionUser, current_session, keep_cookie
+from service.backends.cache import CacheError, get_cache
+from service.backends.db import get_database
+from service.backends.db.models import User
+from service.backends.db.users import (
     USERNAME_PATTERN,
     UsernameTaken,
     insert_user,
@@ -26,13 +29,10 @@ from service.db.users import (
     select_user_by_username,
     update_login,
 )
-from service.devices import DeviceCookies
-from service.errors import APIError
+from service.http.api_docs import NoContent, declare_errors
+from service.http.errors import APIError
 from service.observability.context import bind_user
 from service.observability.metrics import LoginResult, Metrics
-from service.passwords import check_new_password, hash_password, needs_rehash, verify_password
-from service.rate_limits import login_limits, refused_by, register_limits, submitted_username
-from service.sessions import SessionStore, SessionUser, current_session, keep_cookie
 from service.settings import MAX_PASSWORD_LENGTH, Settings
 
 logger = structlog.get_logger(__name__)

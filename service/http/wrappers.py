@@ -10,7 +10,7 @@ of nesting and refuses infinities, and every refusal is a `ValueError`, which Qu
 
 `jsonify` renders with orjson too (the standard library's encoder was one of the larger costs of
 a small answer, bench/README.md), keeping what the provider it replaces (quart-schema's, set up
-in service/api_docs.py) promised: sorted keys, what JSON has no type for (dates, models) handed
+in service/http/api_docs.py) promised: sorted keys, what JSON has no type for (dates, models) handed
 to that provider's `default` (pydantic's conversion: dates in ISO 8601), anything orjson refuses
 (an integer beyond 64 bits) rendered by the standard library, indented output in debug mode.
 """
@@ -27,7 +27,7 @@ from quart import Quart, current_app
 from quart.json.provider import DefaultJSONProvider
 from quart.wrappers import Request
 
-from service.deadlines import Deadlines
+from service.http.deadlines import Deadlines
 from service.observability.context import waiting_on
 
 # A body already received is read in microseconds; only a real wait moves the deadline.

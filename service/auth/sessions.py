@@ -31,11 +31,11 @@ from quart import Quart, Request, Response, g
 from quart_auth import Action, AuthUser, QuartAuth, current_user
 from sqlalchemy.ext.asyncio import AsyncSession
 
-from service.active_users import ActiveUsers
-from service.cache import CacheError, InstrumentedCache, get_cache
-from service.db import Database, get_database
-from service.db.models import LoginSession
-from service.db.sessions import (
+from service.auth.active_users import ActiveUsers
+from service.backends.cache import CacheError, InstrumentedCache, get_cache
+from service.backends.db import Database, get_database
+from service.backends.db.models import LoginSession
+from service.backends.db.sessions import (
     count_live_sessions,
     delete_expired_sessions,
     delete_session,

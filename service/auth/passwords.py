@@ -19,8 +19,8 @@ from argon2 import PasswordHasher
 from argon2.exceptions import InvalidHashError, VerificationError
 from quart import Quart, current_app
 
+from service.auth.password_policy import Weakness, password_weakness
 from service.observability.context import waiting_on
-from service.password_policy import Weakness, password_weakness
 from service.settings import Settings
 
 _T = TypeVar("_T")

@@ -25,15 +25,15 @@ from quart import Quart, current_app
 from sqlalchemy import text
 from sqlalchemy.ext.asyncio import AsyncEngine
 
-from service.cache import InstrumentedCache, get_cache
-from service.db.engine import (
+from service.backends.cache import InstrumentedCache, get_cache
+from service.backends.db.engine import (
     SchemaRevisions,
     create_probe_engine,
     dispose,
     schema_revisions,
     select_schema_revision,
 )
-from service.memory import memory_use
+from service.health.memory import memory_use
 from service.observability.metrics import Metrics
 from service.settings import HEALTH_CHECKS, CheckName, Settings
 from service.unavailable import FailureReason, failure_reason

@@ -14,7 +14,7 @@ from collections.abc import AsyncGenerator
 from aioprometheus.collectors import Gauge
 from quart import Quart
 
-from service.cache import CacheError, InstrumentedCache, get_cache
+from service.backends.cache import CacheError, InstrumentedCache, get_cache
 from service.observability.metrics import Metrics
 from service.settings import Settings
 

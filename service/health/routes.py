@@ -9,7 +9,7 @@ from pydantic import BaseModel
 from quart import Blueprint, Response, jsonify
 from quart_schema import document_response
 
-from service.health import HealthMonitor, get_health
+from service.health.checks import HealthMonitor, get_health
 from service.observability.context import HEALTH_PATH
 
 blueprint = Blueprint("health", __name__, url_prefix=HEALTH_PATH)
@@ -60,7 +60,7 @@ async def ready() -> Response:
 
 
 # Each probe's answer, as a status and a JSON body: given here by the routes above and, before
-# Quart, by the probe edge (service/probes.py), which serves them in production.
+# Quart, by the probe edge (service/health/probes.py), which serves them in production.
 Answer = tuple[int, dict[str, object]]
 
 

@@ -1,11 +1,12 @@
 """A worker's life as an operator sees it: started, draining, stopped.
 
-`service_started` is written once every part is open; `begin_draining` (called by the supervisor,
-`service/supervisor.py`, when the worker is asked to stop or to make way for a successor) turns
-readiness to 503 `draining` and writes `service_draining`; `abandon` names the requests whose
-answer a client had not taken when the stop's time ran out (`requests_abandoned`; each one's
-`request_finished` line says `delivered: false`); `service_stopped` closes the record once every
-request has finished, with the reason and how long the stop took.
+`service_started` is written once every part is open; `begin_draining` (called by the
+supervisor, `service/serving/supervisor.py`, when the worker is asked to stop or to make way for
+a successor) turns readiness to 503 `draining` and writes `service_draining`; `abandon` names
+the requests whose answer a client had not taken when the stop's time ran out
+(`requests_abandoned`; each one's `request_finished` line says `delivered: false`);
+`service_stopped` closes the record once every request has finished, with the reason and how
+long the stop took.
 """
 
 from __future__ import annotations
@@ -19,7 +20,7 @@ from typing import Any, Literal
 import structlog
 from quart import Quart
 
-from service.health import HealthMonitor
+from service.health.checks import HealthMonitor
 from service.observability.loop_errors import quiet_accept_failures
 from service.settings import Settings
 from service.version import VERSION
@@ -34,7 +35,7 @@ class Lifecycle:
     def __init__(self, settings: Settings, health: HealthMonitor) -> None:
         self.settings = settings
         self.health = health
-        self.logger = structlog.get_logger("service.lifecycle")
+        self.logger = structlog.get_logger("service.serving.lifecycle")
         self.started_at: float | None = None
         self.draining_since: float | None = None
         self.stop_reason: StopReason | None = None

@@ -1,7 +1,7 @@
 """`scene-packer`: serve, check and migrate, with exit codes an init system can act on.
 
 - `serve` checks the settings, the backends and the schema, then runs the workers of
-  hypercorn.toml under the supervisor (`service/supervisor.py`).
+  hypercorn.toml under the supervisor (`service/serving/supervisor.py`).
 - `check` prints one line per check (settings, database, cache, disk, memory) and exits 0 only
   when the service could serve.
 - `migrate` brings the database schema to the code's head (`alembic upgrade head`).
@@ -25,13 +25,13 @@ from typing import Any
 import structlog
 from hypercorn.config import Config
 
-from service.cache import InstrumentedCache, create_cache
-from service.db.engine import create_engine, dispose, upgrade_to_head
-from service.health import HealthMonitor, HealthReport
+from service.backends.cache import InstrumentedCache, create_cache
+from service.backends.db.engine import create_engine, dispose, upgrade_to_head
+from service.health.checks import HealthMonitor, HealthReport
 from service.observability.logging import configure_logging, log_bad_configuration
 from service.observability.metrics import Metrics
+from service.serving.supervisor import EXIT_CANNOT_SERVE, EXIT_OK, end_margin, serve
 from service.settings import Settings, SettingsError, load_settings
-from service.supervisor import EXIT_CANNOT_SERVE, EXIT_OK, end_margin, serve
 
 EXIT_BAD_CONFIGURATION = 2
 _STOP_MARGIN_SECONDS = 5.0
@@ -52,7 +52,7 @@ _SERVER_OPTIONAL = {"read_timeout", "max_requests"}
 # A check from the command line may wait on a cold connection a little longer than a poll.
 _CHECK_TIMEOUT_FLOOR = 2.0
 
-logger = structlog.get_logger("service.cli")
+logger = structlog.get_logger("service.serving.cli")
 
 
 def main(argv: list[str] | None = None) -> int:

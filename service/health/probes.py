@@ -7,7 +7,7 @@ routing, session, rate limits, response conversion): a probe costs a fraction of
 (bench/README.md, "Seventh session"), and it still answers when a hook misbehaves. Only GET and
 HEAD on the exact paths are answered here; anything else (another method, a trailing slash, an
 app mounted under a root path) goes on to Quart, where the same routes
-(service/blueprints/health.py) give the same answers, 405s and redirects included. Outside this
+(service/health/routes.py) give the same answers, 405s and redirects included. Outside this
 edge stay the request record (request id, metrics, log line, as for every request) and, under
 `scene-packer serve`, the draining `Connection: close`.
 """
@@ -16,10 +16,10 @@ from __future__ import annotations
 
 from hypercorn.typing import ASGIFramework, ASGIReceiveCallable, ASGISendCallable, Scope
 
-from service.blueprints.health import ANSWERS, NO_STORE
-from service.health import HealthMonitor
+from service.health.checks import HealthMonitor
+from service.health.routes import ANSWERS, NO_STORE
+from service.http.wrappers import json_body
 from service.observability.context import bind_route
-from service.wrappers import json_body
 
 _HEADERS = [(b"content-type", b"application/json")] + [
     (name.lower().encode(), value.encode()) for name, value in NO_STORE.items()

@@ -15,7 +15,7 @@ import time
 from collections.abc import Awaitable
 from logging import ERROR, WARNING
 from types import TracebackType
-from typing import Any
+from typing import Any, Protocol
 
 import structlog
 from hypercorn.typing import (
@@ -30,7 +30,7 @@ from quart.wrappers import Request
 from werkzeug.exceptions import HTTPException, MethodNotAllowed
 from werkzeug.routing import Rule
 
-from service.lifecycle import Lifecycle
+from service.http.proxy_fix import client_address
 from service.observability.context import (
     REQUEST_ID_HEADER,
     RequestContext,
@@ -42,7 +42,6 @@ from service.observability.context import (
 from service.observability.logging import redact_url
 from service.observability.metrics import UNMATCHED, Metrics, method_label
 from service.observability.trace_context import TRACEPARENT_HEADER, accept_traceparent
-from service.proxy_fix import client_address
 from service.settings import Settings
 
 REQUEST_LOGGER = "service.request"
@@ -55,9 +54,16 @@ _FALLBACK_BODY = b'{"error": {"code": "internal_error", "message": "An internal 
 _logger = structlog.get_logger(REQUEST_LOGGER)
 
 
+class StopRecord(Protocol):
+    """What the request record needs of the worker's lifecycle (service/serving/lifecycle.py)."""
+
+    # The requests (hypercorn's task of each) whose connection a stop closed mid-answer.
+    abandoned: set[asyncio.Task[Any]]
+
+
 class RequestObserver:
     def __init__(
-        self, app: ASGIFramework, settings: Settings, metrics: Metrics, lifecycle: Lifecycle
+        self, app: ASGIFramework, settings: Settings, metrics: Metrics, lifecycle: StopRecord
     ) -> None:
         self.app = app
         self.settings = settings

@@ -37,7 +37,7 @@ from service.unavailable import DependencyUnavailable, FailureReason, failure_re
 if TYPE_CHECKING:
     from alembic.config import Config
 
-ALEMBIC_DIR = Path(__file__).resolve().parents[2] / "alembic"
+ALEMBIC_DIR = Path(__file__).resolve().parents[3] / "alembic"
 _EXTENSION = "database"
 
 
