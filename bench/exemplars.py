@@ -16,6 +16,7 @@ import os
 import time
 from pathlib import Path
 from tempfile import TemporaryDirectory
+from types import SimpleNamespace
 from typing import Any
 
 from bench.machine import spread, summary, write
@@ -29,11 +30,9 @@ from bench.metrics_cost import (
     _trivial_app,
     populate,
 )
-from service.health.checks import HealthMonitor
 from service.http.request_record import RequestObserver
 from service.observability import exposition
 from service.observability.metrics import Metrics
-from service.serving.lifecycle import Lifecycle
 from service.settings import load_settings
 
 _PLAIN = _SCOPE
@@ -61,7 +60,7 @@ def run() -> None:
         _configure(settings, devnull)  # before the observer, which binds its logger when made
         metrics = Metrics(settings)
         observed = RequestObserver(
-            _trivial_app, settings, metrics, Lifecycle(settings, HealthMonitor(settings, metrics))
+            _trivial_app, settings, metrics, SimpleNamespace(abandoned=set())
         )
         bare, plain, traced, without, with_ = [], [], [], [], []
         for _ in range(RUNS):

@@ -10,18 +10,17 @@ import os
 import time
 from pathlib import Path
 from tempfile import TemporaryDirectory
+from types import SimpleNamespace
 from typing import Any
 
 import prometheus_client
 
 from bench.machine import summary, write
-from service.health.checks import HealthMonitor
 from service.http.request_record import RequestObserver
 from service.observability import exposition
 from service.observability.context import bind_route
 from service.observability.logging import configure_logging
 from service.observability.metrics import Metrics
-from service.serving.lifecycle import Lifecycle
 from service.settings import Settings, load_settings
 
 REQUESTS = 20_000
@@ -102,7 +101,7 @@ def run() -> None:
         quiet = settings.model_copy(update={"log_level": "WARNING"})
         metrics = Metrics(settings)
         observed = RequestObserver(
-            _trivial_app, settings, metrics, Lifecycle(settings, HealthMonitor(settings, metrics))
+            _trivial_app, settings, metrics, SimpleNamespace(abandoned=set())
         )
         bare, full, unlogged = [], [], []
         for _ in range(RUNS):  # interleaved A/B/C

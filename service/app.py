@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import logging
 from collections.abc import Awaitable, Callable, Collection
+from dataclasses import dataclass
 from typing import Any
 from urllib.parse import urlsplit
 
@@ -19,15 +20,15 @@ from werkzeug.exceptions import NotFound
 
 from service.auth import routes as auth
 from service.auth.active_users import ActiveUsers, init_active_users
-from service.auth.passwords import init_passwords
+from service.auth.passwords import Passwords, init_passwords
 from service.auth.rate_limits import init_rate_limits, rate_limited_routes
-from service.auth.sessions import init_sessions, settle_session_cookie
-from service.backends.cache import init_cache
-from service.backends.db import init_db
+from service.auth.sessions import SessionStore, init_sessions, settle_session_cookie
+from service.backends.cache import InstrumentedCache, create_cache, init_cache
+from service.backends.db import Database, init_db
 from service.blueprints import meta, rum
 from service.blueprints import metrics as metrics_blueprint
 from service.health import routes as health
-from service.health.checks import init_health
+from service.health.checks import HealthMonitor, init_health
 from service.health.probes import ProbeEdge
 from service.http.api_docs import init_api_docs
 from service.http.connection_close import CloseAfterUnreadBody
@@ -45,14 +46,14 @@ from service.http.request_record import (
     bind_route_of,
     log_request_failure,
 )
-from service.http.wrappers import ServiceRequest
+from service.http.wrappers import request_class
 from service.observability.context import bind_user, current_context
 from service.observability.logging import configure_logging
-from service.observability.metrics import init_metrics, instrument_engine
-from service.observability.multiprocess import init_worker_snapshots
+from service.observability.metrics import Metrics, init_metrics, instrument_engine
+from service.observability.multiprocess import SharedMetrics, init_shared_metrics
 from service.serving.lifecycle import Lifecycle, StopReason, init_lifecycle
 from service.settings import Settings, load_settings
-from service.unavailable import DEPENDENCIES, Dependency, FailureReason
+from service.unavailable import DEPENDENCIES, FailureReason
 
 _logger = structlog.get_logger("service.request")
 # Hooks, views, error handlers and session methods; a function made per request is not kept.
@@ -73,33 +74,47 @@ class _NoCookieSession(SessionInterface):
         pass
 
 
-class ServiceApp(Quart):
-    request_class = ServiceRequest
-    session_interface = _NoCookieSession()  # type: ignore[assignment]  # Quart names its own
-    active_users: ActiveUsers  # who to tell about a signed-in user
+@dataclass(frozen=True)
+class Parts:
+    """Every part of the app, built once by `create_app` and handed to each part that needs it;
+    kept on the app for its own methods, the supervisor's stop hooks and tests."""
+
+    settings: Settings
+    metrics: Metrics
+    database: Database
+    cache: InstrumentedCache
+    health: HealthMonitor
+    passwords: Passwords
+    sessions: SessionStore
+    active_users: ActiveUsers
+    shared_metrics: SharedMetrics
     deadlines: Deadlines  # REQUEST_TIMEOUT, kept per request
-    # Told which dependency a request was waiting on when its deadline passed.
-    dependency_failed: Callable[[Dependency, FailureReason], None] | None = None
     lifecycle: Lifecycle
 
-    def __init__(self, *args: Any, **kwargs: Any) -> None:
-        super().__init__(*args, **kwargs)
+
+class ServiceApp(Quart):
+    session_interface = _NoCookieSession()  # type: ignore[assignment]  # Quart names its own
+
+    def __init__(self, import_name: str, parts: Parts) -> None:
+        super().__init__(import_name)
+        self.parts = parts
+        self.request_class = request_class(parts.deadlines)
         self._async_functions: dict[Callable[..., Any], Callable[..., Awaitable[Any]]] = {}
 
     def begin_draining(self, reason: StopReason, in_flight: int) -> None:
         """Called by the supervisor (service/serving/supervisor.py) when this worker is to stop."""
-        self.lifecycle.begin_draining(reason, in_flight)
+        self.parts.lifecycle.begin_draining(reason, in_flight)
 
     def stop_in_flight(self) -> int:
         """Called by the supervisor when graceful_timeout is nearly over: every request still
         being worked on is cancelled and answered 503 `shutting_down` (hypercorn would cancel it
         with an empty 500). How many."""
-        return self.deadlines.stop_all()
+        return self.parts.deadlines.stop_all()
 
     def abandon(self, tasks: Collection[asyncio.Task[Any]]) -> None:
         """Called by the supervisor before it closes the connections of `tasks`, requests whose
         answer the client has not taken by the end of graceful_timeout: their lines say so."""
-        self.lifecycle.abandon(tasks)
+        self.parts.lifecycle.abandon(tasks)
 
     async def full_dispatch_request(
         self, request_context: RequestContext | None = None
@@ -108,15 +123,16 @@ class ServiceApp(Quart):
         # hashing queue), instead of their own timeouts adding up. Past it the work is cancelled
         # (connections are returned or discarded by their context managers) and the client is
         # told to retry.
-        task = self.deadlines.begin()
+        deadlines = self.parts.deadlines
+        task = deadlines.begin()
         try:
             return await super().full_dispatch_request(request_context)
         except asyncio.CancelledError:
-            expiry = self.deadlines.expired(task)
+            expiry = deadlines.expired(task)
             if expiry is None:
                 raise
         finally:
-            self.deadlines.end(task)
+            deadlines.end(task)
         if expiry == "stop":
             _logger.warning("request_stopped", waiting_on=_waiting_on())
             return await self.finalize_request(
@@ -127,11 +143,11 @@ class ServiceApp(Quart):
         _logger.log(
             logging.INFO if client else logging.WARNING,
             "request_deadline_exceeded",
-            timeout_seconds=self.deadlines.timeout,
+            timeout_seconds=deadlines.timeout,
             waiting_on=waited,
         )
-        if waited in DEPENDENCIES and self.dependency_failed is not None:
-            self.dependency_failed(waited, "timeout")
+        if waited in DEPENDENCIES:
+            self.parts.metrics.dependency_failed(waited, "timeout")
         answer = body_timeout() if client else deadline_exceeded()
         result = await self.handle_user_exception(answer)
         return await self.finalize_request(result, request_context)
@@ -156,7 +172,7 @@ class ServiceApp(Quart):
         # request's budget: a route that needs no session keeps the other half.
         if context is None or context.has_cookies:
             user_id = await settle_session_cookie(
-                request, self.active_users, self.deadlines.timeout / 2
+                request, self.parts.active_users, self.parts.deadlines.timeout / 2
             )
             if user_id is not None and context is not None:
                 bind_user(user_id)
@@ -202,9 +218,42 @@ def _routed_path(scope: Any) -> str:
 
 
 def create_app(settings: Settings | None = None) -> ServiceApp:
+    """The composition root: every part is built here and handed to whoever needs it; each
+    `init_*` opens and closes its part with the app (serving hooks) or registers its routes."""
     settings = settings if settings is not None else load_settings()
     configure_logging(settings)
-    app = ServiceApp(__name__)
+    metrics = Metrics(settings)
+    cache = InstrumentedCache(
+        create_cache(settings),
+        metrics.cache_requests,
+        metrics.cache_errors,
+        failed=lambda reason: metrics.dependency_failed("cache", reason),
+    )
+    health_monitor = HealthMonitor(settings, metrics, cache)
+
+    def database_failed(reason: FailureReason) -> None:
+        metrics.dependency_failed("database", reason)
+        health_monitor.database_failed(reason)  # a full disk makes the database check write
+
+    database = Database(
+        settings,
+        instrument=lambda engine: instrument_engine(engine, metrics),
+        failed=database_failed,
+    )
+    parts = Parts(
+        settings=settings,
+        metrics=metrics,
+        database=database,
+        cache=cache,
+        health=health_monitor,
+        passwords=Passwords(settings),
+        sessions=SessionStore(settings, metrics, database, cache),
+        active_users=ActiveUsers(settings, metrics.active_users, cache),
+        shared_metrics=SharedMetrics(metrics, settings),
+        deadlines=Deadlines(settings.request_timeout),
+        lifecycle=Lifecycle(settings, health_monitor),
+    )
+    app = ServiceApp(__name__, parts)
     # `/api//health` is no route: 404 like any other path, not werkzeug's HTML 308 to an address
     # built from the Host header.
     app.url_map.merge_slashes = False
@@ -213,49 +262,35 @@ def create_app(settings: Settings | None = None) -> ServiceApp:
         MAX_CONTENT_LENGTH=settings.max_body_bytes,
     )
 
-    metrics = init_metrics(app, settings)
-    health_monitor = init_health(app, settings, metrics)
-
-    def database_failed(reason: FailureReason) -> None:
-        metrics.dependency_failed("database", reason)
-        health_monitor.database_failed(reason)  # a full disk makes the database check write
-
-    init_db(
-        app,
-        settings,
-        instrument=lambda engine: instrument_engine(engine, metrics),
-        failed=database_failed,
-    )
-    init_cache(
-        app,
-        settings,
-        metrics.cache_requests,
-        metrics.cache_errors,
-        failed=lambda reason: metrics.dependency_failed("cache", reason),
-    )
-    init_worker_snapshots(app, metrics, settings)
-    app.active_users = init_active_users(app, settings, metrics)
-    app.deadlines = Deadlines(settings.request_timeout)
-    app.after_serving(app.deadlines.close)
-    app.dependency_failed = metrics.dependency_failed
-    init_rate_limits(app, settings)
-    init_passwords(app, settings)
-    sessions = init_sessions(app, settings, metrics)
+    init_metrics(app, metrics)
+    init_health(app, health_monitor)
+    init_db(app, database)
+    init_cache(app, cache)
+    init_shared_metrics(app, parts.shared_metrics)
+    init_active_users(parts.active_users, metrics)
+    app.after_serving(parts.deadlines.close)
+    init_rate_limits(app, settings, cache)
+    init_passwords(app, parts.passwords)
+    init_sessions(app, parts.sessions, settings, metrics)
     init_api_docs(app, settings)
     register_error_handlers(app)
 
     app.register_blueprint(meta.create_blueprint(settings))
-    app.register_blueprint(metrics_blueprint.create_blueprint(settings, metrics))
-    app.register_blueprint(health.blueprint)
+    app.register_blueprint(
+        metrics_blueprint.create_blueprint(settings, metrics, parts.shared_metrics)
+    )
+    app.register_blueprint(health.create_blueprint(health_monitor))
     app.register_blueprint(rum.create_blueprint(app, settings, metrics))
-    app.register_blueprint(auth.create_blueprint(settings, sessions, metrics))
+    app.register_blueprint(
+        auth.create_blueprint(settings, metrics, parts.sessions, database, cache, parts.passwords)
+    )
     metrics.expect_rate_limits(rate_limited_routes(app))
     # After every part's start-up hook, so that `service_started` means every part is open.
-    app.lifecycle = init_lifecycle(app, settings, health_monitor)
+    init_lifecycle(app, parts.lifecycle)
     # Inside the request record (request ids, metrics and log lines as for every request).
     app.asgi_app = ProbeEdge(app.asgi_app, health_monitor)  # type: ignore[method-assign]
     if settings.request_observability:
-        app.asgi_app = RequestObserver(app.asgi_app, settings, metrics, app.lifecycle)  # type: ignore[method-assign]
+        app.asgi_app = RequestObserver(app.asgi_app, settings, metrics, parts.lifecycle)  # type: ignore[method-assign]
     # Outside the request record: an answer it gives (a deadline's 503) is an answer too.
     app.asgi_app = CloseAfterUnreadBody(app.asgi_app)  # type: ignore[method-assign]
     if settings.trusted_proxies:

@@ -9,12 +9,10 @@ from __future__ import annotations
 
 import asyncio
 import time
-from collections.abc import AsyncGenerator
 
 from aioprometheus.collectors import Gauge
-from quart import Quart
 
-from service.backends.cache import CacheError, InstrumentedCache, get_cache
+from service.backends.cache import CacheError, InstrumentedCache
 from service.observability.metrics import Metrics
 from service.settings import Settings
 
@@ -26,15 +24,12 @@ _MAX_REMEMBERED = 100_000
 
 
 class ActiveUsers:
-    def __init__(self, settings: Settings, gauge: Gauge) -> None:
+    def __init__(self, settings: Settings, gauge: Gauge, cache: InstrumentedCache) -> None:
         self.window = settings.active_user_window_seconds
         self.count_timeout = settings.health_check_timeout
         self.gauge = gauge
-        self._cache: InstrumentedCache | None = None
-        self._marked: dict[int, float] = {}
-
-    def attach(self, cache: InstrumentedCache) -> None:
         self._cache = cache
+        self._marked: dict[int, float] = {}
 
     async def mark(self, user_id: int) -> None:
         """Remember a user as active; raises CacheError (counted by the cache) on a failure."""
@@ -45,14 +40,11 @@ class ActiveUsers:
         if len(self._marked) > _MAX_REMEMBERED:
             self._marked.clear()
         self._marked[user_id] = now
-        if self._cache is not None:
-            await self._cache.mark_seen(_KEY, str(user_id), now, self.window)
+        await self._cache.mark_seen(_KEY, str(user_id), now, self.window)
 
     async def refresh(self) -> None:
         """Scrape-time count; a cache failure (counted by the cache) or a count slower than
         HEALTH_CHECK_TIMEOUT keeps the last value: a hung Redis must not take /metrics down."""
-        if self._cache is None:
-            return
         try:
             async with asyncio.timeout(self.count_timeout):
                 count = await self._cache.count_seen(_KEY, time.time() - self.window)
@@ -61,14 +53,6 @@ class ActiveUsers:
         self.gauge.set({}, count)
 
 
-def init_active_users(app: Quart, settings: Settings, metrics: Metrics) -> ActiveUsers:
-    users = ActiveUsers(settings, metrics.active_users)
+def init_active_users(users: ActiveUsers, metrics: Metrics) -> None:
+    """Count `users` when /metrics is scraped."""
     metrics.add_scrape_reader(users.refresh)
-
-    # while_serving: the cache is open by now, and still open when it resumes.
-    @app.while_serving
-    async def _serving() -> AsyncGenerator[None, None]:
-        users.attach(get_cache())
-        yield
-
-    return users

@@ -17,50 +17,53 @@ from typing import TypeVar
 
 from argon2 import PasswordHasher
 from argon2.exceptions import InvalidHashError, VerificationError
-from quart import Quart, current_app
+from quart import Quart
 
 from service.auth.password_policy import Weakness, password_weakness
 from service.observability.context import waiting_on
 from service.settings import Settings
 
 _T = TypeVar("_T")
-_EXTENSION = "password_hashing"
 
 _hasher = PasswordHasher()
 
 
-def init_passwords(app: Quart, settings: Settings) -> None:
-    """The app's hashing pool; its threads start with the first hash."""
-    pool = ThreadPoolExecutor(
-        max_workers=settings.effective_password_hash_threads, thread_name_prefix="password-hash"
-    )
-    app.extensions[_EXTENSION] = pool
+class Passwords:
+    """Hashing, verifying and judging passwords in the app's own thread pool (its threads start
+    with the first hash)."""
 
+    def __init__(self, settings: Settings) -> None:
+        self.pool = ThreadPoolExecutor(
+            max_workers=settings.effective_password_hash_threads,
+            thread_name_prefix="password-hash",
+        )
+
+    async def hash(self, password: str) -> str:
+        with waiting_on("password_hashing"):
+            return await self._in_pool(_hasher.hash, password)
+
+    async def verify(self, password_hash: str | None, password: str) -> bool:
+        """Check a password against a user's hash; with None (no such user), against a dummy
+        hash with the current parameters, so that both answers take the same argon2 work."""
+        with waiting_on("password_hashing"):
+            return await self._in_pool(_verify, password_hash, password)
+
+    async def check_new(self, password: str, username: str, min_length: int) -> Weakness | None:
+        """The password policy's verdict, computed in the pool (zxcvbn is CPU work too)."""
+        with waiting_on("password_hashing"):
+            return await asyncio.get_running_loop().run_in_executor(
+                self.pool, password_weakness, password, username, min_length
+            )
+
+    def _in_pool(self, function: Callable[..., _T], *args: str | None) -> asyncio.Future[_T]:
+        return asyncio.get_running_loop().run_in_executor(self.pool, function, *args)
+
+
+def init_passwords(app: Quart, passwords: Passwords) -> None:
     @app.after_serving
     async def stop_hashing() -> None:
         # Hashes already queued still finish; nothing new can be queued once serving stops.
-        pool.shutdown(wait=False)
-
-
-async def hash_password(password: str) -> str:
-    with waiting_on("password_hashing"):
-        return await _in_pool(_hasher.hash, password)
-
-
-async def verify_password(password_hash: str | None, password: str) -> bool:
-    """Check a password against a user's hash; with None (no such user), against a dummy hash
-    with the current parameters, so that both answers take the same argon2 work."""
-    with waiting_on("password_hashing"):
-        return await _in_pool(_verify, password_hash, password)
-
-
-async def check_new_password(password: str, username: str, min_length: int) -> Weakness | None:
-    """The password policy's verdict, computed in the hashing pool (zxcvbn is CPU work too)."""
-    pool: ThreadPoolExecutor = current_app.extensions[_EXTENSION]
-    with waiting_on("password_hashing"):
-        return await asyncio.get_running_loop().run_in_executor(
-            pool, password_weakness, password, username, min_length
-        )
+        passwords.pool.shutdown(wait=False)
 
 
 def needs_rehash(password_hash: str) -> bool:
@@ -82,8 +85,3 @@ def _dummy_hash() -> str:
     # Made on first use (in a hashing thread), not at import: one hash a worker, and with the
     # parameters the hasher has then. Two threads racing here would both hash; harmless.
     return _hasher.hash(secrets.token_urlsafe(16))
-
-
-def _in_pool(function: Callable[..., _T], *args: str | None) -> asyncio.Future[_T]:
-    pool: ThreadPoolExecutor = current_app.extensions[_EXTENSION]
-    return asyncio.get_running_loop().run_in_executor(pool, function, *args)

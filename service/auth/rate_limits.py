@@ -28,7 +28,7 @@ from quart_rate_limiter import (
 from quart_rate_limiter.store import RateLimiterStoreABC
 
 from service.auth.devices import DeviceCookies
-from service.backends.cache import CacheError, get_cache
+from service.backends.cache import CacheError, InstrumentedCache
 from service.backends.db.users import USERNAME_PATTERN
 from service.http.proxy_fix import address_key, client_address
 from service.settings import Settings
@@ -59,6 +59,9 @@ class RateLimitsUnavailable(DependencyUnavailable):
 class CacheStore(RateLimiterStoreABC):
     """Theoretical arrival times in the app's cache; a key expires when its TAT has passed."""
 
+    def __init__(self, cache: InstrumentedCache) -> None:
+        self.cache = cache
+
     async def before_serving(self) -> None:
         return None  # the cache is opened and closed by the app
 
@@ -76,7 +79,7 @@ class CacheStore(RateLimiterStoreABC):
         the seconds until the limit is whole again."""
         now = time.time()
         try:
-            wait, tat = await get_cache().acquire_rate(
+            wait, tat = await self.cache.acquire_rate(
                 _KEY_PREFIX + key, now, limit.inverse, limit.period.total_seconds()
             )
         except CacheError as exc:
@@ -145,11 +148,11 @@ def _headers(limit: RateLimit, until_whole: float) -> dict[str, str]:
     }
 
 
-def init_rate_limits(app: Quart, settings: Settings) -> RateLimiter:
+def init_rate_limits(app: Quart, settings: Settings, cache: InstrumentedCache) -> RateLimiter:
     async def ip_key() -> str:
         return address_key(client_address(request.scope), settings.rate_limit_ipv6_prefix)
 
-    return _RateLimiter(app, key_function=ip_key, store=CacheStore())
+    return _RateLimiter(app, key_function=ip_key, store=CacheStore(cache))
 
 
 def rate_limited_routes(app: Quart) -> list[str]:

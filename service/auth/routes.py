@@ -15,11 +15,11 @@ from quart_schema import document_response, validate_request
 from werkzeug.exceptions import RequestEntityTooLarge
 
 from service.auth.devices import DeviceCookies
-from service.auth.passwords import check_new_password, hash_password, needs_rehash, verify_password
+from service.auth.passwords import Passwords, needs_rehash
 from service.auth.rate_limits import login_limits, refused_by, register_limits, submitted_username
 from service.auth.sessions import SessionStore, SessionUser, current_session, keep_cookie
-from service.backends.cache import CacheError, get_cache
-from service.backends.db import get_database
+from service.backends.cache import CacheError, InstrumentedCache
+from service.backends.db import Database
 from service.backends.db.models import User
 from service.backends.db.users import (
     USERNAME_PATTERN,
@@ -68,8 +68,16 @@ class SignedIn(BaseModel):
     username: str
 
 
-def create_blueprint(settings: Settings, sessions: SessionStore, metrics: Metrics) -> Blueprint:
-    """The auth routes; built per app because their rate limits come from settings."""
+def create_blueprint(
+    settings: Settings,
+    metrics: Metrics,
+    sessions: SessionStore,
+    database: Database,
+    cache: InstrumentedCache,
+    passwords: Passwords,
+) -> Blueprint:
+    """The auth routes, with the parts they use; built per app because their rate limits come
+    from settings."""
     blueprint = Blueprint("auth", __name__, url_prefix="/api/auth")
     devices = DeviceCookies(settings)
 
@@ -84,15 +92,15 @@ def create_blueprint(settings: Settings, sessions: SessionStore, metrics: Metric
         profile (the first answer may have been lost after the account was made); any other
         registration of a taken username is 409 `username_taken`."""
         username = data.username.lower()
-        weakness = await check_new_password(data.password, username, settings.password_min_length)
+        weakness = await passwords.check_new(data.password, username, settings.password_min_length)
         if weakness is not None:
             raise APIError(400, "weak_password", weakness.message, reason=weakness.reason)
-        password_hash = await hash_password(data.password)
+        password_hash = await passwords.hash(data.password)
         try:
-            async with get_database().transaction() as session:
+            async with database.transaction() as session:
                 user = await insert_user(session, username, password_hash)
         except UsernameTaken:
-            retried = await _registered_just_now(username, data.password)
+            retried = await _registered_just_now(database, passwords, username, data.password)
             if retried is None:
                 # The one deliberate signal that a username exists (rate limited; README).
                 raise APIError(409, "username_taken", "This username is already taken.") from None
@@ -109,11 +117,11 @@ def create_blueprint(settings: Settings, sessions: SessionStore, metrics: Metric
     async def login(data: Credentials) -> Response:
         username = data.username.lower()
         logger.info("login_attempt", username=username, known_device=_known(devices, username))
-        async with get_database().transaction() as session:
+        async with database.transaction() as session:
             user = await select_user_by_username(session, username)
         # Always one argon2 verification (a dummy hash for an unknown user): the time of the
         # answer must not tell whether the username exists.
-        verified = await verify_password(user.password_hash if user else None, data.password)
+        verified = await passwords.verify(user.password_hash if user else None, data.password)
         if user is None or not verified:
             metrics.login_answered("invalid_credentials")
             logger.warning(
@@ -123,11 +131,11 @@ def create_blueprint(settings: Settings, sessions: SessionStore, metrics: Metric
                 known_device=_known(devices, username),
             )
             raise APIError(401, "invalid_credentials", "Wrong username or password.")
-        new_hash = await hash_password(data.password) if needs_rehash(user.password_hash) else None
-        async with get_database().transaction() as session:
+        new_hash = await passwords.hash(data.password) if needs_rehash(user.password_hash) else None
+        async with database.transaction() as session:
             await update_login(session, user.id, new_hash)
             token = await sessions.start(session, user.id)
-        await _forget_profile(user.id)
+        await _forget_profile(cache, user.id)
         previous = current_user.auth_id
         login_user(SessionUser(token, store=sessions))
         bind_user(user.id)
@@ -204,7 +212,7 @@ def create_blueprint(settings: Settings, sessions: SessionStore, metrics: Metric
     @declare_errors(401, 503)
     async def me() -> Response:
         user_id = await _current_user_id()
-        profile = await _cached_profile(user_id, settings.profile_cache_ttl)
+        profile = await _cached_profile(database, cache, user_id, settings.profile_cache_ttl)
         if profile is None:
             logout_user()
             raise APIError(401, "unauthorized", "Authentication is required.")
@@ -236,16 +244,18 @@ async def _end_replaced_session(sessions: SessionStore, token: str) -> None:
         logger.warning("replaced_session_not_ended", exc_info=True)
 
 
-async def _registered_just_now(username: str, password: str) -> User | None:
+async def _registered_just_now(
+    database: Database, passwords: Passwords, username: str, password: str
+) -> User | None:
     """The account a retried registration made, if it is one: created within
     REGISTER_RETRY_SECONDS with this very password. The first attempt's answer can be lost after
     its commit (a dropped connection, a reply to COMMIT that never came, a worker killed); its
     retry then answers as the first would have, not 409 to the account's own owner."""
-    async with get_database().transaction() as session:
+    async with database.transaction() as session:
         user = await select_user_by_username(session, username)
     if user is None or datetime.now(UTC) - _utc(user.created_at) > REGISTER_RETRY:
         return None
-    return user if await verify_password(user.password_hash, password) else None
+    return user if await passwords.verify(user.password_hash, password) else None
 
 
 def _profile(user: User) -> Profile:
@@ -266,9 +276,10 @@ def _profile_key(user_id: int) -> str:
     return f"profile:{user_id}"
 
 
-async def _cached_profile(user_id: int, ttl: int) -> dict[str, object] | None:
+async def _cached_profile(
+    database: Database, cache: InstrumentedCache, user_id: int, ttl: int
+) -> dict[str, object] | None:
     """Read-through: the cache first; on a miss (or a cache outage) the database."""
-    cache = get_cache()
     try:
         cached = await cache.get(_profile_key(user_id))
     except CacheError:
@@ -277,7 +288,7 @@ async def _cached_profile(user_id: int, ttl: int) -> dict[str, object] | None:
     if cached is not None:
         profile: dict[str, object] = json.loads(cached)
         return profile
-    async with get_database().transaction() as session:
+    async with database.transaction() as session:
         user = await select_user(session, user_id)
     if user is None:
         return None
@@ -289,9 +300,9 @@ async def _cached_profile(user_id: int, ttl: int) -> dict[str, object] | None:
     return profile
 
 
-async def _forget_profile(user_id: int) -> None:
+async def _forget_profile(cache: InstrumentedCache, user_id: int) -> None:
     try:
-        await get_cache().delete(_profile_key(user_id))
+        await cache.delete(_profile_key(user_id))
     except CacheError:
         logger.warning("cache_unavailable", operation="delete")
 

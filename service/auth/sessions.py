@@ -32,8 +32,8 @@ from quart_auth import Action, AuthUser, QuartAuth, current_user
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from service.auth.active_users import ActiveUsers
-from service.backends.cache import CacheError, InstrumentedCache, get_cache
-from service.backends.db import Database, get_database
+from service.backends.cache import CacheError, InstrumentedCache
+from service.backends.db import Database
 from service.backends.db.models import LoginSession
 from service.backends.db.sessions import (
     count_live_sessions,
@@ -84,7 +84,13 @@ class ActiveSession:
 
 
 class SessionStore:
-    def __init__(self, settings: Settings, metrics: Metrics) -> None:
+    def __init__(
+        self,
+        settings: Settings,
+        metrics: Metrics,
+        database: Database,
+        cache: InstrumentedCache,
+    ) -> None:
         self.duration = settings.session_duration_seconds
         self.idle = settings.session_idle_seconds
         # An idle session's last use is written at most this often (a write per request would be
@@ -93,12 +99,8 @@ class SessionStore:
         self.metrics = metrics
         self.count_timeout = settings.health_check_timeout
         self._counted_at = -math.inf
-        self._database: Database | None = None
-        self._cache: InstrumentedCache | None = None
-
-    def attach(self, database: Database, cache: InstrumentedCache) -> None:
-        """Hand in the backends once they are open (the app starts serving)."""
         self._database = database
+        # Sessions are cached only where every worker and instance sees the same cache (Redis).
         self._cache = cache if cache.shared else None
 
     async def start(self, db: AsyncSession, user_id: int) -> str:
@@ -120,7 +122,7 @@ class SessionStore:
         read_at = time.monotonic()
         from_database = session is None
         if session is None:
-            async with self._db().transaction() as db:
+            async with self._database.transaction() as db:
                 row = await select_session(db, session_id)
             if row is None:
                 await self._bury([session_id])
@@ -130,7 +132,7 @@ class SessionStore:
             await self._bury([session_id])
             return None
         if self.touch_interval is not None and now - session.last_seen_at >= self.touch_interval:
-            async with self._db().transaction() as db:
+            async with self._database.transaction() as db:
                 await touch_session(db, session_id, _moment(now))
             session = replace(session, last_seen_at=now)
             from_database = True
@@ -142,7 +144,7 @@ class SessionStore:
         """The user of a live session, read from the database alone: a session that a failed
         ending left tombstoned in the cache but present in the table can still end itself and
         its siblings (the retry of that ending)."""
-        async with self._db().transaction() as db:
+        async with self._database.transaction() as db:
             row = await select_session(db, stored_id(token))
         if row is None:
             return None
@@ -156,15 +158,15 @@ class SessionStore:
         503, so a retry does the whole revocation (a cached copy must not outlive the row)."""
         session_id = stored_id(token)
         await self._revoke_cached([session_id])
-        async with self._db().transaction() as db:
+        async with self._database.transaction() as db:
             return await delete_session(db, session_id)
 
     async def end_all(self, user_id: int) -> int:
         """End every session of a user, cache first as in `end`; how many there were."""
-        async with self._db().transaction() as db:
+        async with self._database.transaction() as db:
             known = await select_user_session_ids(db, user_id)
         await self._revoke_cached(known)
-        async with self._db().transaction() as db:
+        async with self._database.transaction() as db:
             ended = await delete_user_sessions(db, user_id)
         # Sessions made by a login meanwhile: their rows are gone; bury them too.
         await self._revoke_cached(sorted(set(ended) - set(known)))
@@ -175,7 +177,7 @@ class SessionStore:
         purged = 0
         while True:
             now = datetime.now(UTC)
-            async with self._db().transaction() as db:
+            async with self._database.transaction() as db:
                 deleted = await delete_expired_sessions(
                     db, now, self._idle_cutoff(now), PURGE_BATCH
                 )
@@ -185,7 +187,7 @@ class SessionStore:
 
     async def count_live(self) -> int:
         now = datetime.now(UTC)
-        async with self._db().transaction() as db:
+        async with self._database.transaction() as db:
             return await count_live_sessions(db, now, self._idle_cutoff(now))
 
     async def refresh_gauge(self) -> None:
@@ -193,7 +195,7 @@ class SessionStore:
         slow or failing database keeps the last value rather than delay the scrape past
         HEALTH_CHECK_TIMEOUT."""
         now = time.monotonic()
-        if self._database is None or now - self._counted_at < COUNT_INTERVAL_SECONDS:
+        if now - self._counted_at < COUNT_INTERVAL_SECONDS:
             return  # not serving (a worker's first or last metrics snapshot), or counted lately
         self._counted_at = now
         try:
@@ -278,11 +280,6 @@ class SessionStore:
             return
         keys = [_KEY_PREFIX + session_id for session_id in session_ids]
         await self._cache.set_many(keys, _TOMBSTONE, _TOMBSTONE_SECONDS)
-
-    def _db(self) -> Database:
-        if self._database is None:
-            raise RuntimeError("the session store is used before the app serves")
-        return self._database
 
 
 class RevocationIncomplete(DependencyUnavailable):
@@ -402,8 +399,9 @@ async def settle_session_cookie(
     return session.user_id
 
 
-def init_sessions(app: Quart, settings: Settings, metrics: Metrics) -> SessionStore:
-    store = SessionStore(settings, metrics)
+def init_sessions(app: Quart, store: SessionStore, settings: Settings, metrics: Metrics) -> None:
+    """Sign-in through `store`: quart-auth's cookie, the sessions gauge, the purge of expired
+    sessions while `app` serves."""
     app.config.update(
         QUART_AUTH_COOKIE_NAME=SESSION_COOKIE_NAME,
         QUART_AUTH_COOKIE_SECURE=settings.cookie_secure,
@@ -416,13 +414,10 @@ def init_sessions(app: Quart, settings: Settings, metrics: Metrics) -> SessionSt
     # while_serving: the database and cache are open by now, and still open when it resumes.
     @app.while_serving
     async def _serving() -> AsyncGenerator[None, None]:
-        store.attach(get_database(), get_cache())
         purging = asyncio.create_task(store.purge_forever())
         yield
         purging.cancel()
         await asyncio.gather(purging, return_exceptions=True)
-
-    return store
 
 
 def _epoch(moment: datetime) -> float:

@@ -14,7 +14,7 @@ from typing import Any, Protocol
 
 import redis.asyncio as aioredis
 from aioprometheus.collectors import Counter
-from quart import Quart, current_app
+from quart import Quart
 from redis.asyncio.retry import Retry
 from redis.backoff import NoBackoff
 from redis.exceptions import RedisError
@@ -23,7 +23,6 @@ from service.observability.context import RequestContext, current_context, waiti
 from service.settings import Settings
 from service.unavailable import FailureReason, failure_reason
 
-_EXTENSION = "cache"
 MEMORY_CACHE_MAX_ENTRIES = 100_000
 
 
@@ -371,25 +370,6 @@ def create_cache(settings: Settings) -> Cache:
     return RedisCache(client, settings.cache_key_prefix, settings.redis_socket_timeout)
 
 
-def init_cache(
-    app: Quart,
-    settings: Settings,
-    requests: Counter,
-    errors: Counter,
-    failed: Callable[[FailureReason], None] | None = None,
-) -> None:
-    @app.before_serving
-    async def _open() -> None:
-        cache = InstrumentedCache(create_cache(settings), requests, errors, failed)
-        app.extensions[_EXTENSION] = cache
-
-    @app.after_serving
-    async def _close() -> None:
-        cache: InstrumentedCache | None = app.extensions.pop(_EXTENSION, None)
-        if cache is not None:
-            await cache.close()
-
-
-def get_cache() -> InstrumentedCache:
-    cache: InstrumentedCache = current_app.extensions[_EXTENSION]
-    return cache
+def init_cache(app: Quart, cache: InstrumentedCache) -> None:
+    """Close `cache` when `app` stops serving (a Redis client connects on first use)."""
+    app.after_serving(cache.close)

@@ -9,21 +9,21 @@ import math
 import time
 
 import structlog
-from quart import Blueprint, Response, current_app, request
+from quart import Blueprint, Response, request
 from quart_schema import hide
 
 from service.http.errors import APIError
 from service.observability import exposition
 from service.observability.context import METRICS_PATH
 from service.observability.metrics import Metrics
-from service.observability.multiprocess import get_worker_snapshots
+from service.observability.multiprocess import SharedMetrics
 from service.settings import Settings
 
 logger = structlog.get_logger(__name__)
 REFUSAL_LOG_SECONDS = 60
 
 
-def create_blueprint(settings: Settings, collected: Metrics) -> Blueprint:
+def create_blueprint(settings: Settings, collected: Metrics, shared: SharedMetrics) -> Blueprint:
     blueprint = Blueprint("metrics", __name__)
     refusals = _RefusalLog()
 
@@ -33,10 +33,8 @@ def create_blueprint(settings: Settings, collected: Metrics) -> Blueprint:
         if settings.metrics_token is not None:
             _require_token(settings.metrics_token.get_secret_value(), refusals)
         await collected.refresh_scrape_time_values()
-        families = collected.snapshot()
-        sharing = get_worker_snapshots(current_app)
-        if sharing is not None:  # several hypercorn workers: report all of them
-            families = await sharing.collect(families)
+        # Several hypercorn workers: report all of them.
+        families = await shared.collect(collected.snapshot())
         # Content negotiation: OpenMetrics (with exemplars) for whoever asks, as Prometheus
         # does; the classic text format, unchanged, for everyone else.
         openmetrics = "application/openmetrics-text" in request.headers.get("Accept", "")

@@ -51,21 +51,17 @@ class Beacon(BaseModel):
 
 
 def create_blueprint(app: Quart, settings: Settings, metrics: Metrics) -> Blueprint:
-    """`POST /api/rum` and the demo page; the receiver is built once every route of `app` is
-    registered, because API timings are labelled by those templates."""
+    """`POST /api/rum` and the demo page. API timings are labelled by the templates of `app`'s
+    routes: the receiver matches against its URL map, which sees routes registered later too
+    (werkzeug brings a bound map up to date before each match)."""
     blueprint = Blueprint("rum", __name__)
-    receivers: list[BeaconReceiver] = []
-
-    @app.before_serving
-    async def _receiver() -> None:
-        receivers[:] = [BeaconReceiver(metrics, settings, app.url_map.bind("localhost"))]
+    receiver = BeaconReceiver(metrics, settings, app.url_map.bind("localhost"))
 
     @blueprint.post("/api/rum")
     @document_request(Beacon)
     @document_response(NoContent, 204)
     @declare_errors(400, 403, 408, 413, 429)
     async def beacon() -> Response:
-        receiver = receivers[0]
         client = client_address(request.scope)
         try:
             receiver.admit(client, request.headers.get("Origin"), request.content_length)

@@ -21,11 +21,11 @@ from pathlib import Path
 from typing import Any, Literal
 
 import structlog
-from quart import Quart, current_app
+from quart import Quart
 from sqlalchemy import text
 from sqlalchemy.ext.asyncio import AsyncEngine
 
-from service.backends.cache import InstrumentedCache, get_cache
+from service.backends.cache import InstrumentedCache
 from service.backends.db.engine import (
     SchemaRevisions,
     create_probe_engine,
@@ -41,7 +41,6 @@ from service.unavailable import FailureReason, failure_reason
 logger = structlog.get_logger(__name__)
 
 Status = Literal["healthy", "unhealthy", "warning"]
-_EXTENSION = "health"
 
 
 @dataclass(slots=True)
@@ -96,8 +95,8 @@ class HealthReport:
 
 
 class HealthMonitor:
-    def __init__(self, settings: Settings, metrics: Metrics) -> None:
-        self.cache: InstrumentedCache | None = None
+    def __init__(self, settings: Settings, metrics: Metrics, cache: InstrumentedCache) -> None:
+        self.cache = cache
         self.schema: SchemaRevisions | None = None  # PostgreSQL: compared with the database's
         self.settings = settings
         self.metrics = metrics
@@ -117,9 +116,8 @@ class HealthMonitor:
             name: getattr(self, f"_check_{name}") for name in HEALTH_CHECKS
         }
 
-    async def start(self, cache: InstrumentedCache) -> None:
-        """Begin checking, with the app's cache (handed in once it is open)."""
-        self.cache = cache
+    async def start(self) -> None:
+        """Begin checking (the app's resources are open)."""
         if not self.settings.uses_embedded_database:
             self.schema = await asyncio.to_thread(schema_revisions)
         self.probe_engine = create_probe_engine(self.settings)
@@ -272,7 +270,6 @@ class HealthMonitor:
 
     async def _check_cache(self) -> CheckResult:
         cache = self.cache
-        assert cache is not None
         key = f"health:{uuid.uuid4().hex}"
         token = uuid.uuid4().hex
         await cache.write(key, token, 10, operation="health_set")
@@ -324,23 +321,15 @@ _CHECK_REASONS: dict[FailureReason, str] = {
 }
 
 
-def init_health(app: Quart, settings: Settings, metrics: Metrics) -> HealthMonitor:
-    monitor = HealthMonitor(settings, metrics)
-    app.extensions[_EXTENSION] = monitor
+def init_health(app: Quart, monitor: HealthMonitor) -> None:
+    """Run `monitor` while `app` serves: started once every resource is open (while_serving),
+    stopped before any is closed."""
 
-    # while_serving: starts once every resource is open, stops before any is closed.
     @app.while_serving
     async def _running() -> AsyncGenerator[None, None]:
-        await monitor.start(get_cache())
+        await monitor.start()
         yield
         await monitor.stop()
-
-    return monitor
-
-
-def get_health() -> HealthMonitor:
-    monitor: HealthMonitor = current_app.extensions[_EXTENSION]
-    return monitor
 
 
 async def _dispose_quietly(engine: AsyncEngine) -> None:

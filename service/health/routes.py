@@ -9,10 +9,8 @@ from pydantic import BaseModel
 from quart import Blueprint, Response, jsonify
 from quart_schema import document_response
 
-from service.health.checks import HealthMonitor, get_health
+from service.health.checks import HealthMonitor
 from service.observability.context import HEALTH_PATH
-
-blueprint = Blueprint("health", __name__, url_prefix=HEALTH_PATH)
 
 
 class HealthBody(BaseModel):
@@ -36,27 +34,30 @@ class Readiness(BaseModel):
     reasons: dict[str, str] | None = None
 
 
-@blueprint.get("")
-@document_response(HealthBody, 200)
-@document_response(HealthBody, 503)
-async def health() -> Response:
-    """The full report: 200 when every critical check is healthy, 503 (degraded) otherwise."""
-    return _json(*await report_answer(get_health()))
+def create_blueprint(monitor: HealthMonitor) -> Blueprint:
+    blueprint = Blueprint("health", __name__, url_prefix=HEALTH_PATH)
 
+    @blueprint.get("")
+    @document_response(HealthBody, 200)
+    @document_response(HealthBody, 503)
+    async def health() -> Response:
+        """The full report: 200 when every critical check is healthy, 503 (degraded) otherwise."""
+        return _json(*await report_answer(monitor))
 
-@blueprint.get("/live")
-@document_response(Liveness, 200)
-async def live() -> Response:
-    """Liveness: touches no dependency; answers while the process serves."""
-    return _json(*await live_answer(get_health()))
+    @blueprint.get("/live")
+    @document_response(Liveness, 200)
+    async def live() -> Response:
+        """Liveness: touches no dependency; answers while the process serves."""
+        return _json(*await live_answer(monitor))
 
+    @blueprint.get("/ready")
+    @document_response(Readiness, 200)
+    @document_response(Readiness, 503)
+    async def ready() -> Response:
+        """Readiness: 200 only when every critical check passes and the worker is not stopping."""
+        return _json(*await ready_answer(monitor))
 
-@blueprint.get("/ready")
-@document_response(Readiness, 200)
-@document_response(Readiness, 503)
-async def ready() -> Response:
-    """Readiness: 200 only when every critical check passes and the worker is not stopping."""
-    return _json(*await ready_answer(get_health()))
+    return blueprint
 
 
 # Each probe's answer, as a status and a JSON body: given here by the routes above and, before

@@ -20,10 +20,10 @@ from __future__ import annotations
 import asyncio
 import json
 from collections.abc import Callable
-from typing import Any, Literal, cast, overload
+from typing import Any, ClassVar, Literal, cast, overload
 
 import orjson
-from quart import Quart, current_app
+from quart import Quart
 from quart.json.provider import DefaultJSONProvider
 from quart.wrappers import Request
 
@@ -41,6 +41,8 @@ class ServiceRequest(Request):
     # Every body read (JSON, beacons) comes here. A client that declared a body and is still
     # sending it when the request's deadline passes is the client's delay: 408, not a 503
     # counted against a dependency (service/app.py).
+    deadlines: ClassVar[Deadlines | None] = None  # the app's, in its subclass (`request_class`)
+
     @overload
     async def get_data(
         self, cache: bool, as_text: Literal[False], parse_form_data: bool
@@ -59,7 +61,7 @@ class ServiceRequest(Request):
     ) -> str | bytes:
         loop = asyncio.get_running_loop()
         started = loop.time()
-        deadlines: Deadlines | None = getattr(current_app, "deadlines", None)
+        deadlines = self.deadlines
         task = asyncio.current_task()
         with waiting_on("client"):
             data = await super().get_data(cache, as_text, parse_form_data)
@@ -93,6 +95,11 @@ class ServiceRequest(Request):
         if cache:
             self._cached_json[silent] = result
         return result
+
+
+def request_class(deadlines: Deadlines) -> type[ServiceRequest]:
+    """The request class of an app whose requests keep `deadlines`."""
+    return type("ServiceRequest", (ServiceRequest,), {"deadlines": deadlines})
 
 
 class ServiceJSONProvider(DefaultJSONProvider):

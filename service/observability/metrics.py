@@ -560,8 +560,9 @@ def error_type_label(exception: BaseException) -> str:
     return name if name in KNOWN_ERROR_TYPES else OTHER
 
 
-def init_metrics(app: Quart, settings: Settings) -> Metrics:
-    metrics = Metrics(settings)
+def init_metrics(app: Quart, metrics: Metrics) -> None:
+    """Count `app`'s unhandled exceptions; while it serves, note the worker's start and watch
+    its event loop."""
 
     async def _record_exception(sender: Quart, exception: BaseException, **_: Any) -> None:
         metrics.record_error(exception)
@@ -578,8 +579,6 @@ def init_metrics(app: Quart, settings: Settings) -> Metrics:
         probe.cancel()
         await asyncio.gather(probe, return_exceptions=True)
         metrics.workers.set({}, 0)
-
-    return metrics
 
 
 def instrument_engine(engine: AsyncEngine, metrics: Metrics) -> None:

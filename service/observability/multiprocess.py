@@ -49,15 +49,13 @@ from service.settings import Settings
 
 logger = structlog.get_logger(__name__)
 
-_EXTENSION = "worker_snapshots"
 _ARCHIVE = "archive.json"
 _LOCK = "archive.lock"
 _PREFIX = "worker-"
 
 
 class WorkerSnapshots:
-    def __init__(self, app: Quart, metrics: Metrics, settings: Settings, master_pid: int) -> None:
-        self.app = app
+    def __init__(self, metrics: Metrics, settings: Settings, master_pid: int) -> None:
         self.metrics = metrics
         self.interval = settings.metrics_sync_interval
         self.master_pid = master_pid
@@ -232,27 +230,41 @@ class WorkerSnapshots:
                 fcntl.flock(lock, fcntl.LOCK_UN)
 
 
-def init_worker_snapshots(app: Quart, metrics: Metrics, settings: Settings) -> None:
-    """Share metrics between processes when this one is a worker of a multi-process server."""
+class SharedMetrics:
+    """What /metrics reports: every worker's metrics when this process is a worker of a
+    multi-process server (through WorkerSnapshots), its own otherwise."""
 
-    # while_serving: starts once the cache and database are open, stops before they close.
-    @app.while_serving
-    async def _sharing() -> AsyncGenerator[None, None]:
+    def __init__(self, metrics: Metrics, settings: Settings) -> None:
+        self.metrics = metrics
+        self.settings = settings
+        self.snapshots: WorkerSnapshots | None = None
+
+    async def start(self) -> None:
         parent = multiprocessing.parent_process()
         if parent is None or parent.pid is None:
-            yield  # a single process (tests, hypercorn with workers = 0): nothing to share
-            return
-        sharing = WorkerSnapshots(app, metrics, settings, parent.pid)
-        await sharing.start()
-        app.extensions[_EXTENSION] = sharing
+            return  # a single process (tests, hypercorn with workers = 0): nothing to share
+        snapshots = WorkerSnapshots(self.metrics, self.settings, parent.pid)
+        await snapshots.start()
+        self.snapshots = snapshots
+
+    async def stop(self) -> None:
+        snapshots, self.snapshots = self.snapshots, None
+        if snapshots is not None:
+            await snapshots.stop()
+
+    async def collect(self, own: Snapshot) -> Snapshot:
+        return own if self.snapshots is None else await self.snapshots.collect(own)
+
+
+def init_shared_metrics(app: Quart, shared: SharedMetrics) -> None:
+    """Share while `app` serves: starts once the cache and database are open, stops before they
+    close (while_serving)."""
+
+    @app.while_serving
+    async def _sharing() -> AsyncGenerator[None, None]:
+        await shared.start()
         yield
-        app.extensions.pop(_EXTENSION, None)
-        await sharing.stop()
-
-
-def get_worker_snapshots(app: Quart) -> WorkerSnapshots | None:
-    sharing: WorkerSnapshots | None = app.extensions.get(_EXTENSION)
-    return sharing
+        await shared.stop()
 
 
 def _write_atomically(path: Path, data: bytes) -> None:

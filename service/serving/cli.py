@@ -168,10 +168,12 @@ async def _check(settings: Settings) -> HealthReport:
     if settings.uses_embedded_database:
         settings.data_dir.mkdir(parents=True, exist_ok=True)  # as the service does at start
     metrics = Metrics(settings)
-    monitor = HealthMonitor(settings.model_copy(update={"health_refresh_seconds": 0}), metrics)
     cache = InstrumentedCache(create_cache(settings), metrics.cache_requests, metrics.cache_errors)
+    monitor = HealthMonitor(
+        settings.model_copy(update={"health_refresh_seconds": 0}), metrics, cache
+    )
     try:
-        await monitor.start(cache)
+        await monitor.start()
         return await monitor.report()
     finally:
         await monitor.stop()

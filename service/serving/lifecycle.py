@@ -87,9 +87,8 @@ class Lifecycle:
         )
 
 
-def init_lifecycle(app: Quart, settings: Settings, health: HealthMonitor) -> Lifecycle:
-    """Registered last, so `service_started` means every part is open."""
-    lifecycle = Lifecycle(settings, health)
+def init_lifecycle(app: Quart, lifecycle: Lifecycle) -> None:
+    """Register last, so that `service_started` means every part is open."""
 
     @app.while_serving
     async def _lines() -> AsyncGenerator[None, None]:
@@ -97,5 +96,3 @@ def init_lifecycle(app: Quart, settings: Settings, health: HealthMonitor) -> Lif
         lifecycle.started()
         yield
         lifecycle.stopped()
-
-    return lifecycle

@@ -36,7 +36,7 @@ import signal
 import sys
 import time
 import traceback
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Collection
 from contextlib import suppress
 from dataclasses import dataclass, field
 from multiprocessing import get_context
@@ -45,7 +45,7 @@ from multiprocessing.context import SpawnContext, SpawnProcess
 from multiprocessing.sharedctypes import Synchronized
 from multiprocessing.synchronize import Event
 from pathlib import Path
-from typing import Any
+from typing import Any, Protocol, cast, runtime_checkable
 
 import structlog
 from hypercorn.asyncio.run import worker_serve
@@ -55,13 +55,17 @@ from hypercorn.utils import wrap_app
 
 from service.http.connection_close import announce_close
 from service.observability.metrics import WORKER_START_ENV, WorkerStart
+from service.serving.lifecycle import StopReason
 
 # Exit codes of `scene-packer serve` (README.md, "Exit codes").
 EXIT_OK = 0
 EXIT_UNCLEAN = 1  # a worker crashed while stopping, or had to be killed
 EXIT_CANNOT_SERVE = 3  # a worker failed to start
 
-STOP_SIGNALS = {signal.SIGTERM: "sigterm", signal.SIGINT: "sigint"}
+STOP_SIGNALS: dict[signal.Signals, StopReason] = {
+    signal.SIGTERM: "sigterm",
+    signal.SIGINT: "sigint",
+}
 _POLL_SECONDS = 0.1
 # A successor that failed to start is tried again after this long; the old worker serves on.
 _RETRY_SUCCESSOR_SECONDS = 10.0
@@ -311,6 +315,17 @@ def _close(sockets: Sockets) -> None:
 # ---- the worker process ----
 
 
+@runtime_checkable
+class StoppableApp(Protocol):
+    """What a worker needs of the app it serves beyond ASGI: told when to drain, and at the
+    stop's end, to stop the requests still being worked on and to name the ones it abandons
+    (service/app.py, ServiceApp)."""
+
+    def begin_draining(self, reason: StopReason, in_flight: int) -> None: ...
+    def stop_in_flight(self) -> int: ...
+    def abandon(self, tasks: Collection[asyncio.Task[Any]]) -> None: ...
+
+
 class _Gate:
     """ASGI, outermost in a worker: counts requests (for recycling and the drain line) and, while
     the worker drains, asks HTTP/1 clients to close their connection after the response."""
@@ -370,7 +385,9 @@ def _worker_main(
     try:
         module_name, _, attribute = plan.application_path.partition(":")
         app = getattr(importlib.import_module(module_name), attribute or "app")
-        gate = _Gate(app, max_requests, wants_successor)
+        if not isinstance(app, StoppableApp):
+            raise TypeError(f"{plan.application_path} is not the service's app (no stop hooks)")
+        gate = _Gate(cast(ASGIFramework, app), max_requests, wants_successor)
         asyncio.run(_serve_worker(plan, app, gate, servers, early, ready, retire))
     except BaseException:
         if ready.is_set():
@@ -383,7 +400,7 @@ def _worker_main(
 
 async def _serve_worker(
     plan: Plan,
-    app: Any,
+    app: StoppableApp,
     gate: _Gate,
     servers: _Servers,
     early: list[int],
@@ -405,9 +422,7 @@ async def _serve_worker(
             await asyncio.sleep(_POLL_SECONDS)
             reason = _stop_reason(plan, signalled, retire, master)
         gate.draining = True
-        begin_draining = getattr(app, "begin_draining", None)
-        if begin_draining is not None:
-            begin_draining(reason, len(gate.in_flight))
+        app.begin_draining(reason, len(gate.in_flight))
         if reason != "recycle":
             await asyncio.sleep(plan.drain_seconds)  # still accepting: readiness says 503
         for listener in servers.listeners:
@@ -431,7 +446,9 @@ async def _serve_worker(
             task.cancel()
 
 
-async def _end_in_time(app: Any, gate: _Gate, servers: _Servers, graceful_timeout: float) -> None:
+async def _end_in_time(
+    app: StoppableApp, gate: _Gate, servers: _Servers, graceful_timeout: float
+) -> None:
     """What hypercorn would find at `graceful_timeout`, ended a moment before it on the app's
     terms. hypercorn cancels every connection left then: a request still being worked on answers
     an empty 500, and a response blocked on a client that reads nothing (an HTTP/2 stream with a
@@ -440,19 +457,16 @@ async def _end_in_time(app: Any, gate: _Gate, servers: _Servers, graceful_timeou
     closed, their unanswered requests logged as not delivered."""
     margin = end_margin(graceful_timeout)
     await asyncio.sleep(graceful_timeout - margin)
-    stop_in_flight = getattr(app, "stop_in_flight", None)
-    if gate.in_flight and stop_in_flight is not None:
-        stop_in_flight()
+    if gate.in_flight:
+        app.stop_in_flight()
         await asyncio.sleep(margin / 2)  # their answers go out
     if gate.in_flight:
-        abandon = getattr(app, "abandon", None)
-        if abandon is not None:
-            abandon(set(gate.in_flight))
+        app.abandon(set(gate.in_flight))
     for writer in list(servers.connections):
         writer.transport.abort()
 
 
-def _stop_reason(plan: Plan, signalled: list[int], retire: Event, master: int) -> str | None:
+def _stop_reason(plan: Plan, signalled: list[int], retire: Event, master: int) -> StopReason | None:
     if signalled:
         return STOP_SIGNALS[signal.Signals(signalled[0])]
     if plan.shutdown.is_set():

@@ -16,7 +16,6 @@ from pydantic import SecretStr
 from sqlalchemy.engine import make_url
 
 from service.app import create_app
-from service.backends.db.engine import get_database
 from service.settings import Settings
 from tests.support.client import Client, login, register, session_cookie
 from tests.support.faults import HungServer, TcpProxy
@@ -119,8 +118,7 @@ async def test_a_statement_cut_by_the_deadline_gives_its_connection_back(
         )
         await locker.close()
         assert waiting == 0
-        async with test_app.app.app_context():
-            assert get_database().engine.sync_engine.pool.checkedout() == 0
+        assert app.parts.database.engine.sync_engine.pool.checkedout() == 0
         assert (await login(client)).status_code == 200
 
 
@@ -238,8 +236,7 @@ async def test_a_pooled_connection_that_hangs_is_answered_first_and_closed_after
             assert (await answer.get_json())["error"]["code"] == "dependency_timeout"
             late = [line for line in logs if line["event"] == "request_deadline_exceeded"]
             assert [line["waiting_on"] for line in late] == ["database"]
-            async with test_app.app.app_context():
-                assert get_database().engine.sync_engine.pool.checkedout() == 0
+            assert app.parts.database.engine.sync_engine.pool.checkedout() == 0
             await proxy.cut()  # the dark path resets: the close ends
             proxy.hung = False
             await proxy.start()

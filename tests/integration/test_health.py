@@ -219,7 +219,7 @@ async def test_after_a_write_failed_for_want_of_room_the_check_writes_to_postgre
     commit) is accepted by a real PostgreSQL, the check passes, and it stops writing."""
     app = create_app(_with(settings))
     async with app.test_app():
-        monitor = app.extensions["health"]
+        monitor = app.parts.health
         monitor.database_failed("disk_full")
         client = app.test_client()
         status, body = await _health(client)

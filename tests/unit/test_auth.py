@@ -12,14 +12,11 @@ from typing import Any
 
 import pytest
 import structlog
-from quart import Quart
 from sqlalchemy import update
 
-from service.app import create_app
+from service.app import ServiceApp, create_app
 from service.auth import passwords
 from service.auth.devices import COOKIE_NAME, COOKIE_PATH
-from service.auth.passwords import hash_password, verify_password
-from service.backends.db import get_database
 from service.backends.db.models import User
 from service.backends.db.users import insert_user
 from service.settings import Settings
@@ -107,11 +104,11 @@ async def test_a_burst_of_logins_leaves_the_shared_thread_pool_free(settings: Se
     health checks probe disk and memory under their timeouts, stays free however many logins are
     hashing. Every hashing thread is held busy here until the default pool has answered."""
     app = create_app(settings.model_copy(update={"password_hash_threads": 2}))
-    async with app.test_app(), app.app_context():
-        pool = app.extensions["password_hashing"]
+    async with app.test_app():
+        pool = app.parts.passwords.pool
         release = threading.Event()
         busy = [asyncio.wrap_future(pool.submit(release.wait)) for _ in range(2)]
-        queued = asyncio.ensure_future(verify_password(None, "a wrong password"))
+        queued = asyncio.ensure_future(app.parts.passwords.verify(None, "a wrong password"))
         try:
             assert await asyncio.to_thread(shutil.disk_usage, ".")
             assert not queued.done() and not any(task.done() for task in busy)
@@ -159,21 +156,22 @@ async def test_the_minimum_length_is_a_setting(settings: Settings) -> None:
         assert (await register(client, "erin", "violet quartz embers")).status_code == 201
 
 
-async def test_an_account_from_an_older_policy_still_signs_in(client: Client, app: Quart) -> None:
-    async with app.app_context():
-        password_hash = await hash_password("old-pw1")
-        async with get_database().transaction() as session:
-            await insert_user(session, "frank", password_hash)
+async def test_an_account_from_an_older_policy_still_signs_in(
+    client: Client, app: ServiceApp
+) -> None:
+    password_hash = await app.parts.passwords.hash("old-pw1")
+    async with app.parts.database.transaction() as session:
+        await insert_user(session, "frank", password_hash)
     assert (await login(client, "frank", "old-pw1")).status_code == 200
 
 
 @pytest.mark.production_hashes
-async def test_unknown_users_cost_the_same_argon2_work(client: Client, app: Quart) -> None:
+async def test_unknown_users_cost_the_same_argon2_work(client: Client, app: ServiceApp) -> None:
     """A login for an unknown username runs an argon2 verification in the hashing pool, against
     a real hash of the current parameters, as a wrong password does (the timing is measured by
     `python -m bench login_timing`, bench/README.md)."""
     jobs: list[tuple[object, ...]] = []
-    pool = app.extensions["password_hashing"]
+    pool = app.parts.passwords.pool
     submit = pool.submit
 
     def recording_submit(function: Any, *args: Any) -> Any:
@@ -190,9 +188,8 @@ async def test_unknown_users_cost_the_same_argon2_work(client: Client, app: Quar
     assert known_password == unknown_password == "a wrong password"
     dummy = passwords._dummy_hash()
     assert dummy.startswith("$argon2id$") and not passwords.needs_rehash(dummy)
-    async with app.app_context():
-        assert await verify_password(None, "a wrong password") is False
-        assert await verify_password(None, "") is False
+    assert await app.parts.passwords.verify(None, "a wrong password") is False
+    assert await app.parts.passwords.verify(None, "") is False
 
 
 async def test_preflights_spend_no_login_budget(client: Client) -> None:
@@ -326,7 +323,7 @@ async def test_a_planted_device_cookie_does_not_hide_the_real_one(settings: Sett
         assert response.status_code == 200
 
 
-async def test_a_retried_registration_answers_as_the_first(client: Client, app: Quart) -> None:
+async def test_a_retried_registration_answers_as_the_first(client: Client, app: ServiceApp) -> None:
     """The first answer can be lost after its commit; the client's retry must not be told that
     its own new account is someone else's."""
     first = await register(client, "olga")
@@ -335,7 +332,7 @@ async def test_a_retried_registration_answers_as_the_first(client: Client, app: 
     assert await again.get_json() == await first.get_json()
     taken = await register(client, "olga", "plum orchard velvet ninety")
     assert taken.status_code == 409  # another password: someone else
-    async with app.app_context(), get_database().transaction() as session:
+    async with app.parts.database.transaction() as session:
         await session.execute(
             update(User).values(created_at=datetime.now(UTC) - timedelta(minutes=11))
         )

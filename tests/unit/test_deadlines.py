@@ -46,7 +46,7 @@ async def test_logins_queued_for_the_hashing_pool_past_the_deadline_say_so(
     async with app.test_app() as test_app:
         client = test_app.test_client()
         busy = threading.Event()
-        app.extensions["password_hashing"].submit(busy.wait, BOUND * 3)
+        app.parts.passwords.pool.submit(busy.wait, BOUND * 3)
         try:
             with structlog.testing.capture_logs() as logs:
                 answers = await asyncio.wait_for(
@@ -81,7 +81,7 @@ async def test_requests_still_working_when_the_stop_runs_out_answer_503_shutting
     app = create_app(settings.model_copy(update=update))
     async with app.test_app() as test_app:
         client = test_app.test_client()
-        pool = app.extensions["password_hashing"]
+        pool = app.parts.passwords.pool
         busy = threading.Event()
         pool.submit(busy.wait, BOUND * 3)
         try:

@@ -1,5 +1,5 @@
 """The database: engine set-up, ORM models and data functions per resource."""
 
-from service.backends.db.engine import Database, DatabaseUnavailable, get_database, init_db
+from service.backends.db.engine import Database, DatabaseUnavailable, init_db
 
-__all__ = ["Database", "DatabaseUnavailable", "get_database", "init_db"]
+__all__ = ["Database", "DatabaseUnavailable", "init_db"]

@@ -15,7 +15,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 from weakref import WeakKeyDictionary
 
-from quart import Quart, current_app
+from quart import Quart
 from sqlalchemy import event, text
 from sqlalchemy.engine import Connection, Engine
 from sqlalchemy.exc import DBAPIError, InterfaceError, OperationalError, ProgrammingError
@@ -38,26 +38,55 @@ if TYPE_CHECKING:
     from alembic.config import Config
 
 ALEMBIC_DIR = Path(__file__).resolve().parents[3] / "alembic"
-_EXTENSION = "database"
 
 
 class DatabaseUnavailable(DependencyUnavailable):
     """The database could not be reached (down, hung, or every pooled connection busy)."""
 
 
-@dataclass
 class Database:
-    engine: AsyncEngine
-    sessions: async_sessionmaker[AsyncSession]
-    failed: Callable[[FailureReason], None] | None = None  # told the cause of each outage seen
+    """The app's database: built by the composition root and handed to each part that needs it;
+    its engine is opened when the app starts serving (`init_db`) and disposed when it stops."""
+
+    def __init__(
+        self,
+        settings: Settings,
+        instrument: Callable[[AsyncEngine], None] | None = None,
+        failed: Callable[[FailureReason], None] | None = None,  # told each outage's cause
+    ) -> None:
+        self.settings = settings
+        self.instrument = instrument
+        self.failed = failed
+        self._engine: AsyncEngine | None = None
+        self._sessions: async_sessionmaker[AsyncSession] | None = None
+
+    @property
+    def engine(self) -> AsyncEngine:
+        assert self._engine is not None, "the database opens when the app starts serving"
+        return self._engine
+
+    async def open(self) -> None:
+        engine = create_engine(self.settings)
+        if self.instrument is not None:
+            self.instrument(engine)
+        if self.settings.uses_embedded_database:
+            await migrate_embedded(engine, self.settings.data_dir)
+        self._engine = engine
+        self._sessions = async_sessionmaker(engine, expire_on_commit=False)
+
+    async def close(self) -> None:
+        if self._engine is not None:
+            engine, self._engine, self._sessions = self._engine, None, None
+            await dispose(engine)
 
     @asynccontextmanager
     async def transaction(self) -> AsyncIterator[AsyncSession]:
         """A session committed on success; a database that cannot be reached raises
         DatabaseUnavailable (the HTTP layer answers 503), never a hang."""
+        assert self._sessions is not None, "the database opens when the app starts serving"
         try:
             with waiting_on("database"):
-                async with self.sessions.begin() as session:
+                async with self._sessions.begin() as session:
                     yield session
         except Exception as exc:
             if is_unavailable(exc):
@@ -217,32 +246,10 @@ async def dispose(engine: AsyncEngine) -> None:
         await asyncio.gather(*closer.closing, return_exceptions=True)
 
 
-def init_db(
-    app: Quart,
-    settings: Settings,
-    instrument: Callable[[AsyncEngine], None] | None = None,
-    failed: Callable[[FailureReason], None] | None = None,
-) -> None:
-    @app.before_serving
-    async def _open() -> None:
-        engine = create_engine(settings)
-        if instrument is not None:
-            instrument(engine)
-        if settings.uses_embedded_database:
-            await migrate_embedded(engine, settings.data_dir)
-        sessions = async_sessionmaker(engine, expire_on_commit=False)
-        app.extensions[_EXTENSION] = Database(engine=engine, sessions=sessions, failed=failed)
-
-    @app.after_serving
-    async def _close() -> None:
-        database: Database | None = app.extensions.pop(_EXTENSION, None)
-        if database is not None:
-            await dispose(database.engine)
-
-
-def get_database() -> Database:
-    database: Database = current_app.extensions[_EXTENSION]
-    return database
+def init_db(app: Quart, database: Database) -> None:
+    """Open `database` when `app` starts serving, close it when it stops."""
+    app.before_serving(database.open)
+    app.after_serving(database.close)
 
 
 async def migrate_embedded(engine: AsyncEngine, data_dir: Path) -> None:
