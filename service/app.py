@@ -4,12 +4,13 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from collections.abc import Awaitable, Callable, Collection
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from typing import Any
 from urllib.parse import urlsplit
 
 import structlog
+from hypercorn.typing import ASGIFramework
 from quart import Quart
 from quart.ctx import RequestContext
 from quart.globals import request_ctx
@@ -39,6 +40,7 @@ from service.http.errors import (
     register_error_handlers,
     shutting_down,
 )
+from service.http.gate import RequestGate
 from service.http.proxy_fix import ProxyFix
 from service.http.request_record import (
     ExcInfo,
@@ -90,6 +92,7 @@ class Parts:
     shared_metrics: SharedMetrics
     deadlines: Deadlines  # REQUEST_TIMEOUT, kept per request
     lifecycle: Lifecycle
+    gate: RequestGate  # every request as the stop sees it
 
 
 class ServiceApp(Quart):
@@ -101,9 +104,20 @@ class ServiceApp(Quart):
         self.request_class = request_class(parts.deadlines)
         self._async_functions: dict[Callable[..., Any], Callable[..., Awaitable[Any]]] = {}
 
-    def begin_draining(self, reason: StopReason, in_flight: int) -> None:
-        """Called by the supervisor (service/serving/supervisor.py) when this worker is to stop."""
-        self.parts.lifecycle.begin_draining(reason, in_flight)
+    # The supervisor's hooks (service/serving/supervisor.py, StoppableApp).
+
+    @property
+    def requests_in_flight(self) -> int:
+        return len(self.parts.gate.in_flight)
+
+    def begin_draining(self, reason: StopReason) -> None:
+        """This worker is to stop: readiness turns 503, HTTP/1 answers say `Connection: close`."""
+        self.parts.gate.draining = True
+        self.parts.lifecycle.begin_draining(reason, self.requests_in_flight)
+
+    def recycle_after(self, requests: int, then: Callable[[], None]) -> None:
+        """Call `then` (the supervisor starts a successor) once this many requests arrived."""
+        self.parts.gate.recycle_after(requests, then)
 
     def stop_in_flight(self) -> int:
         """Called by the supervisor when graceful_timeout is nearly over: every request still
@@ -111,10 +125,14 @@ class ServiceApp(Quart):
         with an empty 500). How many."""
         return self.parts.deadlines.stop_all()
 
-    def abandon(self, tasks: Collection[asyncio.Task[Any]]) -> None:
-        """Called by the supervisor before it closes the connections of `tasks`, requests whose
-        answer the client has not taken by the end of graceful_timeout: their lines say so."""
-        self.parts.lifecycle.abandon(tasks)
+    def abandon_in_flight(self) -> int:
+        """Called by the supervisor before it closes the connections still open at the end of
+        graceful_timeout: the requests in flight then are answers their clients have not taken,
+        and their lines say so. How many."""
+        tasks = set(self.parts.gate.in_flight)
+        if tasks:
+            self.parts.lifecycle.abandon(tasks)
+        return len(tasks)
 
     async def full_dispatch_request(
         self, request_context: RequestContext | None = None
@@ -252,6 +270,7 @@ def create_app(settings: Settings | None = None) -> ServiceApp:
         shared_metrics=SharedMetrics(metrics, settings),
         deadlines=Deadlines(settings.request_timeout),
         lifecycle=Lifecycle(settings, health_monitor),
+        gate=RequestGate(),
     )
     app = ServiceApp(__name__, parts)
     # `/api//health` is no route: 404 like any other path, not werkzeug's HTML 308 to an address
@@ -287,13 +306,35 @@ def create_app(settings: Settings | None = None) -> ServiceApp:
     metrics.expect_rate_limits(rate_limited_routes(app))
     # After every part's start-up hook, so that `service_started` means every part is open.
     init_lifecycle(app, parts.lifecycle)
-    # Inside the request record (request ids, metrics and log lines as for every request).
-    app.asgi_app = ProbeEdge(app.asgi_app, health_monitor)  # type: ignore[method-assign]
-    if settings.request_observability:
-        app.asgi_app = RequestObserver(app.asgi_app, settings, metrics, parts.lifecycle)  # type: ignore[method-assign]
-    # Outside the request record: an answer it gives (a deadline's 503) is an answer too.
-    app.asgi_app = CloseAfterUnreadBody(app.asgi_app)  # type: ignore[method-assign]
-    if settings.trusted_proxies:
-        # Outermost: everything inside, the request record included, sees the client's address.
-        app.asgi_app = ProxyFix(app.asgi_app, settings.trusted_proxies)  # type: ignore[method-assign]
+    app.asgi_app = _asgi_stack(app.asgi_app, parts)  # type: ignore[method-assign,assignment]
+    return app
+
+
+def _asgi_stack(quart: ASGIFramework, parts: Parts) -> ASGIFramework:
+    """The ASGI layers around Quart, outermost first: each sees what the ones inside it do, and
+    `scene-packer serve`'s workers serve this stack as it is."""
+    settings = parts.settings
+    layers: list[Callable[[ASGIFramework], ASGIFramework] | None] = [
+        # The stop's view of every request, probes and early answers included: in flight (the
+        # drain's line, the end of a stop, recycling); `Connection: close` once draining.
+        parts.gate.around,
+        # Behind trusted proxies, everything inside (the request record too) sees the client's
+        # address.
+        (lambda inner: ProxyFix(inner, settings.trusted_proxies))
+        if settings.trusted_proxies
+        else None,
+        # Outside the request record: an answer the record gives (a deadline's 503) is an
+        # answer before the body too.
+        CloseAfterUnreadBody,
+        # Request ids, metrics and the one log line of every request (REQUEST_OBSERVABILITY).
+        (lambda inner: RequestObserver(inner, settings, parts.metrics, parts.lifecycle))
+        if settings.request_observability
+        else None,
+        # Probes answered before Quart, inside the record: they are requests too.
+        lambda inner: ProbeEdge(inner, parts.health),
+    ]
+    app = quart
+    for layer in reversed(layers):
+        if layer is not None:
+            app = layer(app)
     return app

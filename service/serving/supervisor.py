@@ -36,7 +36,7 @@ import signal
 import sys
 import time
 import traceback
-from collections.abc import Awaitable, Callable, Collection
+from collections.abc import Awaitable, Callable
 from contextlib import suppress
 from dataclasses import dataclass, field
 from multiprocessing import get_context
@@ -50,10 +50,9 @@ from typing import Any, Protocol, cast, runtime_checkable
 import structlog
 from hypercorn.asyncio.run import worker_serve
 from hypercorn.config import Config, Sockets
-from hypercorn.typing import ASGIFramework, ASGIReceiveCallable, ASGISendCallable, Scope
+from hypercorn.typing import ASGIFramework
 from hypercorn.utils import wrap_app
 
-from service.http.connection_close import announce_close
 from service.observability.metrics import WORKER_START_ENV, WorkerStart
 from service.serving.lifecycle import StopReason
 
@@ -317,55 +316,16 @@ def _close(sockets: Sockets) -> None:
 
 @runtime_checkable
 class StoppableApp(Protocol):
-    """What a worker needs of the app it serves beyond ASGI: told when to drain, and at the
-    stop's end, to stop the requests still being worked on and to name the ones it abandons
-    (service/app.py, ServiceApp)."""
+    """What a worker needs of the app it serves beyond ASGI (service/app.py, ServiceApp): told
+    when to drain and when to make way for a successor; at the stop's end, to stop the requests
+    still being worked on and to name the ones it abandons."""
 
-    def begin_draining(self, reason: StopReason, in_flight: int) -> None: ...
+    @property
+    def requests_in_flight(self) -> int: ...
+    def begin_draining(self, reason: StopReason) -> None: ...
     def stop_in_flight(self) -> int: ...
-    def abandon(self, tasks: Collection[asyncio.Task[Any]]) -> None: ...
-
-
-class _Gate:
-    """ASGI, outermost in a worker: counts requests (for recycling and the drain line) and, while
-    the worker drains, asks HTTP/1 clients to close their connection after the response."""
-
-    def __init__(self, app: ASGIFramework, max_requests: int | None, wants_successor: Event):
-        self.app = app
-        self.max_requests = max_requests
-        self.wants_successor = wants_successor
-        self.served = 0
-        self.in_flight: set[asyncio.Task[Any]] = set()  # hypercorn's task of each request
-        self.draining = False
-
-    async def __call__(
-        self, scope: Scope, receive: ASGIReceiveCallable, send: ASGISendCallable
-    ) -> None:
-        if scope["type"] != "http":
-            await self.app(scope, receive, send)
-            return
-        self.served += 1
-        if self.max_requests is not None and self.served == self.max_requests:
-            self.wants_successor.set()
-        task = asyncio.current_task()
-        assert task is not None
-        self.in_flight.add(task)
-        try:
-            if scope["http_version"] in ("1.0", "1.1"):
-                await self.app(scope, receive, self._closing_when_draining(send))
-            else:
-                await self.app(scope, receive, send)
-        finally:
-            self.in_flight.discard(task)
-
-    def _closing_when_draining(self, send: ASGISendCallable) -> ASGISendCallable:
-        # Decided when the answer starts, not when the request arrived: a request in flight
-        # when draining begins must also tell its client not to reuse the connection, or the
-        # client's next request meets a connection hypercorn is closing.
-        def send_closing(message: Any) -> Awaitable[None]:
-            return send(announce_close(message) if self.draining else message)
-
-        return send_closing
+    def abandon_in_flight(self) -> int: ...
+    def recycle_after(self, requests: int, then: Callable[[], None]) -> None: ...
 
 
 def _worker_main(
@@ -387,8 +347,9 @@ def _worker_main(
         app = getattr(importlib.import_module(module_name), attribute or "app")
         if not isinstance(app, StoppableApp):
             raise TypeError(f"{plan.application_path} is not the service's app (no stop hooks)")
-        gate = _Gate(cast(ASGIFramework, app), max_requests, wants_successor)
-        asyncio.run(_serve_worker(plan, app, gate, servers, early, ready, retire))
+        if max_requests is not None:
+            app.recycle_after(max_requests, wants_successor.set)
+        asyncio.run(_serve_worker(plan, app, servers, early, ready, retire))
     except BaseException:
         if ready.is_set():
             raise
@@ -401,7 +362,6 @@ def _worker_main(
 async def _serve_worker(
     plan: Plan,
     app: StoppableApp,
-    gate: _Gate,
     servers: _Servers,
     early: list[int],
     ready: Event,
@@ -421,8 +381,7 @@ async def _serve_worker(
         while reason is None:
             await asyncio.sleep(_POLL_SECONDS)
             reason = _stop_reason(plan, signalled, retire, master)
-        gate.draining = True
-        app.begin_draining(reason, len(gate.in_flight))
+        app.begin_draining(reason)
         if reason != "recycle":
             await asyncio.sleep(plan.drain_seconds)  # still accepting: readiness says 503
         for listener in servers.listeners:
@@ -431,12 +390,10 @@ async def _serve_worker(
         await asyncio.sleep(min(grace, plan.config.keep_alive_timeout))
         # Returning hands over to hypercorn: idle connections closed, in-flight requests
         # finished (up to graceful_timeout), then the app's shutdown.
-        ending.append(
-            asyncio.create_task(_end_in_time(app, gate, servers, plan.config.graceful_timeout))
-        )
+        ending.append(asyncio.create_task(_end_in_time(app, servers, plan.config.graceful_timeout)))
 
     ending: list[asyncio.Task[None]] = []
-    wrapped = wrap_app(gate, plan.config.wsgi_max_body_size, "asgi")
+    wrapped = wrap_app(cast(ASGIFramework, app), plan.config.wsgi_max_body_size, "asgi")
     try:
         await worker_serve(
             wrapped, plan.config, sockets=plan.sockets, shutdown_trigger=shutdown_trigger
@@ -446,9 +403,7 @@ async def _serve_worker(
             task.cancel()
 
 
-async def _end_in_time(
-    app: StoppableApp, gate: _Gate, servers: _Servers, graceful_timeout: float
-) -> None:
+async def _end_in_time(app: StoppableApp, servers: _Servers, graceful_timeout: float) -> None:
     """What hypercorn would find at `graceful_timeout`, ended a moment before it on the app's
     terms. hypercorn cancels every connection left then: a request still being worked on answers
     an empty 500, and a response blocked on a client that reads nothing (an HTTP/2 stream with a
@@ -457,11 +412,10 @@ async def _end_in_time(
     closed, their unanswered requests logged as not delivered."""
     margin = end_margin(graceful_timeout)
     await asyncio.sleep(graceful_timeout - margin)
-    if gate.in_flight:
+    if app.requests_in_flight:
         app.stop_in_flight()
         await asyncio.sleep(margin / 2)  # their answers go out
-    if gate.in_flight:
-        app.abandon(set(gate.in_flight))
+    app.abandon_in_flight()
     for writer in list(servers.connections):
         writer.transport.abort()
 

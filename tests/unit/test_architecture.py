@@ -144,3 +144,19 @@ def test_parts_are_handed_in_not_looked_up() -> None:
             ):
                 found.append(f"{module}: {ast.unparse(node)}")
     assert not found, found
+
+
+def test_one_list_builds_the_asgi_stack() -> None:
+    """The layers around Quart are one ordered list (service/app.py, `_asgi_stack`), which the
+    supervisor's workers serve as it is: `asgi_app` is assigned once, and nothing else wraps the
+    app (hypercorn's `wrap_app` only adapts it)."""
+    assignments = [
+        f"{module}: {ast.unparse(node)}"
+        for module, tree in _modules().items()
+        for node in ast.walk(tree)
+        if isinstance(node, ast.Assign)
+        and any(isinstance(t, ast.Attribute) and t.attr == "asgi_app" for t in node.targets)
+    ]
+    assert assignments == ["service.app: app.asgi_app = _asgi_stack(app.asgi_app, parts)"], (
+        assignments
+    )
