@@ -32,7 +32,8 @@ from service.backends.db.users import (
 from service.http.api_docs import NoContent, declare_errors
 from service.http.errors import APIError
 from service.observability.context import bind_user
-from service.observability.metrics import LoginResult, Metrics
+from service.observability.families import LoginResult
+from service.observability.metrics import Metrics
 from service.settings import MAX_PASSWORD_LENGTH, Settings
 
 logger = structlog.get_logger(__name__)

@@ -18,7 +18,7 @@ from contextlib import suppress
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any, Literal, TypeVar
 
 import structlog
 from quart import Quart
@@ -41,6 +41,7 @@ from service.unavailable import FailureReason, failure_reason
 logger = structlog.get_logger(__name__)
 
 Status = Literal["healthy", "unhealthy", "warning"]
+_Check = TypeVar("_Check", bound=Callable[..., Awaitable["CheckResult"]])
 
 
 @dataclass(slots=True)
@@ -63,6 +64,8 @@ class HealthReport:
     checks: dict[CheckName, CheckResult]
     critical: tuple[CheckName, ...]
     checked_at: datetime
+    # What each check reads (`reads`), for the `services` summary: none, a bare status.
+    readings: dict[CheckName, tuple[str, ...]] = field(default_factory=dict)
 
     @property
     def ready(self) -> bool:
@@ -77,21 +80,27 @@ class HealthReport:
         }
 
     def as_json(self) -> dict[str, Any]:
-        disk, memory = self.checks["disk"], self.checks["memory"]
         return {
             "status": "healthy" if self.ready else "degraded",
             "timestamp": self.checked_at.isoformat().replace("+00:00", "Z"),
+            # Every registered check: its readings and status, or its status alone.
             "services": {
-                "database": _binary(self.checks["database"]),
-                "cache": _binary(self.checks["cache"]),
-                "disk": {"free_percent": disk.values.get("free_percent"), "status": disk.status},
-                "memory": {
-                    "percent_used": memory.values.get("percent_used"),
-                    "status": memory.status,
-                },
+                name: _summary(result, self.readings.get(name, ()))
+                for name, result in self.checks.items()
             },
             "checks": {name: result.as_json() for name, result in self.checks.items()},
         }
+
+
+def reads(*names: str) -> Callable[[_Check], _Check]:
+    """Declare the values a check reports (`free_percent`): the report's `services` summary
+    gives them with the status, even when the check failed and read nothing."""
+
+    def declare(check: _Check) -> _Check:
+        check.__dict__["readings"] = names
+        return check
+
+    return declare
 
 
 class HealthMonitor:
@@ -114,6 +123,10 @@ class HealthMonitor:
         # when the app is built.
         self._checks: dict[CheckName, Callable[[], Awaitable[CheckResult]]] = {
             name: getattr(self, f"_check_{name}") for name in HEALTH_CHECKS
+        }
+        self._readings: dict[CheckName, tuple[str, ...]] = {
+            name: check.__func__.__dict__.get("readings", ())  # type: ignore[attr-defined]
+            for name, check in self._checks.items()
         }
 
     async def start(self) -> None:
@@ -163,6 +176,7 @@ class HealthMonitor:
                 dict(zip(names, results, strict=True)),
                 tuple(self.settings.health_critical_checks),
                 datetime.now(UTC),
+                self._readings,
             )
             self._report, self._report_at = report, time.monotonic()
             return report
@@ -277,6 +291,7 @@ class HealthMonitor:
             return CheckResult("unhealthy", 0.0, reason="error")
         return CheckResult("healthy", 0.0)
 
+    @reads("free_percent")
     async def _check_disk(self) -> CheckResult:
         usage = await asyncio.to_thread(shutil.disk_usage, _existing(self._disk_path()))
         self.metrics.disk_free.set({}, usage.free / usage.total)
@@ -285,6 +300,7 @@ class HealthMonitor:
         status: Status = "warning" if free_percent < threshold else "healthy"
         return CheckResult(status, 0.0, {"free_percent": free_percent})
 
+    @reads("percent_used")
     async def _check_memory(self) -> CheckResult:
         memory = await asyncio.to_thread(memory_use)
         self.metrics.memory_used.set({"source": memory.source}, memory.used_ratio)
@@ -353,5 +369,7 @@ def _existing(path: Path) -> Path:
     return path
 
 
-def _binary(result: CheckResult) -> str:
-    return "healthy" if result.status == "healthy" else "unhealthy"
+def _summary(result: CheckResult, readings: tuple[str, ...]) -> str | dict[str, Any]:
+    if not readings:
+        return "healthy" if result.status == "healthy" else "unhealthy"
+    return {**{name: result.values.get(name) for name in readings}, "status": result.status}

@@ -172,19 +172,7 @@ class RequestObserver:
     ) -> None:
         # Whole microseconds: round(x, 3) formats the float as text internally.
         duration_ms = int(elapsed * 1_000_000) / 1000
-        if not delivered:
-            self.logger.warning(
-                "request_finished",
-                status=status,
-                error_code=context.error_code,
-                delivered=False,
-                duration_ms=duration_ms,
-                response_bytes=sent_bytes,
-                route=context.route,
-                user_id=context.user_id,
-            )
-            return
-        if status < 400:
+        if status < 400 and delivered:
             self.logger.info(
                 "request_finished",
                 status=status,
@@ -194,11 +182,13 @@ class RequestObserver:
                 user_id=context.user_id,
             )
             return
+        # Not delivered (abandoned at a stop): a warning whatever the status said.
         self.logger.log(
             ERROR if status >= 500 else WARNING,
             "request_finished",
             status=status,
             error_code=context.error_code,
+            **({} if delivered else {"delivered": False}),
             duration_ms=duration_ms,
             response_bytes=sent_bytes,
             route=context.route,

@@ -15,18 +15,18 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass, field
-from typing import Literal
 
 import orjson
 from aioprometheus.collectors import Counter, Gauge, Histogram, Registry
+
+from service.observability.collectors import stored
+from service.observability.families import Kind, Merge
 
 CONTENT_TYPE = "text/plain; version=0.0.4; charset=utf-8"
 OPENMETRICS_CONTENT_TYPE = "application/openmetrics-text; version=1.0.0; charset=utf-8"
 # OpenMetrics: an exemplar's label names and values together, in characters.
 EXEMPLAR_LABELS_LIMIT = 128
 
-Kind = Literal["counter", "gauge", "histogram"]
-Merge = Literal["sum", "max", "min"]
 LabelKey = tuple[tuple[str, str], ...]
 # An exemplar: its labels, the observed value, and when (seconds since the epoch).
 Exemplar = tuple[LabelKey, float, float]
@@ -72,7 +72,7 @@ def snapshot(
         if kind == "gauge" and collector.name not in gauge_merge:
             raise ValueError(f"gauge {collector.name} was declared without a merge mode")
         family = Family(collector.name, kind, collector.doc, gauge_merge.get(collector.name, "sum"))
-        for raw_key, value in list(collector.values.store.items()):
+        for raw_key, value in stored(collector):
             labels = _decode_labels(raw_key)
             if kind == "histogram":
                 bounds = tuple(value.buckets)

@@ -15,11 +15,9 @@ import platform
 import resource
 import sys
 import time
-from bisect import bisect_left
 from collections.abc import AsyncGenerator, Awaitable, Callable
 from functools import lru_cache
-from itertools import accumulate
-from typing import Any, Literal, get_args
+from typing import Any
 
 import psutil
 from aioprometheus.collectors import Counter, Gauge, Histogram, Registry
@@ -30,361 +28,87 @@ from sqlalchemy.ext.asyncio import AsyncEngine
 from sqlalchemy.pool import QueuePool
 
 from service.observability import exposition
+from service.observability.collectors import Series, collector_for
 from service.observability.context import current_context
+from service.observability.families import (
+    FAMILIES,
+    KNOWN_ERROR_TYPES,
+    OTHER,
+    WORKER_STARTS,
+    LoginResult,
+    LogoutScope,
+    Merge,
+    WorkerStart,
+)
 from service.settings import Settings
-from service.unavailable import DEPENDENCIES, FAILURE_REASONS, Dependency, FailureReason
+from service.unavailable import Dependency, FailureReason
 from service.version import VERSION
 
-HTTP_DURATION_BUCKETS = (
-    0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 0.75, 1.0, 1.5, 2.0, 2.5, 5.0, 10.0,
-)  # fmt: skip
-DB_DURATION_BUCKETS = (0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5)
-HEALTH_DURATION_BUCKETS = (0.001, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5)
-EVENT_LOOP_LAG_BUCKETS = (0.001, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0)
 EVENT_LOOP_PROBE_SECONDS = 0.5
-# Each web vital's (good, poor) thresholds, as web.dev and the web-vitals library rate them: at
-# or under the first is good, over the second poor. Seconds, CLS unitless. The buckets hold them
-# exactly, so the dashboard's "good" share is a bucket over the count; the receiver logs a poor
-# value; the dashboard draws them (tests/unit/test_monitoring.py checks it).
-VITAL_THRESHOLDS: dict[str, tuple[float, float]] = {
-    "FCP": (1.8, 3.0), "LCP": (2.5, 4.0), "INP": (0.2, 0.5), "TTFB": (0.8, 1.8),
-    "CLS": (0.1, 0.25),
-}  # fmt: skip
-VITAL_BUCKETS = tuple(
-    sorted(
-        {0.05, 0.1, 0.3, 1.0, 6.0, 10.0, 20.0, 60.0}
-        | {bound for name, pair in VITAL_THRESHOLDS.items() if name != "CLS" for bound in pair}
-    )
-)
-CLS_BUCKETS = tuple(sorted({0.01, 0.05, 0.15, 0.5, 1.0, *VITAL_THRESHOLDS["CLS"]}))
-FRONTEND_API_BUCKETS = (0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.0, 5.0, 10.0, 30.0, 60.0)
 STANDARD_METHODS = frozenset({"GET", "HEAD", "POST", "PUT", "PATCH", "DELETE", "OPTIONS"})
 UNMATCHED = "<unmatched>"
-OTHER = "other"
-# Exception classes that may name an `app_errors_total` series; anything else counts as "other".
-KNOWN_ERROR_TYPES = frozenset(
-    {
-        "OperationalError", "InterfaceError", "DBAPIError", "IntegrityError", "TimeoutError",
-        "CacheError", "ConnectionError", "OSError", "RuntimeError", "ValueError", "TypeError",
-        "KeyError", "AttributeError", "AssertionError", "NotImplementedError", "ZeroDivisionError",
-    }
-)  # fmt: skip
-# Why a worker process started, as `scene-packer serve` tells it (the environment variable);
-# under plain hypercorn every start is a "start".
-WorkerStart = Literal["start", "recycle", "replace"]
-WORKER_STARTS: tuple[WorkerStart, ...] = get_args(WorkerStart)
 WORKER_START_ENV = "SCENE_PACKER_WORKER_START"
-SnapshotWriteError = Literal["disk_full", "other"]
-SNAPSHOT_WRITE_ERRORS: tuple[SnapshotWriteError, ...] = get_args(SnapshotWriteError)
-LoginResult = Literal["success", "invalid_credentials", "invalid_input", "rate_limited"]
-LOGIN_RESULTS: tuple[LoginResult, ...] = get_args(LoginResult)
-LogoutScope = Literal["session", "all"]
-LOGOUT_SCOPES: tuple[LogoutScope, ...] = get_args(LogoutScope)
 _STATUS_TEXT = {status: str(status) for status in range(100, 600)}
 
 
-class Series:
-    """A fast path over one aioprometheus collector for a fixed list of label names.
-
-    The first observation of a label set goes through aioprometheus's public API (which checks
-    the labels); its storage key is then remembered, so later observations cost one dict lookup
-    instead of re-encoding the labels every time. A histogram's value is then replaced by
-    `BucketCounts`. Relies on `MetricDict.store` (aioprometheus 23.x, pinned in pyproject.toml);
-    `tests/unit/test_metrics.py` checks the counts it produces.
-    """
-
-    __slots__ = ("_collector", "_keys", "_names", "_store")
-
-    def __init__(self, collector: Counter | Gauge | Histogram, *names: str) -> None:
-        self._collector = collector
-        self._names = names
-        self._keys: dict[tuple[str, ...], Any] = {}
-        self._store: dict[Any, Any] = collector.values.store
-
-    def add(self, values: tuple[str, ...], amount: float = 1) -> None:
-        key = self._keys.get(values)
-        if key is None:
-            self._collector.add(self._remember(values), amount)
-        else:
-            self._store[key] += amount
-
-    def observe(
-        self, values: tuple[str, ...], amount: float, example: exposition.RawExemplar | None = None
-    ) -> None:
-        key = self._keys.get(values)
-        if key is None:
-            self._collector.add(self._remember(values), amount)
-            key = self._keys[values]
-            self._store[key] = BucketCounts.replacing(self._store[key])
-            if example is not None:
-                self._store[key].remember(amount, example)
-        else:
-            self._store[key].observe(amount, example)
-
-    def key(self, values: tuple[str, ...]) -> Any:
-        """The storage key of a label set already observed: `store[key]` is its value."""
-        return self._keys[values]
-
-    @property
-    def store(self) -> dict[Any, Any]:
-        return self._store
-
-    def _remember(self, values: tuple[str, ...]) -> dict[str, str]:
-        labels = dict(zip(self._names, values, strict=True))
-        self._keys[values] = self._collector.values.__keytransform__(labels)  # type: ignore[no-untyped-call]
-        return labels
-
-
-class BucketCounts:
-    """One label set's histogram, read like aioprometheus's own (`buckets`, `observations`,
-    `sum`), with an O(log n) `observe`.
-
-    aioprometheus's `observe` adds one to every bucket the value falls in: a Python loop over all
-    15 buckets on every request, the largest part of the metrics' cost per request. This keeps one
-    count per bucket and makes them cumulative only when read (a scrape).
-    """
-
-    __slots__ = ("_bounds", "_counts", "exemplars", "observations", "sum")
-
-    def __init__(self, bounds: list[float], counts: list[int], observations: int, total: float):
-        self._bounds = bounds  # ascending, +Inf last
-        self._counts = counts
-        self.observations = observations
-        self.sum = total
-        # The latest request seen in each bucket; its labels are made only when scraped.
-        self.exemplars: list[exposition.RawExemplar | None] = [None] * len(bounds)
-
-    @classmethod
-    def replacing(cls, histogram: Any) -> BucketCounts:
-        """The same counts as an aioprometheus `histogram.Histogram`."""
-        cumulative = list(histogram.buckets.values())
-        counts = [now - before for now, before in zip(cumulative, [0, *cumulative], strict=False)]
-        return cls(list(histogram.buckets), counts, histogram.observations, histogram.sum)
-
-    def observe(self, value: float, example: exposition.RawExemplar | None = None) -> None:
-        # The first bound >= value: Prometheus buckets are "less than or equal".
-        index = bisect_left(self._bounds, value)
-        self._counts[index] += 1
-        self.sum += value
-        self.observations += 1
-        if example is not None:
-            self.exemplars[index] = example
-
-    def remember(self, value: float, example: exposition.RawExemplar) -> None:
-        """Keep `example` for the bucket of `value`, already counted."""
-        self.exemplars[bisect_left(self._bounds, value)] = example
-
-    @property
-    def buckets(self) -> dict[float, int]:
-        return dict(zip(self._bounds, accumulate(self._counts), strict=True))
-
-
 class Metrics:
-    """One registry per app (tests build many apps); each metric an attribute."""
+    """One registry per app (tests build many apps); each family of `FAMILIES` (families.py) an
+    attribute of the same name as its row's `attribute`, typed here."""
+
+    http_requests: Counter
+    http_duration: Histogram
+    http_in_progress: Gauge
+    app_errors: Counter
+    rate_limited: Counter
+    db_queries: Counter
+    db_duration: Histogram
+    db_errors: Counter
+    db_pool: Gauge
+    db_pool_max: Gauge
+    cache_requests: Counter
+    cache_errors: Counter
+    dependency_errors: Counter
+    active_users: Gauge
+    auth_sessions_active: Gauge
+    auth_logins: Counter
+    auth_logouts: Counter
+    health_status: Gauge
+    health_duration: Histogram
+    disk_free: Gauge
+    memory_used: Gauge
+    frontend_vitals: Histogram
+    frontend_cls: Histogram
+    frontend_js_errors: Counter
+    frontend_api_duration: Histogram
+    frontend_api_errors: Counter
+    frontend_rejected: Counter
+    frontend_log_dropped: Counter
+    process_cpu: Counter
+    process_memory: Gauge
+    process_fds: Gauge
+    process_start: Gauge
+    process_max_fds: Gauge
+    event_loop_lag: Histogram
+    workers: Gauge
+    worker_starts: Counter
+    snapshot_write_errors: Counter
+    python_info: Gauge
+    gc_objects_collected: Counter
+    gc_objects_uncollectable: Counter
+    gc_collections: Counter
+    app_info: Gauge
 
     def __init__(self, settings: Settings) -> None:
         self.settings = settings
-        self.registry = r = Registry()
-        self._gauge_merge: dict[str, exposition.Merge] = {}
-        self.http_requests = Counter(
-            "http_requests_total", "HTTP requests answered, by route template.", registry=r
-        )
-        self.http_duration = Histogram(
-            "http_request_duration_seconds",
-            "Time from request start until the response body was fully sent.",
-            registry=r,
-            buckets=HTTP_DURATION_BUCKETS,
-        )
-        self.http_in_progress = self._gauge(
-            "http_requests_in_progress", "HTTP requests being handled now.", merge="sum"
-        )
-        self.app_errors = Counter(
-            "app_errors_total", "Unhandled exceptions, by exception class.", registry=r
-        )
-        self.db_queries = Counter("db_queries_total", "Database statements executed.", registry=r)
-        self.db_duration = Histogram(
-            "db_query_duration_seconds",
-            "Database statement execution time.",
-            registry=r,
-            buckets=DB_DURATION_BUCKETS,
-        )
-        self.db_errors = Counter(
-            "db_query_errors_total", "Database statements that failed.", registry=r
-        )
-        self.db_pool = self._gauge(
-            "db_pool_connections", "Database pool connections by state.", merge="sum"
-        )
-        self.db_pool_max = self._gauge(
-            "db_pool_max_connections",
-            "Connections the pool may open: DB_POOL_SIZE + DB_MAX_OVERFLOW, per worker.",
-            merge="sum",
-        )
-        self.cache_requests = Counter(
-            "cache_requests_total", "Cache operations; reads are a hit or a miss.", registry=r
-        )
-        self.cache_errors = Counter(
-            "cache_errors_total", "Cache operations that failed.", registry=r
-        )
-        self.dependency_errors = Counter(
-            "dependency_errors_total",
-            "Failures to reach a backing service, by dependency and cause.",
-            registry=r,
-        )
-        self.active_users = self._gauge(
-            "active_users",
-            "Distinct authenticated users seen recently (global; aggregate with max).",
-            merge="max",
-        )
-        self.auth_sessions_active = self._gauge(
-            "auth_sessions_active",
-            "Live sign-in sessions in the shared store (global; aggregate with max).",
-            merge="max",
-        )
-        self.auth_logins = Counter(
-            "auth_logins_total",
-            "Login attempts answered 200, 400, 401, 413 or 429, by result.",
-            registry=r,
-        )
-        self.auth_logouts = Counter(
-            "auth_logouts_total",
-            "Logouts that ended sessions: one per logout, one per logout-all, by scope.",
-            registry=r,
-        )
-        self.rate_limited = Counter(
-            "rate_limited_requests_total", "Requests answered 429, by route.", registry=r
-        )
-        # Present from the first scrape, so rate() and increase() see the first event of every
-        # process and a panel shows 0 rather than "No data" (labels from a known set only).
-        for result in LOGIN_RESULTS:
-            self.auth_logins.add({"result": result}, 0)
-        for scope in LOGOUT_SCOPES:
-            self.auth_logouts.add({"scope": scope}, 0)
-        for error_type in (*sorted(KNOWN_ERROR_TYPES), OTHER):
-            self.app_errors.add({"type": error_type}, 0)
-        self.db_errors.add({}, 0)
-        self.cache_errors.add({}, 0)
-        for dependency in DEPENDENCIES:
-            for reason in FAILURE_REASONS:
-                self.dependency_errors.add({"dependency": dependency, "reason": reason}, 0)
-        self.health_status = self._gauge(
-            "health_check_status", "1 healthy, 0 unhealthy or warning, per check.", merge="min"
-        )
-        self.health_duration = Histogram(
-            "health_check_duration_seconds",
-            "Duration of each health check.",
-            registry=r,
-            buckets=HEALTH_DURATION_BUCKETS,
-        )
-        self.disk_free = self._gauge(
-            "system_disk_free_ratio",
-            "Free fraction of the data filesystem, read by the health check.",
-            merge="min",
-        )
-        self.memory_used = self._gauge(
-            "system_memory_used_ratio",
-            "Used fraction of the memory the service may use (its cgroup's limit, else the "
-            "host's), read by the health check; source says which.",
-            merge="max",
-        )
-        self.frontend_vitals = Histogram(
-            "frontend_web_vital_seconds",
-            "Web vitals (FCP, LCP, INP, TTFB) reported by browsers, by page template.",
-            registry=r,
-            buckets=VITAL_BUCKETS,
-        )
-        self.frontend_cls = Histogram(
-            "frontend_cls",
-            "Cumulative Layout Shift (unitless) reported by browsers, by page template.",
-            registry=r,
-            buckets=CLS_BUCKETS,
-        )
-        self.frontend_js_errors = Counter(
-            "frontend_js_errors_total",
-            "JavaScript errors in browsers, by page and kind.",
-            registry=r,
-        )
-        self.frontend_api_duration = Histogram(
-            "frontend_api_request_duration_seconds",
-            "API request time as browsers measured it, by route template.",
-            registry=r,
-            buckets=FRONTEND_API_BUCKETS,
-        )
-        self.frontend_api_errors = Counter(
-            "frontend_api_errors_total",
-            "API requests that failed in browsers (network error or 5xx), by route template.",
-            registry=r,
-        )
-        self.frontend_rejected = Counter(
-            "frontend_beacons_rejected_total",
-            "Beacons or beacon entries refused by POST /api/rum, by reason.",
-            registry=r,
-        )
-        self.frontend_log_dropped = Counter(
-            "frontend_log_lines_dropped_total",
-            "Log lines from beacons (frontend_error, web_vital_poor) over the log budget (per "
-            "client address, per worker), not written, by event.",
-            registry=r,
-        )
-        self.process_cpu = Counter(
-            "process_cpu_seconds_total", "User and system CPU time of the process.", registry=r
-        )
-        self.process_memory = self._gauge(
-            "process_resident_memory_bytes", "Resident memory of the process.", merge="sum"
-        )
-        self.process_fds = self._gauge("process_open_fds", "Open file descriptors.", merge="sum")
-        self.process_start = self._gauge(
-            "process_start_time_seconds", "Process start, seconds since the epoch.", merge="min"
-        )
-        self.process_max_fds = self._gauge(
-            "process_max_fds", "Open file descriptors allowed (the soft limit).", merge="sum"
-        )
-        self.event_loop_lag = Histogram(
-            "event_loop_lag_seconds",
-            "How late the event loop ran a timer (sampled twice a second): its saturation.",
-            registry=r,
-            buckets=EVENT_LOOP_LAG_BUCKETS,
-        )
-        self.workers = self._gauge(
-            "app_workers", "Worker processes serving now (each counts itself).", merge="sum"
-        )
-        self.worker_starts = Counter(
-            "app_worker_starts_total",
-            "Worker processes started since the server started, by reason: start, recycle "
-            "(a successor for max_requests or SIGHUP), replace (after a worker died).",
-            registry=r,
-        )
-        for start in WORKER_STARTS:
-            self.worker_starts.add({"reason": start}, 0)
-        self.snapshot_write_errors = Counter(
-            "metrics_snapshot_write_errors_total",
-            "Failed writes of a worker's metrics snapshot (METRICS_DIR), by reason: disk_full "
-            "(or over quota), other. Scrapes still answer, this worker's part from memory.",
-            registry=r,
-        )
-        for write_error in SNAPSHOT_WRITE_ERRORS:
-            self.snapshot_write_errors.add({"reason": write_error}, 0)
-        self.python_info = self._gauge("python_info", "Python platform information.", merge="max")
+        self.registry = Registry()
+        for family in FAMILIES:
+            setattr(self, family.attribute, collector_for(family, self.registry))
+        self._gauge_merge: dict[str, Merge] = {
+            family.name: family.merge for family in FAMILIES if family.merge is not None
+        }
         self.python_info.set(_python_labels(), 1)
-        self.gc_objects_collected = Counter(
-            "python_gc_objects_collected_total",
-            "Objects collected during gc, by generation.",
-            registry=r,
-        )
-        self.gc_objects_uncollectable = Counter(
-            "python_gc_objects_uncollectable_total",
-            "Uncollectable objects found during GC, by generation.",
-            registry=r,
-        )
-        self.gc_collections = Counter(
-            "python_gc_collections_total",
-            "Number of times this generation was collected.",
-            registry=r,
-        )
-        self._gc_seen: dict[tuple[str, str], float] = {}
-        self.app_info = self._gauge(
-            "app_info", "Version and environment of the service.", merge="max"
-        )
         self.app_info.set({"version": VERSION, "environment": settings.environment.value}, 1)
+        self._gc_seen: dict[tuple[str, str], float] = {}
         self._requests = Series(self.http_requests, "method", "endpoint", "status")
         self._durations = Series(self.http_duration, "method", "endpoint")
         self._in_progress = Series(self.http_in_progress, "method")
@@ -398,13 +122,6 @@ class Metrics:
         self._last_cpu = 0.0
         self._scrape_readers: list[Callable[[], Awaitable[None]]] = []
         self._pool: QueuePool | None = None
-
-    def _gauge(self, name: str, doc: str, *, merge: exposition.Merge) -> Gauge:
-        """A gauge and how it combines across worker processes: summed (each worker holds a
-        part), or the max or min (each worker sees the same global value, or any worker's low
-        value matters)."""
-        self._gauge_merge[name] = merge
-        return Gauge(name, doc, registry=self.registry)
 
     def dependency_failed(self, dependency: Dependency, reason: FailureReason) -> None:
         self.dependency_errors.inc({"dependency": dependency, "reason": reason})
@@ -489,7 +206,8 @@ class Metrics:
         pool = engine.sync_engine.pool
         self._pool = pool if isinstance(pool, QueuePool) else None
         if self._pool is not None:
-            self.db_pool_max.set({}, self._pool.size() + self._pool._max_overflow)
+            settings = self.settings
+            self.db_pool_max.set({}, settings.db_pool_size + settings.db_max_overflow)
 
     def worker_started(self, reason: WorkerStart) -> None:
         """This process serves from now on: counted, and a live worker until it stops."""

@@ -44,7 +44,8 @@ from quart import Quart
 
 from service.observability import exposition
 from service.observability.exposition import Snapshot
-from service.observability.metrics import Metrics, SnapshotWriteError
+from service.observability.families import SnapshotWriteError
+from service.observability.metrics import Metrics
 from service.settings import Settings
 
 logger = structlog.get_logger(__name__)

@@ -53,7 +53,8 @@ from hypercorn.config import Config, Sockets
 from hypercorn.typing import ASGIFramework
 from hypercorn.utils import wrap_app
 
-from service.observability.metrics import WORKER_START_ENV, WorkerStart
+from service.observability.families import WorkerStart
+from service.observability.metrics import WORKER_START_ENV
 from service.serving.lifecycle import StopReason
 
 # Exit codes of `scene-packer serve` (README.md, "Exit codes").

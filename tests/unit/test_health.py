@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import errno
 import sqlite3
+from datetime import UTC, datetime
 from typing import Any
 
 import asyncpg
@@ -13,7 +14,7 @@ import structlog
 from sqlalchemy.exc import OperationalError
 
 from service.app import create_app
-from service.health.checks import classify
+from service.health.checks import CheckResult, HealthReport, classify
 from service.observability.context import add_request_context
 from service.settings import Settings
 from service.unavailable import failure_reason
@@ -178,3 +179,23 @@ def test_a_full_disk_is_named_whichever_layer_reports_it() -> None:
     assert [failure_reason(cause) for cause in causes] == ["disk_full"] * 4
     assert {classify(cause) for cause in causes} == {"disk_full"}
     assert failure_reason(OSError(errno.EIO, "Input/output error")) == "other"
+
+
+def test_the_report_summarises_every_registered_check() -> None:
+    """`services` comes from the checks that ran, not from four names written out: a new check
+    shows up with its readings (declared with `reads`), a failed one keeps its shape."""
+    report = HealthReport(
+        {
+            "database": CheckResult("healthy", 1.0),
+            "disk": CheckResult("unhealthy", 500.0, reason="timeout"),
+            "queue": CheckResult("warning", 2.0, {"depth": 7.0}),  # type: ignore[dict-item]
+        },
+        ("database",),
+        datetime.now(UTC),
+        {"disk": ("free_percent",), "queue": ("depth",)},  # type: ignore[dict-item]
+    )
+    assert report.as_json()["services"] == {
+        "database": "healthy",
+        "disk": {"free_percent": None, "status": "unhealthy"},
+        "queue": {"depth": 7.0, "status": "warning"},
+    }

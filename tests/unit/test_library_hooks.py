@@ -11,6 +11,7 @@ import hypercorn.asyncio.run
 import quart.wrappers.request
 import sqlalchemy.connectors.asyncio
 import sqlalchemy.pool.base
+from aioprometheus.collectors import Counter, Gauge, Histogram, Registry
 from quart import Quart, Response
 from quart_schema import QuartSchema
 
@@ -59,3 +60,19 @@ def test_sqlalchemy_terminates_through_the_dialect_and_closes_gracefully_in_the_
     )
     terminate = inspect.getsource(sqlalchemy.connectors.asyncio.AsyncAdapt_terminate.terminate)
     assert "_terminate_graceful_close" in terminate
+
+
+def test_aioprometheus_stores_values_by_a_key_made_from_the_labels() -> None:
+    """service/observability/collectors.py: `Series` remembers a label set's storage key
+    (`values.__keytransform__`) and adds to `values.store[key]`; `stored` reads `values.store`
+    for the exposition; the declared collectors check labels in `set_value`, through which
+    `add`, `inc` and `set` all go."""
+    registry = Registry()
+    counter = Counter("pinned_total", "A pin.", registry=registry)
+    counter.add({"a": "1"}, 2)
+    key = counter.values.__keytransform__({"a": "1"})
+    assert counter.values.store[key] == 2
+    counter.values.store[key] += 3
+    assert counter.get({"a": "1"}) == 5
+    for method in (Counter.add, Counter.set, Gauge.set, Gauge.add, Histogram.add):
+        assert "set_value" in inspect.getsource(method), method

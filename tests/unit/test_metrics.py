@@ -4,16 +4,18 @@ from __future__ import annotations
 
 import random
 import string
+from pathlib import Path
 
 import pytest
 import structlog
-from aioprometheus.collectors import Histogram
+from aioprometheus.collectors import Counter, Gauge, Histogram
 from pydantic import SecretStr
 from quart import Quart
 
 from service.app import create_app
 from service.observability import exposition
-from service.observability.metrics import HTTP_DURATION_BUCKETS, Metrics
+from service.observability.families import FAMILIES, HTTP_DURATION_BUCKETS
+from service.observability.metrics import Metrics
 from service.settings import Settings, load_settings
 from tests.support.client import Client, login, register
 from tests.support.metrics_helpers import parse, value
@@ -248,3 +250,33 @@ async def test_error_counters_are_exported_at_zero_from_the_start(client: Client
         dict(k[1])["endpoint"] for k in samples if k[0] == "rate_limited_requests_total"
     }
     assert rate_limited == {"/api/auth/login", "/api/auth/register"}
+
+
+def test_a_label_set_outside_its_familys_declaration_fails_at_once(tmp_path: Path) -> None:
+    """A typo in a label name would have made a new series that no dashboard reads."""
+    metrics = Metrics(load_settings(data_dir=tmp_path))
+    with pytest.raises(ValueError, match="dependency_errors_total"):
+        metrics.dependency_errors.inc({"dependency": "database", "reasn": "timeout"})
+    with pytest.raises(ValueError, match="health_check_status"):
+        metrics.health_status.set({}, 1)  # a label left out
+    with pytest.raises(ValueError, match="db_query_errors_total"):
+        metrics.db_errors.inc({"operation": "SELECT"})  # a label the family does not have
+    metrics.dependency_errors.inc({"dependency": "database", "reason": "timeout"})
+
+
+def test_every_declared_family_is_exported_as_declared(tmp_path: Path) -> None:
+    """FAMILIES is the one declaration: each row is an attribute of `Metrics` of its kind, the
+    registry holds exactly those families, and each one's start-up series are there at 0."""
+    metrics = Metrics(load_settings(data_dir=tmp_path))
+    kinds = {"counter": Counter, "gauge": Gauge, "histogram": Histogram}
+    for family in FAMILIES:
+        collector = getattr(metrics, family.attribute)
+        assert isinstance(collector, kinds[family.kind]), family.name
+        assert collector.name == family.name
+        assert family.attribute in Metrics.__annotations__
+        for labels in family.zeros:
+            assert collector.get(labels) == 0, (family.name, labels)
+    assert sorted(c.name for c in metrics.registry.get_all()) == sorted(f.name for f in FAMILIES)
+    assert len({f.attribute for f in FAMILIES}) == len(FAMILIES)
+    assert all((f.merge is not None) == (f.kind == "gauge") for f in FAMILIES)
+    assert all(bool(f.buckets) == (f.kind == "histogram") for f in FAMILIES)

@@ -9,7 +9,7 @@ from typing import Any
 import yaml
 
 from service.observability.exposition import exemplar_labels
-from service.observability.metrics import VITAL_THRESHOLDS
+from service.observability.families import VITAL_THRESHOLDS
 from service.settings import Settings
 from tests.support.grafana import (
     DASHBOARD,

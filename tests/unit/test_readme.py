@@ -7,7 +7,7 @@ from pathlib import Path
 
 from service.app import create_app
 from service.auth import sessions
-from service.observability.metrics import Metrics
+from service.observability.families import FAMILIES
 from service.settings import Settings, load_settings
 from tests.support import ROOT
 
@@ -66,12 +66,28 @@ def test_every_endpoint_is_in_the_endpoints_table(tmp_path: Path) -> None:
     assert not missing, f"endpoints missing from README: {missing}"
 
 
-def test_every_metric_is_in_the_metrics_table(tmp_path: Path) -> None:
-    documented = _table_cells(_section("Metrics"))
-    metrics = Metrics(load_settings(data_dir=tmp_path))
-    names = [collector.name for collector in metrics.registry.get_all()]
-    missing = [name for name in names if f"`{name}`" not in documented]
-    assert names and not missing, f"metrics missing from README: {missing}"
+def test_every_metric_is_in_the_metrics_table_with_its_kind_and_labels() -> None:
+    """From the one declaration (service/observability/families.py): each family's row names
+    it, gives its kind, and every label it declares."""
+    rows = [
+        [cell.strip() for cell in line.strip().strip("|").split("|")]
+        for line in _section("Metrics").splitlines()
+        if line.startswith("| `")
+    ]
+    wrong = []
+    for family in FAMILIES:
+        row = next((row for row in rows if f"`{family.name}`" in row[0]), None)
+        if row is None:
+            wrong.append(f"{family.name}: no row")
+        elif family.kind not in row[1]:
+            wrong.append(f"{family.name}: not a {family.kind} in {row[1]!r}")
+        else:
+            wrong += [
+                f"{family.name}: label {label} not in {row[2]!r}"
+                for label in family.labels
+                if f"`{label}`" not in row[2]
+            ]
+    assert not wrong, wrong
 
 
 def test_the_session_constants_readme_names_have_the_values_it_gives() -> None:

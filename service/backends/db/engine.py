@@ -145,14 +145,17 @@ _UNDEFINED_TABLE = "42P01"
 
 def create_engine(settings: Settings) -> AsyncEngine:
     url = settings.effective_database_url
+    pool: dict[str, Any] = {
+        "pool_size": settings.db_pool_size,
+        "max_overflow": settings.db_max_overflow,
+        "pool_timeout": settings.db_pool_timeout,
+    }
     if settings.uses_embedded_database:
         settings.data_dir.mkdir(parents=True, exist_ok=True)
         engine = create_async_engine(
             url,
             hide_parameters=True,
-            pool_size=settings.db_pool_size,
-            max_overflow=settings.db_max_overflow,
-            pool_timeout=settings.db_pool_timeout,
+            **pool,
             connect_args={"timeout": settings.db_statement_timeout},
         )
         event.listen(engine.sync_engine, "connect", _sqlite_pragmas)
@@ -160,9 +163,7 @@ def create_engine(settings: Settings) -> AsyncEngine:
     engine = create_async_engine(
         url,
         hide_parameters=True,
-        pool_size=settings.db_pool_size,
-        max_overflow=settings.db_max_overflow,
-        pool_timeout=settings.db_pool_timeout,
+        **pool,
         pool_pre_ping=True,
         connect_args={
             "timeout": settings.db_connect_timeout,
