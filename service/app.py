@@ -104,7 +104,7 @@ class ServiceApp(Quart):
         self.request_class = request_class(parts.deadlines)
         self._async_functions: dict[Callable[..., Any], Callable[..., Awaitable[Any]]] = {}
 
-    # The supervisor's hooks (service/serving/supervisor.py, StoppableApp).
+    # The supervisor's hooks (service/serving/worker.py, StoppableApp).
 
     @property
     def requests_in_flight(self) -> int:

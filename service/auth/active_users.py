@@ -7,7 +7,6 @@ worker reports the same global value (merged with max).
 
 from __future__ import annotations
 
-import asyncio
 import time
 
 from aioprometheus.collectors import Gauge
@@ -26,7 +25,6 @@ _MAX_REMEMBERED = 100_000
 class ActiveUsers:
     def __init__(self, settings: Settings, gauge: Gauge, cache: InstrumentedCache) -> None:
         self.window = settings.active_user_window_seconds
-        self.count_timeout = settings.health_check_timeout
         self.gauge = gauge
         self._cache = cache
         self._marked: dict[int, float] = {}
@@ -43,12 +41,11 @@ class ActiveUsers:
         await self._cache.mark_seen(_KEY, str(user_id), now, self.window)
 
     async def refresh(self) -> None:
-        """Scrape-time count; a cache failure (counted by the cache) or a count slower than
-        HEALTH_CHECK_TIMEOUT keeps the last value: a hung Redis must not take /metrics down."""
+        """Scrape-time count; a cache failure (counted by the cache) keeps the last value (a
+        slow count is given up by the scrape)."""
         try:
-            async with asyncio.timeout(self.count_timeout):
-                count = await self._cache.count_seen(_KEY, time.time() - self.window)
-        except (CacheError, TimeoutError):
+            count = await self._cache.count_seen(_KEY, time.time() - self.window)
+        except CacheError:
             return
         self.gauge.set({}, count)
 

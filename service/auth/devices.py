@@ -27,7 +27,6 @@ from quart import Response, g, request
 from service.settings import Settings
 
 COOKIE_NAME = "scene_packer_device"
-COOKIE_PATH = "/api/auth/login"
 # Long enough to outlive the user's habits; renewed at each login from the device.
 COOKIE_DAYS = 365
 _SALT = "scene-packer.device"
@@ -73,7 +72,8 @@ class DeviceCookies:
             COOKIE_NAME,
             self._serializer.dumps([device, self._digest(username)]),
             max_age=COOKIE_DAYS * 86400,
-            path=request.root_path + COOKIE_PATH,  # under a root path, the login route's own
+            # Sent to the login route only: the path of the login that sets it (root path too).
+            path=request.root_path + request.path,
             secure=self._secure,
             httponly=True,
             samesite="Strict",

@@ -254,7 +254,7 @@ async def _registered_just_now(
     retry then answers as the first would have, not 409 to the account's own owner."""
     async with database.transaction() as session:
         user = await select_user_by_username(session, username)
-    if user is None or datetime.now(UTC) - _utc(user.created_at) > REGISTER_RETRY:
+    if user is None or datetime.now(UTC) - user.created_at > REGISTER_RETRY:
         return None
     return user if await passwords.verify(user.password_hash, password) else None
 
@@ -263,14 +263,9 @@ def _profile(user: User) -> Profile:
     return Profile(
         id=user.id,
         username=user.username,
-        created_at=_utc(user.created_at),
-        last_login_at=_utc(user.last_login_at) if user.last_login_at else None,
+        created_at=user.created_at,
+        last_login_at=user.last_login_at,
     )
-
-
-def _utc(moment: datetime) -> datetime:
-    # SQLite hands back naive datetimes; they were stored as UTC.
-    return moment if moment.tzinfo else moment.replace(tzinfo=UTC)
 
 
 def _profile_key(user_id: int) -> str:

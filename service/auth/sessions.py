@@ -80,7 +80,7 @@ class ActiveSession:
 
     @classmethod
     def from_row(cls, row: LoginSession) -> ActiveSession:
-        return cls(row.id, row.user_id, _epoch(row.expires_at), _epoch(row.last_seen_at))
+        return cls(row.id, row.user_id, row.expires_at.timestamp(), row.last_seen_at.timestamp())
 
 
 class SessionStore:
@@ -97,7 +97,6 @@ class SessionStore:
         # a database write per request): idle time is counted to within this many seconds.
         self.touch_interval = min(60.0, self.idle / 10) if self.idle else None
         self.metrics = metrics
-        self.count_timeout = settings.health_check_timeout
         self._counted_at = -math.inf
         self._database = database
         # Sessions are cached only where every worker and instance sees the same cache (Redis).
@@ -192,15 +191,13 @@ class SessionStore:
 
     async def refresh_gauge(self) -> None:
         """`auth_sessions_active`, read at scrape time (at most every COUNT_INTERVAL_SECONDS); a
-        slow or failing database keeps the last value rather than delay the scrape past
-        HEALTH_CHECK_TIMEOUT."""
+        failing database keeps the last value (a slow one is given up by the scrape)."""
         now = time.monotonic()
         if now - self._counted_at < COUNT_INTERVAL_SECONDS:
             return  # not serving (a worker's first or last metrics snapshot), or counted lately
         self._counted_at = now
         try:
-            async with asyncio.timeout(self.count_timeout):
-                count = await self.count_live()
+            count = await self.count_live()
         except Exception:
             logger.warning("sessions_count_failed", exc_info=True)
             return
@@ -418,11 +415,6 @@ def init_sessions(app: Quart, store: SessionStore, settings: Settings, metrics: 
         yield
         purging.cancel()
         await asyncio.gather(purging, return_exceptions=True)
-
-
-def _epoch(moment: datetime) -> float:
-    # SQLite hands back naive datetimes; they were stored as UTC.
-    return (moment if moment.tzinfo else moment.replace(tzinfo=UTC)).timestamp()
 
 
 def _moment(epoch: float) -> datetime:

@@ -45,6 +45,10 @@ from service.unavailable import Dependency, FailureReason
 from service.version import VERSION
 
 EVENT_LOOP_PROBE_SECONDS = 0.5
+# The most a value read at scrape time (a count in the database or the cache) may take; past it
+# the last value is reported. Two readers (sessions, active users) stay well inside Prometheus'
+# default 10 s scrape timeout.
+SCRAPE_READ_SECONDS = 0.5
 STANDARD_METHODS = frozenset({"GET", "HEAD", "POST", "PUT", "PATCH", "DELETE", "OPTIONS"})
 UNMATCHED = "<unmatched>"
 WORKER_START_ENV = "SCENE_PACKER_WORKER_START"
@@ -132,7 +136,8 @@ class Metrics:
             self.rate_limited.add({"endpoint": endpoint}, 0)
 
     def add_scrape_reader(self, reader: Callable[[], Awaitable[None]]) -> None:
-        """A part's own values to read when a scrape comes (it sets its gauges itself)."""
+        """A part's own values to read when a scrape comes (it sets its gauges itself), within
+        SCRAPE_READ_SECONDS."""
         self._scrape_readers.append(reader)
 
     def request_started(self, method: str) -> None:
@@ -231,7 +236,11 @@ class Metrics:
             self.db_pool.set({"state": "in_use"}, self._pool.checkedout())
             self.db_pool.set({"state": "idle"}, self._pool.checkedin())
         for reader in self._scrape_readers:
-            await reader()
+            try:
+                async with asyncio.timeout(SCRAPE_READ_SECONDS):
+                    await reader()
+            except TimeoutError:
+                pass  # the reader's last value stays: a hung backend must not hold the scrape
 
     def _read_process(self) -> None:
         with self._process.oneshot():

@@ -30,7 +30,8 @@ from service.backends.db.engine import create_engine, dispose, upgrade_to_head
 from service.health.checks import HealthMonitor, HealthReport
 from service.observability.logging import configure_logging, log_bad_configuration
 from service.observability.metrics import Metrics
-from service.serving.supervisor import EXIT_CANNOT_SERVE, EXIT_OK, end_margin, serve
+from service.serving.supervisor import EXIT_OK, serve
+from service.serving.worker import EXIT_CANNOT_SERVE, end_margin
 from service.settings import Settings, SettingsError, load_settings
 
 EXIT_BAD_CONFIGURATION = 2

@@ -16,7 +16,7 @@ from sqlalchemy import update
 
 from service.app import ServiceApp, create_app
 from service.auth import passwords
-from service.auth.devices import COOKIE_NAME, COOKIE_PATH
+from service.auth.devices import COOKIE_NAME
 from service.backends.db.models import User
 from service.backends.db.users import insert_user
 from service.settings import Settings
@@ -260,7 +260,7 @@ async def test_an_attacker_spending_a_usernames_budget_cannot_lock_out_its_brows
         cookie = set_cookie(signed_in, COOKIE_NAME)
         attributes = {part.strip().split("=")[0] for part in cookie.split(";")[1:]}
         assert {"HttpOnly", "Max-Age", "Path", "SameSite"} <= attributes
-        assert f"Path={COOKIE_PATH}" in cookie and "SameSite=Strict" in cookie
+        assert "Path=/api/auth/login;" in cookie and "SameSite=Strict" in cookie
         assert "grace" not in cookie
 
         with structlog.testing.capture_logs() as logs:
@@ -284,7 +284,7 @@ async def test_an_attacker_spending_a_usernames_budget_cannot_lock_out_its_brows
         assert (await login(newcomer, "grace")).status_code == 429
         value = cookie.split(";", 1)[0].split("=", 1)[1]
         forged = value[:-4] + ("AAAA" if not value.endswith("AAAA") else "BBBB")
-        attacker.set_cookie("localhost", COOKIE_NAME, forged, path=COOKIE_PATH)  # type: ignore[attr-defined]
+        attacker.set_cookie("localhost", COOKIE_NAME, forged, path="/api/auth/login")  # type: ignore[attr-defined]
         assert (await login(attacker, "grace")).status_code == 429
 
         # The known browser has a budget of its own, not none: a stolen device cookie still

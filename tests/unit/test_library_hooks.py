@@ -20,7 +20,7 @@ from service.settings import Settings
 
 
 def test_hypercorn_starts_its_servers_through_asyncio_start_server() -> None:
-    """service/serving/supervisor.py (`_capture_servers`) records hypercorn's listeners and
+    """service/serving/worker.py (`_capture_servers`) records hypercorn's listeners and
     connections by standing in for `asyncio.start_server`, whose first argument is the
     connection callback: hypercorn's worker has no hook of its own for either."""
     source = inspect.getsource(hypercorn.asyncio.run.worker_serve)
