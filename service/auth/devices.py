@@ -4,7 +4,7 @@ attacker spending the username's budget (LOGIN_LIMIT_PER_USERNAME) cannot lock t
 This is OWASP's "Slow Down Online Guessing Attacks with Device Cookies": a successful login
 leaves a signed cookie naming the user (by a digest) and a random device id. A login that shows
 a valid one for the username it submits is limited per device; any other login shares the
-username's budget, as before. An attacker without the user's password has no such cookie, so
+username's budget. An attacker without the user's password has no such cookie, so
 exhausting the username's budget stops only logins from devices the user never signed in on.
 
 The cookie is signed with SECRET_KEY by itsdangerous (Quart's own signing library), names the

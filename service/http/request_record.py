@@ -39,8 +39,8 @@ from service.observability.context import (
     is_probe,
     start_request,
 )
-from service.observability.logging import redact_url
 from service.observability.metrics import UNMATCHED, Metrics, method_label
+from service.observability.redaction import redact_url
 from service.observability.trace_context import TRACEPARENT_HEADER, accept_traceparent
 from service.settings import Settings
 

@@ -24,8 +24,8 @@ import structlog
 from werkzeug.routing import Map, MapAdapter, Rule
 
 from service.observability.families import OTHER, VITAL_THRESHOLDS
-from service.observability.logging import mask_secrets
 from service.observability.metrics import Metrics, method_label
+from service.observability.redaction import mask_secrets
 from service.settings import Settings
 
 logger = structlog.get_logger("service.rum")

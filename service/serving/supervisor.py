@@ -249,8 +249,8 @@ def _start(
     worker = Worker(process, ready, retire, wants_successor)
     # The stop signals are blocked while the worker starts. The child inherits the mask (it
     # survives exec) and unblocks them once its own handlers are in place, so a signal cannot
-    # kill it mid-start; and one for the master stays pending until the start is over, where an
-    # ignored signal (SIG_IGN, as before) was discarded and the stop lost.
+    # kill it mid-start; and one for the master stays pending until the start is over (ignoring
+    # it instead, SIG_IGN, would discard it and lose the stop).
     signal.pthread_sigmask(signal.SIG_BLOCK, STOP_SIGNALS)
     try:
         worker.process.start()

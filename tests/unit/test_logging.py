@@ -13,7 +13,8 @@ from typing import Any
 import pytest
 import structlog
 
-from service.observability.logging import configure_logging, redact, redact_url
+from service.observability.logging import configure_logging
+from service.observability.redaction import redact, redact_url
 from service.settings import load_settings
 from tests.support.client import Client
 
