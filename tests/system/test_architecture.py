@@ -1,5 +1,5 @@
-"""The shape of the code, as policy: layers import only downwards, packages form no cycle, and a
-part reaches another's objects through that part's own accessor, never by a string key."""
+"""The shape of the code, as policy, where it takes a process to see: importing the service does
+no work."""
 
 from __future__ import annotations
 
