@@ -61,6 +61,15 @@ LoginResult = Literal["success", "invalid_credentials", "invalid_input", "rate_l
 LOGIN_RESULTS: tuple[LoginResult, ...] = get_args(LoginResult)
 LogoutScope = Literal["session", "all"]
 LOGOUT_SCOPES: tuple[LogoutScope, ...] = get_args(LogoutScope)
+# Why POST /api/rum refuses a beacon or an entry of one (observability/rum.py gives each a message).
+BeaconRejection = Literal[
+    "body_too_large", "malformed", "too_many_entries", "unknown_metric", "invalid_value",
+    "foreign_origin", "rate_limited",
+]  # fmt: skip
+BEACON_REJECTIONS: tuple[BeaconRejection, ...] = get_args(BeaconRejection)
+# The lines beacons can cause, each under a log budget.
+LoggedBeaconEvent = Literal["frontend_error", "web_vital_poor"]
+LOGGED_BEACON_EVENTS: tuple[LoggedBeaconEvent, ...] = get_args(LoggedBeaconEvent)
 
 
 @dataclass(frozen=True)
@@ -164,10 +173,12 @@ FAMILIES: tuple[MetricFamily, ...] = (
            "API requests that failed in browsers (network error or 5xx), by route template.",
            ("endpoint",)),
     MetricFamily("frontend_rejected", "frontend_beacons_rejected_total", "counter",
-           "Beacons or beacon entries refused by POST /api/rum, by reason.", ("reason",)),
+           "Beacons or beacon entries refused by POST /api/rum, by reason.", ("reason",),
+           zeros=_each("reason", BEACON_REJECTIONS)),
     MetricFamily("frontend_log_dropped", "frontend_log_lines_dropped_total", "counter",
            "Log lines from beacons (frontend_error, web_vital_poor) over the log budget (per "
-           "client address, per worker), not written, by event.", ("event",)),
+           "client address, per worker), not written, by event.", ("event",),
+           zeros=_each("event", LOGGED_BEACON_EVENTS)),
     # ---- the process and its workers
     MetricFamily("process_cpu", "process_cpu_seconds_total", "counter",
            "User and system CPU time of the process."),

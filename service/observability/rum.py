@@ -23,7 +23,7 @@ import orjson
 import structlog
 from werkzeug.routing import Map, MapAdapter, Rule
 
-from service.observability.families import OTHER, VITAL_THRESHOLDS
+from service.observability.families import OTHER, VITAL_THRESHOLDS, BeaconRejection
 from service.observability.metrics import Metrics, method_label
 from service.observability.redaction import mask_secrets
 from service.settings import Settings
@@ -43,7 +43,6 @@ LOG_LINES_PER_SECOND = 10.0
 LOG_LINES_BURST = 100
 CLIENT_LOG_LINES_PER_SECOND = 1.0
 CLIENT_LOG_LINES_BURST = 20
-LOGGED_EVENTS = ("frontend_error", "web_vital_poor")
 VITALS = frozenset({"FCP", "LCP", "INP", "TTFB"})
 CORE_VITALS = frozenset({"LCP", "CLS", "INP"})  # a poor one is logged with its culprit
 # The values the web-vitals library gives these fields; anything else is left out of the log.
@@ -70,7 +69,7 @@ ERROR_KINDS = frozenset(
     }
 )  # fmt: skip
 # Why a beacon, or an entry of one, is refused: the `reason` label and the client's message.
-REJECTIONS: dict[str, str] = {
+REJECTIONS: dict[BeaconRejection, str] = {
     "body_too_large": f"The beacon is larger than {MAX_BODY_BYTES // 1024} KB.",
     "malformed": "The beacon is not a JSON object of the documented shape.",
     "too_many_entries": f"The beacon holds more than {MAX_ENTRIES} entries.",
@@ -79,7 +78,6 @@ REJECTIONS: dict[str, str] = {
     "foreign_origin": "Beacons from this origin are not accepted.",
     "rate_limited": "Too many beacons from this client; retry later.",
 }
-REJECTION_REASONS = tuple(REJECTIONS)
 # Anything around an @, so that an address cut short (`alice.smith@ex`) is still one.
 _EMAIL = re.compile(r"[^\s@<>\"'()\[\],;/]+@[^\s<>\"'()\[\],;/]*")
 _LONG_NUMBER = re.compile(r"\d{4,}")
@@ -97,7 +95,7 @@ _LONG_TOKEN = re.compile(
 
 
 class Rejected(Exception):
-    def __init__(self, reason: str, status: int) -> None:
+    def __init__(self, reason: BeaconRejection, status: int) -> None:
         super().__init__(reason)
         self.reason = reason
         self.status = status
@@ -114,12 +112,8 @@ class BeaconReceiver:
         self._buckets = _TokenBuckets(settings.rum_rate_per_second, settings.rum_burst)
         self._log_budget = _TokenBuckets(LOG_LINES_PER_SECOND, LOG_LINES_BURST, capacity=1)
         self._client_log_budget = _TokenBuckets(CLIENT_LOG_LINES_PER_SECOND, CLIENT_LOG_LINES_BURST)
-        for reason in REJECTION_REASONS:  # exported from 0
-            metrics.frontend_rejected.add({"reason": reason}, 0)
-        for event in LOGGED_EVENTS:
-            metrics.frontend_log_dropped.add({"event": event}, 0)
 
-    def reject(self, reason: str, status: int) -> Rejected:
+    def reject(self, reason: BeaconRejection, status: int) -> Rejected:
         self.metrics.frontend_rejected.inc({"reason": reason})
         return Rejected(reason, status)
 

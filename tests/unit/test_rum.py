@@ -15,6 +15,7 @@ from quart import Quart
 
 from service.app import create_app
 from service.observability.context import add_request_context
+from service.observability.families import BEACON_REJECTIONS
 from service.observability.rum import (
     ATTRIBUTION_MILLISECONDS,
     CLIENT_LOG_LINES_BURST,
@@ -22,7 +23,7 @@ from service.observability.rum import (
     ERROR_KINDS,
     LOG_LINES_BURST,
     NAVIGATION_TYPES,
-    REJECTION_REASONS,
+    REJECTIONS,
     VITALS,
 )
 from service.settings import Settings
@@ -559,4 +560,8 @@ async def _post_random_payloads(rum_app: Quart) -> None:
         assert label.get("endpoint", "other") in templates
         assert label.get("metric", "FCP") in VITALS
         assert label.get("kind", "other") in ERROR_KINDS | {"other"}
-        assert label.get("reason", "malformed") in REJECTION_REASONS
+        assert label.get("reason", "malformed") in BEACON_REJECTIONS
+
+
+def test_every_refusal_reason_has_its_message() -> None:
+    assert sorted(REJECTIONS) == sorted(BEACON_REJECTIONS)
