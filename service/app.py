@@ -299,7 +299,7 @@ def create_app(settings: Settings | None = None) -> ServiceApp:
         metrics_blueprint.create_blueprint(settings, metrics, parts.shared_metrics)
     )
     app.register_blueprint(health.create_blueprint(health_monitor))
-    app.register_blueprint(rum.create_blueprint(app, settings, metrics))
+    app.register_blueprint(rum.create_blueprint(app.url_map, settings, metrics))
     app.register_blueprint(
         auth.create_blueprint(settings, metrics, parts.sessions, database, cache, parts.passwords)
     )

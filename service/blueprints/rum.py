@@ -7,8 +7,9 @@ from collections.abc import Awaitable, Callable
 from pathlib import Path
 
 from pydantic import BaseModel
-from quart import Blueprint, Quart, Response, request
+from quart import Blueprint, Response, request
 from quart_schema import document_request, document_response, hide
+from werkzeug.routing import Map
 
 from service.http.api_docs import NoContent, declare_errors
 from service.http.errors import APIError
@@ -50,12 +51,12 @@ class Beacon(BaseModel):
     api: list[ApiEntry] = []
 
 
-def create_blueprint(app: Quart, settings: Settings, metrics: Metrics) -> Blueprint:
-    """`POST /api/rum` and the demo page. API timings are labelled by the templates of `app`'s
-    routes: the receiver matches against its URL map, which sees routes registered later too
+def create_blueprint(routes: Map, settings: Settings, metrics: Metrics) -> Blueprint:
+    """`POST /api/rum` and the demo page. API timings are labelled by the templates of the app's
+    `routes`: the receiver matches against that URL map, which sees routes registered later too
     (werkzeug brings a bound map up to date before each match)."""
     blueprint = Blueprint("rum", __name__)
-    receiver = BeaconReceiver(metrics, settings, app.url_map.bind("localhost"))
+    receiver = BeaconReceiver(metrics, settings, routes.bind("localhost"))
 
     @blueprint.post("/api/rum")
     @document_request(Beacon)

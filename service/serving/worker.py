@@ -2,11 +2,12 @@
 stop the supervisor (supervisor.py) asks for.
 
 The worker serves the app's ASGI stack as it is and reaches the app only through its stop hooks
-(`StoppableApp`, service/app.py). A stop: readiness turns 503 and HTTP/1 answers say
-`Connection: close` (`begin_draining`); for DRAIN_SECONDS it keeps accepting; it stops accepting,
-serves for a moment what already arrived on open connections, then hands over to hypercorn (idle
-connections closed, requests in flight finished up to `graceful_timeout`, the app's shutdown);
-a moment before `graceful_timeout` what is left is ended on the app's terms (`_end_in_time`).
+(`StoppableApp` below, which service/app.py's ServiceApp provides). A stop: readiness turns 503
+and HTTP/1 answers say `Connection: close` (`begin_draining`); for DRAIN_SECONDS it keeps
+accepting; it stops accepting, serves for a moment what already arrived on open connections,
+then hands over to hypercorn (idle connections closed, requests in flight finished up to
+`graceful_timeout`, the app's shutdown); a moment before `graceful_timeout` what is left is
+ended on the app's terms (`_end_in_time`).
 """
 
 from __future__ import annotations

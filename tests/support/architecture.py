@@ -24,7 +24,7 @@ LAYERS: list[tuple[str, tuple[str, ...]]] = [
     # The composition root, and what hypercorn serves.
     ("app", ("service.app", "service.asgi")),
 ]
-# The package's own __init__ (it exports create_app) stands above everything.
+# The package's own __init__ (a docstring only) stands above everything.
 ROOT_MODULE = "service"
 
 

@@ -273,7 +273,7 @@ def test_every_declared_family_is_exported_as_declared(tmp_path: Path) -> None:
         collector = getattr(metrics, family.attribute)
         assert isinstance(collector, kinds[family.kind]), family.name
         assert collector.name == family.name
-        assert family.attribute in Metrics.__annotations__
+        assert Metrics.__annotations__[family.attribute] == kinds[family.kind].__name__
         for labels in family.zeros:
             assert collector.get(labels) == 0, (family.name, labels)
     assert sorted(c.name for c in metrics.registry.get_all()) == sorted(f.name for f in FAMILIES)
