@@ -33,6 +33,7 @@ from service.observability.metrics import Metrics
 from service.serving.supervisor import EXIT_OK, serve
 from service.serving.worker import EXIT_CANNOT_SERVE, end_margin
 from service.settings import Settings, SettingsError, load_settings
+from service.version import VERSION
 
 EXIT_BAD_CONFIGURATION = 2
 _STOP_MARGIN_SECONDS = 5.0
@@ -58,10 +59,23 @@ logger = structlog.get_logger("service.serving.cli")
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="scene-packer", description=__doc__.split("\n\n")[0])
+    parser.add_argument("--version", action="version", version=f"scene-packer {VERSION}")
     commands = parser.add_subparsers(dest="command", required=True)
     serve_parser = commands.add_parser("serve", help="check, then serve with hypercorn")
     serve_parser.add_argument(
         "--config", default="hypercorn.toml", type=Path, help="hypercorn's TOML file"
+    )
+    serve_parser.add_argument(
+        "--bind",
+        action="append",
+        metavar="HOST:PORT",
+        help="where to listen, instead of the file's `bind` (repeat for several, as hypercorn)",
+    )
+    serve_parser.add_argument(
+        "--workers",
+        type=_positive,
+        metavar="N",
+        help="worker processes, instead of the file's `workers`",
     )
     commands.add_parser("check", help="settings, backends and schema: one line each")
     commands.add_parser("migrate", help="bring the database schema to the code's head")
@@ -82,13 +96,27 @@ def main(argv: list[str] | None = None) -> int:
         return _print_checks(asyncio.run(_check(settings)), settings)
     configure_logging(settings)
     if arguments.command == "serve":
-        return _serve(settings, arguments.config)
+        return _serve(settings, arguments.config, arguments.bind, arguments.workers)
     return asyncio.run(_migrate(settings))
 
 
-def _serve(settings: Settings, config_path: Path) -> int:
+def _positive(text: str) -> int:
+    number = int(text)
+    if number < 1:
+        raise argparse.ArgumentTypeError(f"must be 1 or more, not {number}")
+    return number
+
+
+def _serve(
+    settings: Settings, config_path: Path, binds: list[str] | None, workers: int | None
+) -> int:
     try:
         config = Config.from_toml(config_path)
+        # The command line wins over the file, as with hypercorn itself.
+        if binds:
+            config.bind = binds
+        if workers is not None:
+            config.workers = workers
         _check_server_config(config)
         _fit_the_stop(settings, config, config_path)
     except (OSError, ValueError, TypeError) as error:

@@ -13,11 +13,19 @@ from pathlib import Path
 import httpx
 import pytest
 
+from service.version import VERSION
 from tests.support import ROOT
 from tests.support.backends import REDIS_URL
 from tests.support.faults import HungServer
-from tests.support.server import PRODUCTION_ENV, SCENE_PACKER, running_server, to_toml
-from tests.support.waiting import until
+from tests.support.server import (
+    PRODUCTION_ENV,
+    SCENE_PACKER,
+    free_port,
+    is_live,
+    running_server,
+    to_toml,
+)
+from tests.support.waiting import until, wait_until
 
 
 def scene_packer(*args: str, env: dict[str, str]) -> subprocess.CompletedProcess[str]:
@@ -193,3 +201,39 @@ async def test_a_stop_during_the_start_up_checks_exits_0(tmp_path: Path) -> None
     assert process.returncode == 0, output.decode()
     events = [json.loads(line) for line in output.decode().splitlines() if line.startswith("{")]
     assert events[-1]["event"] == "server_stopped"
+
+
+def test_version_and_a_bad_option() -> None:
+    version = scene_packer("--version", env={})
+    assert (version.returncode, version.stdout.strip()) == (0, f"scene-packer {VERSION}")
+    refused = scene_packer("serve", "--workers", "0", env={})
+    assert refused.returncode == 2
+    assert "--workers: must be 1 or more" in refused.stderr
+
+
+def test_serve_listens_where_the_command_line_says(tmp_path: Path) -> None:
+    """`--bind` and `--workers` win over the file, as hypercorn's own options do."""
+    in_file, on_command_line = free_port(), free_port()
+    config = tmp_path / "hypercorn.toml"
+    config.write_text(to_toml({"bind": [f"127.0.0.1:{in_file}"], "workers": 3}))
+    env = {**PRODUCTION_ENV, "DATA_DIR": str(tmp_path / "data"), "PATH": os.environ["PATH"]}
+    command = [*SCENE_PACKER, "serve", "--config", str(config)]
+    command += ["--bind", f"127.0.0.1:{on_command_line}", "--workers", "1"]
+    output = tmp_path / "serve.log"
+    with output.open("wb") as log:
+        process = subprocess.Popen(command, cwd=ROOT, env=env, stdout=log, stderr=subprocess.STDOUT)
+    try:
+        wait_until(
+            lambda: is_live(f"http://127.0.0.1:{on_command_line}"), 120, "never served there"
+        )
+        assert not is_live(f"http://127.0.0.1:{in_file}")
+    finally:
+        process.send_signal(signal.SIGTERM)
+        assert process.wait(120) == 0
+    (started,) = [
+        json.loads(line)
+        for line in output.read_text().splitlines()
+        if line.startswith("{") and '"server_started"' in line
+    ]
+    assert started["workers"] == 1
+    assert started["bind"] == [f"127.0.0.1:{on_command_line}"]
