@@ -277,16 +277,19 @@ def _dark_links() -> dict[str, Any]:
     }
 
 
-def _port(url: str) -> int:
-    return int(url.rsplit(":", 1)[1].split("/")[0])
+@contextmanager
+def _proxied(url: str) -> Iterator[tuple[TcpProxy, str]]:
+    """A proxy in front of the service at `url`, and `url` through it."""
+    port = int(url.rsplit(":", 1)[1].split("/")[0])
+    with _proxy(port) as proxy:
+        yield proxy, url.replace(f":{port}/", f":{proxy.port}/")
 
 
 def _dark_pooled_database() -> dict[str, Any]:
     """Each run: a login through a fresh pooled connection, the link goes dark, the next login
     meets the hung pooled connection; then the link is back."""
     timeout = 3.0
-    with _proxy(_port(DATABASE_URL)) as proxy:
-        via = DATABASE_URL.replace(f":{_port(DATABASE_URL)}/", f":{proxy.port}/")
+    with _proxied(DATABASE_URL) as (proxy, via):
         env = {
             **PRODUCTION,
             "DATABASE_URL": via,
@@ -318,8 +321,7 @@ def _dark_pooled_database() -> dict[str, Any]:
 
 def _dark_redis_signed_in_read() -> dict[str, Any]:
     """A signed-in user's reads while Redis has gone silent on every open connection."""
-    with _proxy(_port(REDIS_URL)) as proxy:
-        via = REDIS_URL.replace(f":{_port(REDIS_URL)}/", f":{proxy.port}/")
+    with _proxied(REDIS_URL) as (proxy, via):
         env = {
             **PRODUCTION,
             "DATABASE_URL": DATABASE_URL,

@@ -5,10 +5,13 @@ from __future__ import annotations
 
 import asyncio
 import threading
+from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
+from contextlib import contextmanager
 
 import structlog
 
-from service.app import create_app
+from service.app import ServiceApp, create_app
 from service.settings import Settings
 from tests.support.client import login
 from tests.support.metrics_helpers import parse
@@ -17,6 +20,29 @@ from tests.support.waiting import until
 # Generous: only tells "bounded by the deadline" from "waited for the client timeouts" (60 s).
 DEADLINE = 1.0
 BOUND = DEADLINE + 5
+
+
+def _one_hashing_thread(settings: Settings, request_timeout: float) -> ServiceApp:
+    """An app whose logins queue behind one hashing thread, with no login limit in the way."""
+    update = {
+        "request_timeout": request_timeout,
+        "password_hash_threads": 1,
+        "login_limit_per_ip": 1000,
+        "login_limit_per_username": 1000,
+    }
+    return create_app(settings.model_copy(update=update))
+
+
+@contextmanager
+def _hashing_thread_held(app: ServiceApp) -> Iterator[ThreadPoolExecutor]:
+    """The app's one hashing thread kept busy for the block (then released): the pool."""
+    busy = threading.Event()
+    pool = app.parts.passwords.pool
+    pool.submit(busy.wait, BOUND * 3)
+    try:
+        yield pool
+    finally:
+        busy.set()
 
 
 async def test_the_sweeper_stops_with_the_app(settings: Settings) -> None:
@@ -35,25 +61,14 @@ async def test_logins_queued_for_the_hashing_pool_past_the_deadline_say_so(
     """One hashing thread, held busy until every login has answered: the logins queued for the
     pool at their deadline answer 503 `dependency_timeout`, logged with `waiting_on`
     `password_hashing` (this worker's own capacity), and are counted against no dependency."""
-    update = {
-        # Time to reach the pool (the body, the limits, the user's row) on a busy machine.
-        "request_timeout": 2 * DEADLINE,
-        "password_hash_threads": 1,
-        "login_limit_per_ip": 1000,
-        "login_limit_per_username": 1000,
-    }
-    app = create_app(settings.model_copy(update=update))
+    # Time to reach the pool (the body, the limits, the user's row) on a busy machine.
+    app = _one_hashing_thread(settings, request_timeout=2 * DEADLINE)
     async with app.test_app() as test_app:
         client = test_app.test_client()
-        busy = threading.Event()
-        app.parts.passwords.pool.submit(busy.wait, BOUND * 3)
-        try:
-            with structlog.testing.capture_logs() as logs:
-                answers = await asyncio.wait_for(
-                    asyncio.gather(*(login(client, f"queued-{i}") for i in range(5))), BOUND
-                )
-        finally:
-            busy.set()
+        with _hashing_thread_held(app), structlog.testing.capture_logs() as logs:
+            answers = await asyncio.wait_for(
+                asyncio.gather(*(login(client, f"queued-{i}") for i in range(5))), BOUND
+            )
         assert [answer.status_code for answer in answers] == [503] * 5
         bodies = [await answer.get_json() for answer in answers]
         assert {body["error"]["code"] for body in bodies} == {"dependency_timeout"}
@@ -72,26 +87,14 @@ async def test_requests_still_working_when_the_stop_runs_out_answer_503_shutting
     logins queued behind a busy hashing thread, far from their deadline, each answer 503
     `shutting_down` with Retry-After and their request id (hypercorn would have cancelled them
     with an empty 500), and each is logged with what it was waiting on."""
-    update = {
-        "request_timeout": BOUND * 10,
-        "password_hash_threads": 1,
-        "login_limit_per_ip": 1000,
-        "login_limit_per_username": 1000,
-    }
-    app = create_app(settings.model_copy(update=update))
+    app = _one_hashing_thread(settings, request_timeout=BOUND * 10)
     async with app.test_app() as test_app:
         client = test_app.test_client()
-        pool = app.parts.passwords.pool
-        busy = threading.Event()
-        pool.submit(busy.wait, BOUND * 3)
-        try:
-            with structlog.testing.capture_logs() as logs:
-                logins = [asyncio.ensure_future(login(client, f"late-{i}")) for i in range(5)]
-                await until(lambda: pool._work_queue.qsize() == 5, BOUND, "the logins never queued")
-                assert app.stop_in_flight() == 5
-                answers = await asyncio.wait_for(asyncio.gather(*logins), BOUND)
-        finally:
-            busy.set()
+        with _hashing_thread_held(app) as pool, structlog.testing.capture_logs() as logs:
+            logins = [asyncio.ensure_future(login(client, f"late-{i}")) for i in range(5)]
+            await until(lambda: pool._work_queue.qsize() == 5, BOUND, "the logins never queued")
+            assert app.stop_in_flight() == 5
+            answers = await asyncio.wait_for(asyncio.gather(*logins), BOUND)
         assert [answer.status_code for answer in answers] == [503] * 5
         assert {answer.headers["Retry-After"] for answer in answers} == {"1"}
         errors = [(await answer.get_json())["error"] for answer in answers]
