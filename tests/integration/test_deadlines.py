@@ -20,6 +20,7 @@ from service.settings import Settings
 from tests.support.client import Client, login, register, session_cookie
 from tests.support.faults import HungServer, TcpProxy
 from tests.support.metrics_helpers import parse, value
+from tests.support.waiting import until
 
 # Generous: only tells "bounded by the deadline" from "waited for the client timeouts" (60 s).
 DEADLINE = 1.0
@@ -222,10 +223,18 @@ async def test_a_pooled_connection_that_hangs_is_answered_first_and_closed_after
         "health_refresh_seconds": 0,
     }
     app = create_app(settings.model_copy(update=update))
+    database = app.parts.database
     try:
         async with app.test_app() as test_app:
             client = test_app.test_client()
             assert (await register(client)).status_code == 201  # a connection in the pool
+            # The start-up purge of expired sessions runs on the pool too: done before the hang,
+            # or its statement would be the one left hanging.
+            await until(
+                lambda: database.engine.sync_engine.pool.checkedout() == 0,
+                BOUND,
+                "the pool stays busy",
+            )
             pooled = proxy.hang()
             assert pooled >= 1
             with structlog.testing.capture_logs() as logs:
@@ -236,7 +245,7 @@ async def test_a_pooled_connection_that_hangs_is_answered_first_and_closed_after
             assert (await answer.get_json())["error"]["code"] == "dependency_timeout"
             late = [line for line in logs if line["event"] == "request_deadline_exceeded"]
             assert [line["waiting_on"] for line in late] == ["database"]
-            assert app.parts.database.engine.sync_engine.pool.checkedout() == 0
+            assert database.engine.sync_engine.pool.checkedout() == 0
             await proxy.cut()  # the dark path resets: the close ends
             proxy.hung = False
             await proxy.start()
