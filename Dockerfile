@@ -4,14 +4,16 @@
 # root filesystem; DATA_DIR and /tmp are the writable volumes.
 
 FROM python:3.11-slim AS build
-WORKDIR /app
-COPY pyproject.toml README.md ./
+WORKDIR /src
+COPY pyproject.toml README.md hypercorn.toml constraints.txt ./
 COPY service ./service
 COPY alembic ./alembic
-# Installed in place (-e): the migrations are found beside the package (service/backends/db/engine.py
-# reads alembic/ next to service/), as in a checkout.
+# The wheel, as an adopter installs it: it carries the migrations and a default server file
+# (service/backends/db/migrations and service/serving/hypercorn.toml link to the top-level ones),
+# and its dependencies at the versions CI tested (constraints.txt).
 RUN python -m venv /opt/scene-packer \
-    && /opt/scene-packer/bin/pip install --no-cache-dir -e .
+    && /opt/scene-packer/bin/pip wheel --no-cache-dir --no-deps --wheel-dir /dist . \
+    && /opt/scene-packer/bin/pip install --no-cache-dir -c constraints.txt /dist/*.whl
 
 FROM python:3.11-slim
 ENV PATH=/opt/scene-packer/bin:$PATH \
@@ -24,8 +26,7 @@ RUN groupadd --gid 10001 scene-packer \
     && mkdir -p /var/lib/scene-packer /etc/scene-packer \
     && chown 10001:10001 /var/lib/scene-packer
 COPY --from=build /opt/scene-packer /opt/scene-packer
-COPY --from=build /app /app
-WORKDIR /app
+WORKDIR /var/lib/scene-packer
 COPY deploy/kubernetes/base/hypercorn.toml /etc/scene-packer/hypercorn.toml
 USER 10001
 EXPOSE 8000

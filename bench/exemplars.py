@@ -34,6 +34,7 @@ from service.http.request_record import RequestObserver
 from service.observability import exposition
 from service.observability.metrics import Metrics
 from service.settings import load_settings
+from tests.support.server import embedded_backends
 
 _PLAIN = _SCOPE
 _TRACED = {
@@ -56,7 +57,12 @@ def _recording_us(metrics: Metrics, request_id: str | None) -> float:
 def run() -> None:
     results: dict[str, Any] = {}
     with TemporaryDirectory() as tmp, open(os.devnull, "w") as devnull:
-        settings = load_settings(environment="production", secret_key="x" * 40, data_dir=Path(tmp))
+        settings = load_settings(
+            environment="production",
+            secret_key="x" * 40,
+            data_dir=Path(tmp),
+            **{k.lower(): v for k, v in embedded_backends(Path(tmp)).items()},
+        )
         _configure(settings, devnull)  # before the observer, which binds its logger when made
         metrics = Metrics(settings)
         observed = RequestObserver(

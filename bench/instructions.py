@@ -39,7 +39,7 @@ import httpx
 
 from bench.machine import write
 from bench.serving import ROOT, wait_ready
-from tests.support.server import to_toml
+from tests.support.server import embedded_backends, to_toml
 
 FEW, MANY = 200, 1_200
 # Through hypercorn the count still moves by a few thousand instructions per request between
@@ -152,7 +152,7 @@ def _table(per_request: dict[str, float], decimals: int) -> list[str]:
 
 
 def _count(variant: str, requests: int) -> int:
-    env = {**os.environ, **_ENV, **VARIANTS[variant]}
+    env = {**os.environ, **embedded_backends(Path("var")), **_ENV, **VARIANTS[variant]}
     command = [
         "valgrind", "--tool=callgrind", "--callgrind-out-file=/dev/null",
         sys.executable, "-m", "bench.instructions", "--serve", str(requests),
@@ -173,6 +173,7 @@ def _count_server(variant: str, requests: int) -> int:
         config.write_text(to_toml(settings))
         env = {
             "PATH": os.environ["PATH"], "DATA_DIR": str(Path(tmp) / "data"),
+            **embedded_backends(Path(tmp) / "data"),
             "HEALTH_REFRESH_SECONDS": "0", **_ENV, **SERVER_VARIANTS[variant],
         }  # fmt: skip
         command = [

@@ -19,6 +19,7 @@ from service.http.request_record import REQUEST_LOGGER
 from service.observability.context import bind_route, bind_user, start_request
 from service.observability.logging import configure_logging
 from service.settings import load_settings
+from tests.support.server import embedded_backends
 
 ITERATIONS = 20_000
 RUNS = 7
@@ -26,7 +27,12 @@ RUNS = 7
 
 def run() -> None:
     with TemporaryDirectory() as tmp, open(os.devnull, "w") as devnull:
-        settings = load_settings(environment="production", secret_key="x" * 40, data_dir=Path(tmp))
+        settings = load_settings(
+            environment="production",
+            secret_key="x" * 40,
+            data_dir=Path(tmp),
+            **{k.lower(): v for k, v in embedded_backends(Path(tmp)).items()},
+        )
         configure_logging(settings, devnull)
         logger = structlog.get_logger(REQUEST_LOGGER)
         bind_only = [_measure(lambda: _bind(), ITERATIONS) for _ in range(RUNS)]

@@ -20,6 +20,7 @@ from quart_auth.extension import _AuthSerializer
 from bench.machine import write
 from bench.serving import hypercorn, wrk
 from tests.support.metrics_helpers import parse
+from tests.support.server import embedded_backends
 
 USERS = 1000
 PATHS = 1000
@@ -34,6 +35,7 @@ def run() -> None:
             "ENVIRONMENT": "production",
             "SECRET_KEY": SECRET,
             "DATA_DIR": str(data_dir),
+            **embedded_backends(data_dir),
             "LOG_LEVEL": "WARNING",
             "HEALTH_REFRESH_SECONDS": "0",
         }

@@ -22,6 +22,7 @@ from service.observability.context import bind_route
 from service.observability.logging import configure_logging
 from service.observability.metrics import Metrics
 from service.settings import Settings, load_settings
+from tests.support.server import embedded_backends
 
 REQUESTS = 20_000
 RUNS = 7
@@ -97,7 +98,12 @@ def _configure(settings: Settings, stream: Any) -> None:
 def run() -> None:
     results: dict[str, Any] = {}
     with TemporaryDirectory() as tmp, open(os.devnull, "w") as devnull:
-        settings = load_settings(environment="production", secret_key="x" * 40, data_dir=Path(tmp))
+        settings = load_settings(
+            environment="production",
+            secret_key="x" * 40,
+            data_dir=Path(tmp),
+            **{k.lower(): v for k, v in embedded_backends(Path(tmp)).items()},
+        )
         quiet = settings.model_copy(update={"log_level": "WARNING"})
         metrics = Metrics(settings)
         observed = RequestObserver(

@@ -16,6 +16,8 @@ from pydantic import Field, SecretStr, ValidationError, field_validator, model_v
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 from werkzeug.routing import Map, Rule
 
+# REDIS_URL's value for the in-process cache, said explicitly (production must say something).
+IN_PROCESS_CACHE = "memory://"
 DEVELOPMENT_SECRET_KEY = "development-only-secret-key-do-not-use-in-production"
 MIN_PRODUCTION_SECRET_KEY_LENGTH = 32
 CheckName = Literal["database", "cache", "disk", "memory"]
@@ -144,8 +146,11 @@ class Settings(BaseSettings):
     def _supported_redis(cls, value: SecretStr | None) -> SecretStr | None:
         if value is None or not value.get_secret_value():
             return None
-        if not value.get_secret_value().startswith(("redis://", "rediss://", "unix://")):
-            raise ValueError("must start with redis://, rediss:// or unix://")
+        url = value.get_secret_value()
+        if url != IN_PROCESS_CACHE and not url.startswith(("redis://", "rediss://", "unix://")):
+            raise ValueError(
+                f"must start with redis://, rediss:// or unix://, or be {IN_PROCESS_CACHE}"
+            )
         return value
 
     @field_validator(
@@ -221,6 +226,29 @@ class Settings(BaseSettings):
                 )
         return self
 
+    @model_validator(mode="after")
+    def _production_names_its_backends(self) -> Settings:
+        """The embedded defaults (SQLite under DATA_DIR, a cache in each process) lose every
+        user with the container and disagree between instances: production says what it uses,
+        even when that is SQLite (`sqlite+aiosqlite:///…`) or the in-process cache (`memory://`)."""
+        if self.environment is Environment.PRODUCTION:
+            unset = [
+                name
+                for name, value in (
+                    ("DATABASE_URL", self.database_url),
+                    ("REDIS_URL", self.redis_url),
+                )
+                if value is None
+            ]
+            if unset:
+                raise ValueError(
+                    f"{', '.join(unset)}: production needs "
+                    f"{'them' if len(unset) > 1 else 'it'} set (PostgreSQL and Redis; for one "
+                    "instance on purpose, DATABASE_URL=sqlite+aiosqlite:///path/to/file.db and "
+                    f"REDIS_URL={IN_PROCESS_CACHE})"
+                )
+        return self
+
     def changed(self) -> dict[str, Any]:
         """The settings that differ from their defaults, by environment name; secrets as
         `[REDACTED]` (URLs keep their scheme and host, their password masked by the log)."""
@@ -267,6 +295,10 @@ class Settings(BaseSettings):
     @property
     def uses_embedded_database(self) -> bool:
         return self.effective_database_url.startswith("sqlite")
+
+    @property
+    def uses_redis(self) -> bool:
+        return self.redis_url is not None and self.redis_url.get_secret_value() != IN_PROCESS_CACHE
 
     @property
     def rum_demo(self) -> bool:

@@ -357,8 +357,9 @@ def _gcra_wait(tat: float, now: float, interval: float, period: float) -> float:
 
 
 def create_cache(settings: Settings) -> Cache:
-    if settings.redis_url is None:
+    if not settings.uses_redis:
         return MemoryCache()
+    assert settings.redis_url is not None
     client = aioredis.Redis.from_url(
         settings.redis_url.get_secret_value(),
         # Replies are timed by RedisCache itself (_RedisCommand); connects by redis-py.

@@ -19,6 +19,7 @@ import signal
 import socket
 import sys
 import tomllib
+from importlib.resources import files
 from pathlib import Path
 from typing import Any
 
@@ -63,7 +64,10 @@ def main(argv: list[str] | None = None) -> int:
     commands = parser.add_subparsers(dest="command", required=True)
     serve_parser = commands.add_parser("serve", help="check, then serve with hypercorn")
     serve_parser.add_argument(
-        "--config", default="hypercorn.toml", type=Path, help="hypercorn's TOML file"
+        "--config",
+        type=Path,
+        help="hypercorn's TOML file (default: ./hypercorn.toml if there is one, else the "
+        "package's own: 127.0.0.1:8000, 1 worker)",
     )
     serve_parser.add_argument(
         "--bind",
@@ -96,8 +100,16 @@ def main(argv: list[str] | None = None) -> int:
         return _print_checks(asyncio.run(_check(settings)), settings)
     configure_logging(settings)
     if arguments.command == "serve":
-        return _serve(settings, arguments.config, arguments.bind, arguments.workers)
+        config_path = arguments.config or _default_server_config()
+        return _serve(settings, config_path, arguments.bind, arguments.workers)
     return asyncio.run(_migrate(settings))
+
+
+def _default_server_config() -> Path:
+    """./hypercorn.toml when the directory has one (a checkout, an operator's file), else the
+    copy of the repository's hypercorn.toml that the package carries."""
+    here = Path("hypercorn.toml")
+    return here if here.is_file() else Path(str(files(__package__) / "hypercorn.toml"))
 
 
 def _positive(text: str) -> int:
@@ -148,7 +160,7 @@ def _serve(
     if not report.ready:
         logger.error("cannot_serve", failing=report.failing())
         return EXIT_CANNOT_SERVE
-    return serve(APPLICATION, config, sockets, settings.drain_seconds)
+    return serve(APPLICATION, config, sockets, settings.drain_seconds, str(config_path))
 
 
 def _check_server_config(config: Config) -> None:

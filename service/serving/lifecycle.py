@@ -70,7 +70,7 @@ class Lifecycle:
             environment=self.settings.environment.value,
             pid=os.getpid(),
             database=self.settings.effective_database_url.split("://", 1)[0],
-            cache="redis" if self.settings.redis_url is not None else "in-process",
+            cache="redis" if self.settings.uses_redis else "in-process",
             settings_changed=self.settings.changed(),
         )
 

@@ -81,9 +81,16 @@ class Worker:
         return self.process.exitcode is None
 
 
-def serve(application_path: str, config: Config, sockets: Sockets, drain_seconds: float) -> int:
+def serve(
+    application_path: str,
+    config: Config,
+    sockets: Sockets,
+    drain_seconds: float,
+    config_file: str = "",
+) -> int:
     """Run `config.workers` workers (at least one) on `sockets` (made by
-    `config.create_sockets()`) until SIGTERM or SIGINT; the exit code."""
+    `config.create_sockets()`) until SIGTERM or SIGINT; the exit code. `config_file` names
+    where `config` came from, for the start's log line."""
     context = get_context("spawn")
     requests_per_worker = (config.max_requests, config.max_requests_jitter)
     plan = Plan(
@@ -123,6 +130,7 @@ def serve(application_path: str, config: Config, sockets: Sockets, drain_seconds
         "server_started",
         workers=len(slots),
         bind=config.bind,
+        config=config_file,
         pid=os.getpid(),
         open_files_limit=open_files,
     )

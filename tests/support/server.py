@@ -27,6 +27,15 @@ PRODUCTION_ENV = {
 }
 
 
+def embedded_backends(data_dir: Path) -> dict[str, str]:
+    """The embedded database and the in-process cache, named as production must name them
+    (the defaults a development run gets without saying)."""
+    return {
+        "DATABASE_URL": f"sqlite+aiosqlite:///{data_dir / 'scene_packer.db'}",
+        "REDIS_URL": "memory://",
+    }
+
+
 # The console script, run by this interpreter (the project's venv).
 SCENE_PACKER = [sys.executable, "-c", "from service.serving.cli import run; run()"]
 
@@ -129,7 +138,8 @@ def running_server(
     wrapper: Sequence[str] = (),
 ) -> Iterator[Server]:
     """Serve `app` with the repository's hypercorn.toml (bind and `config` overridden), by
-    hypercorn itself or, `supervised`, by `scene-packer serve` (the service's own app only).
+    hypercorn itself or, `supervised`, by `scene-packer serve` (the service's own app only),
+    on the backends `env` names, else the embedded ones (`embedded_backends`).
 
     `wrapper` runs the command (`prlimit --nofile=256:4096 --`). Output (stdout and stderr
     together) goes to a file; the server is stopped with SIGTERM,
@@ -146,6 +156,7 @@ def running_server(
         "DATA_DIR": str(tmp_path / "data"),
         **env,
     }
+    full_env = {**embedded_backends(Path(full_env["DATA_DIR"])), **full_env}
     with output.open("wb") as sink:
         process = subprocess.Popen(
             [

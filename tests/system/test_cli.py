@@ -20,6 +20,7 @@ from tests.support.faults import HungServer
 from tests.support.server import (
     PRODUCTION_ENV,
     SCENE_PACKER,
+    embedded_backends,
     free_port,
     is_live,
     running_server,
@@ -94,6 +95,25 @@ def test_a_bad_setting_exits_2_naming_it(command: str, tmp_path: Path) -> None:
         assert result.stdout.startswith("settings: DB_POOL_SIZE: ")
 
 
+@pytest.mark.parametrize("command", ["check", "serve", "migrate"])
+@pytest.mark.parametrize(
+    ("named", "unset"),
+    [({}, "DATABASE_URL, REDIS_URL"), ({"DATABASE_URL": "sqlite+aiosqlite:///x.db"}, "REDIS_URL")],
+)
+def test_production_without_its_backends_named_exits_2(
+    command: str, named: dict[str, str], unset: str, tmp_path: Path
+) -> None:
+    """The embedded defaults are for development: production names what it runs on."""
+    env = {**PRODUCTION_ENV, **named, "DATA_DIR": str(tmp_path)}
+    result = scene_packer(command, env=env)
+    assert result.returncode == 2, result.stdout + result.stderr
+    (line,) = [line for line in result.stderr.splitlines() if line.startswith("{")]
+    (problem,) = json.loads(line)["problems"]
+    assert problem["setting"] == unset
+    assert "production needs" in problem["problem"]
+    assert not (tmp_path / "scene_packer.db").exists()
+
+
 def test_serve_refuses_an_unmigrated_database(empty_database: str, tmp_path: Path) -> None:
     config = tmp_path / "hypercorn.toml"
     config.write_text(to_toml({"bind": ["127.0.0.1:0"], "workers": 1}))
@@ -117,12 +137,15 @@ def test_serve_with_an_unreadable_config_file_exits_2(tmp_path: Path) -> None:
 def test_a_worker_that_cannot_start_makes_serve_exit_3(tmp_path: Path, workers: int) -> None:
     """METRICS_DIR that is not a directory: the settings are valid, the worker fails to start."""
     (tmp_path / "not-a-dir").write_text("")
-    env = {**PRODUCTION_ENV, "METRICS_DIR": str(tmp_path / "not-a-dir" / "metrics")}
+    env = {
+        **PRODUCTION_ENV,
+        **embedded_backends(tmp_path / "data"),
+        "DATA_DIR": str(tmp_path / "data"),
+        "METRICS_DIR": str(tmp_path / "not-a-dir" / "metrics"),
+    }
     config = tmp_path / "hypercorn.toml"
     config.write_text(to_toml({"bind": ["127.0.0.1:0"], "workers": workers}))
-    result = scene_packer(
-        "serve", "--config", str(config), env={**env, "DATA_DIR": str(tmp_path / "data")}
-    )
+    result = scene_packer("serve", "--config", str(config), env=env)
     assert result.returncode == 3, result.stdout + result.stderr
     events = [json.loads(line) for line in result.stdout.splitlines() if line.startswith("{")]
     names = [e["event"] for e in events]
@@ -155,9 +178,8 @@ def test_a_bad_server_file_is_refused_before_anything_starts(
 ) -> None:
     config = tmp_path / "hypercorn.toml"
     config.write_text(to_toml({"bind": ["127.0.0.1:0"], **server_config}))
-    result = scene_packer(
-        "serve", "--config", str(config), env={**PRODUCTION_ENV, "DATA_DIR": str(tmp_path)}
-    )
+    env = {**PRODUCTION_ENV, **embedded_backends(tmp_path), "DATA_DIR": str(tmp_path)}
+    result = scene_packer("serve", "--config", str(config), env=env)
     assert result.returncode == exit_code, result.stdout + result.stderr
     assert "Traceback" not in result.stdout + result.stderr
     events = [json.loads(line) for line in result.stdout.splitlines() if line.startswith("{")]
@@ -186,6 +208,7 @@ async def test_a_stop_during_the_start_up_checks_exits_0(tmp_path: Path) -> None
         "PATH": os.environ.get("PATH", "/usr/bin:/bin"),
         "DATA_DIR": str(tmp_path),
         "DATABASE_URL": f"postgresql://x@127.0.0.1:{hung.port}/x",
+        "REDIS_URL": "memory://",
         "HEALTH_CHECK_TIMEOUT": "20",
     }
     try:
@@ -216,7 +239,12 @@ def test_serve_listens_where_the_command_line_says(tmp_path: Path) -> None:
     in_file, on_command_line = free_port(), free_port()
     config = tmp_path / "hypercorn.toml"
     config.write_text(to_toml({"bind": [f"127.0.0.1:{in_file}"], "workers": 3}))
-    env = {**PRODUCTION_ENV, "DATA_DIR": str(tmp_path / "data"), "PATH": os.environ["PATH"]}
+    env = {
+        **PRODUCTION_ENV,
+        **embedded_backends(tmp_path / "data"),
+        "DATA_DIR": str(tmp_path / "data"),
+        "PATH": os.environ["PATH"],
+    }
     command = [*SCENE_PACKER, "serve", "--config", str(config)]
     command += ["--bind", f"127.0.0.1:{on_command_line}", "--workers", "1"]
     output = tmp_path / "serve.log"

@@ -18,10 +18,15 @@ from service.observability.redaction import redact, redact_url
 from service.settings import load_settings
 from tests.support.client import Client
 
+# Production names its backends; these tests write log lines only.
+_EMBEDDED = {"database_url": "sqlite+aiosqlite://", "redis_url": "memory://"}
+
 
 def test_timestamps_are_iso_utc_with_microseconds() -> None:
     stream = io.StringIO()
-    configure_logging(load_settings(environment="production", secret_key="x" * 40), stream)
+    configure_logging(
+        load_settings(environment="production", secret_key="x" * 40, **_EMBEDDED), stream
+    )
     before = datetime.now(UTC).replace(microsecond=0)
     structlog.get_logger("t").info("first")
     structlog.get_logger("t").info("second")
@@ -36,7 +41,9 @@ def test_timestamps_are_iso_utc_with_microseconds() -> None:
 
 def test_tracebacks_and_stacks_are_rendered_then_redacted() -> None:
     stream = io.StringIO()
-    configure_logging(load_settings(environment="production", secret_key="x" * 40), stream)
+    configure_logging(
+        load_settings(environment="production", secret_key="x" * 40, **_EMBEDDED), stream
+    )
     dsn = "postgresql://app:hunter2-secret@db:5432/app"
     try:
         raise ConnectionError(f"cannot reach {dsn}")
@@ -113,7 +120,9 @@ def test_control_characters_cannot_forge_a_line(
     raw = io.BytesIO()
     stream: Any = io.TextIOWrapper(raw, encoding="utf-8") if stream_kind == "binary" else None
     text = io.StringIO()
-    settings = load_settings(environment=environment, secret_key="x" * 40, data_dir=tmp_path)
+    settings = load_settings(
+        environment=environment, secret_key="x" * 40, data_dir=tmp_path, **_EMBEDDED
+    )
     configure_logging(settings, stream or text)
     forged = 'a\n{"event": "fake"}\r\x1b[2J\x85{"event": "nel"}\u2028ls\u2029ps'
     structlog.get_logger("t").warning("forge", username=forged)
@@ -144,7 +153,9 @@ def test_secret_shaped_values_are_masked_in_messages_and_tracebacks(
     environment: str, tmp_path: Path
 ) -> None:
     stream = io.StringIO()
-    settings = load_settings(environment=environment, secret_key="x" * 40, data_dir=tmp_path)
+    settings = load_settings(
+        environment=environment, secret_key="x" * 40, data_dir=tmp_path, **_EMBEDDED
+    )
     configure_logging(settings, stream)
     try:
         raise ValueError(f"insert failed: ('bob', '{ARGON2_HASH}', 7) for token={JWT}")

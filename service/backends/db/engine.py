@@ -11,6 +11,7 @@ import fcntl
 from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager, suppress
 from dataclasses import dataclass
+from importlib.resources import files
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 from weakref import WeakKeyDictionary
@@ -37,7 +38,9 @@ from service.unavailable import DependencyUnavailable, FailureReason, failure_re
 if TYPE_CHECKING:
     from alembic.config import Config
 
-ALEMBIC_DIR = Path(__file__).resolve().parents[3] / "alembic"
+# The top-level alembic/ folder, reached through the package (`migrations` links to it in a
+# checkout; the wheel holds a copy): `scene-packer migrate` works from an installed wheel.
+MIGRATIONS_DIR = Path(str(files(__package__) / "migrations"))
 
 
 class DatabaseUnavailable(DependencyUnavailable):
@@ -287,11 +290,11 @@ def _upgrade_to_head(connection: Connection) -> None:
 
 
 def _alembic_config() -> Config:
-    """The repository's migrations, without an alembic.ini (pyproject.toml holds alembic's)."""
+    """The package's migrations, without an alembic.ini (pyproject.toml holds alembic's)."""
     from alembic.config import Config
 
     config = Config()
-    config.set_main_option("script_location", str(ALEMBIC_DIR))
+    config.set_main_option("script_location", str(MIGRATIONS_DIR))
     return config
 
 
