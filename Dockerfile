@@ -1,5 +1,5 @@
 # A container image for the service: `docker build -t scene-packer:2.0.0 .`
-# Not built by this repository's CI (its machines reach no base-image registry): README.md,
+# Not built by this repository's CI (its machines reach no base-image registry): docs/deployment.md,
 # "Running on Kubernetes", says so. deploy/kubernetes/base runs it as user 10001 with a read-only
 # root filesystem; DATA_DIR and /tmp are the writable volumes.
 
@@ -32,7 +32,7 @@ USER 10001
 EXPOSE 8000
 HEALTHCHECK --interval=10s --timeout=3s --start-period=20s --retries=3 \
     CMD ["python", "-c", "import urllib.request, sys; sys.exit(urllib.request.urlopen('http://127.0.0.1:8000/api/health/live', timeout=2).status != 200)"]
-# Drains on SIGTERM (README.md, "Serving, stopping and exit codes"); `scene-packer migrate` and
+# Drains on SIGTERM (docs/serving.md); `scene-packer migrate` and
 # `scene-packer check` are the other commands.
 ENTRYPOINT ["scene-packer"]
 CMD ["serve", "--config", "/etc/scene-packer/hypercorn.toml"]

@@ -1,1 +1,1 @@
-"""Benchmarks: `python -m bench NAME` (see bench/README.md)."""
+"""Benchmarks: `python -m bench NAME` (see docs/benchmarks.md)."""

@@ -175,7 +175,7 @@ class ServiceApp(Quart):
     ) -> ResponseReturnValue | None:
         # Route and user are bound here rather than in a before_request hook: Quart wraps every
         # hook call in `ensure_async` (an `inspect` check per call), which cost more than the
-        # binding itself on every request (bench/README.md, Instructions).
+        # binding itself on every request (docs/benchmarks.md, "Instructions per request").
         request = (request_context or request_ctx).request
         if _routed_path(request.scope).startswith("//"):
             # Werkzeug takes `//metrics` for `/metrics` (its `request.path` strips leading

@@ -18,5 +18,5 @@ except SettingsError as exc:
 
 # What start-up made (modules, classes, the app and its parts, about 100,000 objects) lives as
 # long as the worker: moved out of the garbage collector's sight, a full collection no longer
-# walks it and holds the event loop for tens of ms at a time (bench/README.md, "Scrape").
+# walks it and holds the event loop for tens of ms at a time (docs/benchmarks.md, "Scrape").
 gc.freeze()

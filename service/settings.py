@@ -1,6 +1,7 @@
 """Typed settings, read once from the environment.
 
-Every setting is defined here and nowhere else; README.md's settings table mirrors this class.
+Every setting is defined here and nowhere else, with its documentation: the configuration page of
+the documentation site is generated from this class.
 A bad value raises `SettingsError` whose message names the environment variable.
 """
 
@@ -42,70 +43,312 @@ class SettingsError(ValueError):
 
 
 class Settings(BaseSettings):
+    """Every setting of the service, read from the environment variable of its upper-case name.
+
+    Each field's description is its documentation: the site's configuration page is generated
+    from this class (`docs/configuration.md`), so a setting cannot be added undocumented.
+    `unset` (json_schema_extra) says what an unset setting means when that is not a value.
+    """
+
     model_config = SettingsConfigDict(case_sensitive=False, extra="ignore", frozen=True)
 
-    environment: Environment = Environment.DEVELOPMENT
+    # The service
+    environment: Environment = Field(
+        default=Environment.DEVELOPMENT,
+        description="`development` or `production`. Production logs JSON, sends the session "
+        "cookie over HTTPS only, and refuses to start without `SECRET_KEY`, `DATABASE_URL` and "
+        "`REDIS_URL`.",
+    )
+    secret_key: SecretStr | None = Field(
+        default=None,
+        description="Signs the session and device cookies. Production: required, at least 32 "
+        "characters; the same on every instance.",
+        json_schema_extra={"unset": "a fixed development key"},
+    )
     log_level: str | None = Field(
-        default=None, description="DEBUG, INFO, WARNING, ERROR; default DEBUG in development"
+        default=None,
+        description="`DEBUG`, `INFO`, `WARNING`, `ERROR` or `CRITICAL`.",
+        json_schema_extra={"unset": "`DEBUG` in development, `INFO` in production"},
     )
-    secret_key: SecretStr | None = None
-    log_health_requests: bool = False
-    request_observability: bool = True
-    api_docs: bool = True
+    log_health_requests: bool = Field(
+        default=False,
+        description="Also write `request_finished` lines for `/metrics` and `/api/health*` polls.",
+    )
+    request_observability: bool = Field(
+        default=True,
+        description="`false` turns off the per-request middleware (request context, the "
+        "`request_finished` line, the `http_*` metrics, `X-Request-ID`): for the overhead "
+        "benchmark, not for production.",
+    )
+    api_docs: bool = Field(
+        default=True, description="`false` removes `/openapi.json`, `/docs` and its assets."
+    )
 
-    data_dir: Path = Path("var")
-    database_url: SecretStr | None = None
-    db_pool_size: int = Field(default=10, ge=1, le=200)
-    db_max_overflow: int = Field(default=5, ge=0, le=200)
-    db_pool_timeout: float = Field(default=5.0, gt=0, le=120)
-    db_connect_timeout: float = Field(default=5.0, gt=0, le=120)
-    db_statement_timeout: float = Field(default=10.0, gt=0, le=3600)
+    # The database
+    data_dir: Path = Field(
+        default=Path("var"),
+        description="Where the embedded SQLite database and the workers' shared metric files live.",
+    )
+    database_url: SecretStr | None = Field(
+        default=None,
+        description="`postgresql://…` (or `postgresql+asyncpg://…`) or `sqlite+aiosqlite:///…`. "
+        "Production must set it (SQLite there only on purpose, for one instance).",
+        json_schema_extra={"unset": "SQLite in `DATA_DIR` (development only)"},
+    )
+    db_pool_size: int = Field(
+        default=10, ge=1, le=200, description="Pooled database connections per worker."
+    )
+    db_max_overflow: int = Field(
+        default=5, ge=0, le=200, description="Connections per worker beyond the pool at a peak."
+    )
+    db_pool_timeout: float = Field(
+        default=5.0,
+        gt=0,
+        le=120,
+        description="Seconds a request waits for a pooled connection before a 503.",
+    )
+    db_connect_timeout: float = Field(
+        default=5.0,
+        gt=0,
+        le=120,
+        description="Seconds to open a PostgreSQL connection; also the most a connection the pool "
+        "gave up on (cut at a deadline, broken, hung) may take to close, in the background.",
+    )
+    db_statement_timeout: float = Field(
+        default=10.0,
+        gt=0,
+        le=3600,
+        description="Seconds a statement may run (PostgreSQL's `statement_timeout`, and the "
+        "client's).",
+    )
 
-    redis_url: SecretStr | None = None
-    redis_socket_timeout: float = Field(default=1.0, gt=0, le=60)
-    cache_key_prefix: str = Field(default="scene-packer:", max_length=64)
-    profile_cache_ttl: int = Field(default=300, ge=1, le=86400)
+    # The cache
+    redis_url: SecretStr | None = Field(
+        default=None,
+        description="`redis://`, `rediss://` or `unix://`; `memory://` for the in-process cache "
+        "on purpose. Also holds the rate limits, so that they span workers and instances. "
+        "Production must set it.",
+        json_schema_extra={"unset": "the in-process cache (development only)"},
+    )
+    redis_socket_timeout: float = Field(
+        default=1.0,
+        gt=0,
+        le=60,
+        description="Seconds for a Redis connect or reply. After one times out, the rest of that "
+        "request and every command for as long again fail at once, as a timeout: a hung Redis "
+        "costs a request one timeout, not one per command.",
+    )
+    cache_key_prefix: str = Field(
+        default="scene-packer:",
+        max_length=64,
+        description="Prefix of every Redis key this service writes.",
+    )
+    profile_cache_ttl: int = Field(
+        default=300,
+        ge=1,
+        le=86400,
+        description="Seconds a cached profile (`/api/auth/me`) lives.",
+    )
 
-    max_body_bytes: int = Field(default=64 * 1024, ge=1024, le=64 * 1024 * 1024)
-    request_timeout: float = Field(default=5.0, gt=0, le=300)
-    drain_seconds: float = Field(default=0.0, ge=0, le=600)
-    session_cookie_secure: bool | None = None
-    session_duration_seconds: int = Field(default=7 * 86400, ge=60, le=366 * 86400)
-    session_idle_seconds: int | None = Field(default=None, ge=60, le=366 * 86400)
-    trusted_proxies: Annotated[list[str], NoDecode] = Field(default_factory=list)
+    # Requests
+    max_body_bytes: int = Field(
+        default=64 * 1024,
+        ge=1024,
+        le=64 * 1024 * 1024,
+        description="Larger request bodies get 413 `body_too_large`.",
+    )
+    request_timeout: float = Field(
+        default=5.0,
+        gt=0,
+        le=300,
+        description="Seconds a request may take in all, whatever it waits on (pool, connect, "
+        "statement, Redis, the password-hashing queue): past it the work is cancelled and the "
+        "answer is 503 `dependency_timeout` with `Retry-After: 1`. The time a client takes to "
+        "send its body is its own: the deadline moves by it; a body still arriving at the "
+        "deadline gets 408 `body_timeout`. The per-dependency timeouts matter only when shorter.",
+    )
+    drain_seconds: float = Field(
+        default=0.0,
+        ge=0,
+        le=600,
+        description="On SIGTERM or SIGINT under `scene-packer serve`: seconds each worker keeps "
+        "accepting while readiness answers 503 `draining`, before it stops accepting (what your "
+        "load balancer needs to notice: HAProxy's `inter` × `fall`, an endpoint update).",
+    )
+    trusted_proxies: Annotated[list[str], NoDecode] = Field(
+        default_factory=list,
+        description="Comma-separated addresses or networks whose `X-Forwarded-For` is believed: "
+        "the client behind them (the rightmost untrusted hop) is the address the log, the rate "
+        "limits and the beacon limits see.",
+    )
 
-    metrics_token: SecretStr | None = None
-    metrics_track_probes: bool = False
-    metrics_dir: Path | None = None
-    metrics_sync_interval: float = Field(default=1.0, ge=0.05, le=60)
-    active_user_window_seconds: int = Field(default=300, ge=10, le=86400)
+    # Sign-in
+    session_cookie_secure: bool | None = Field(
+        default=None,
+        description="Send the session cookie over HTTPS only.",
+        json_schema_extra={"unset": "`true` in production, `false` in development"},
+    )
+    session_duration_seconds: int = Field(
+        default=7 * 86400,
+        ge=60,
+        le=366 * 86400,
+        description="Lifetime of a session from its login; it ends then however active.",
+    )
+    session_idle_seconds: int | None = Field(
+        default=None,
+        ge=60,
+        le=366 * 86400,
+        description="End a session unused for this long; each use slides it on.",
+        json_schema_extra={"unset": "off"},
+    )
+    password_min_length: int = Field(
+        default=12,
+        ge=8,
+        le=MAX_PASSWORD_LENGTH,
+        description="Shortest new password accepted at registration.",
+    )
+    password_hash_threads: int | None = Field(
+        default=None,
+        ge=1,
+        le=256,
+        description="Threads per worker that hash passwords (argon2, about 64 MiB each); further "
+        "logins queue. With several workers on one machine, workers × threads ≈ cores.",
+        json_schema_extra={"unset": "one per CPU the worker may run on"},
+    )
+    rate_limit_window_seconds: int = Field(
+        default=60,
+        ge=1,
+        le=86400,
+        description="Window of the sign-in limits. Each is a token bucket (GCRA): its number of "
+        "attempts at once, then one more every window ÷ number seconds; an attempt a limit "
+        "refuses costs nothing of that limit's budget.",
+    )
+    login_limit_per_ip: int = Field(
+        default=20, ge=1, description="Login attempts per client address per window."
+    )
+    login_limit_per_username: int = Field(
+        default=5,
+        ge=1,
+        description="Login attempts per username per window, shared by browsers that never "
+        "signed in as that user; each browser that did has a budget of its own (device cookie).",
+    )
+    register_limit_per_ip: int = Field(
+        default=10, ge=1, description="Registrations per client address per window."
+    )
+    rate_limit_ipv6_prefix: int = Field(
+        default=64,
+        ge=32,
+        le=128,
+        description="An IPv6 client counts against the per-address limits with every address of "
+        "its network of this many bits (128: the address alone).",
+    )
 
-    health_check_timeout: float = Field(default=0.5, gt=0, le=30)
-    health_cache_ttl: float = Field(default=1.0, ge=0, le=300)
-    health_refresh_seconds: float = Field(default=5.0, ge=0, le=3600)
+    # Metrics
+    metrics_token: SecretStr | None = Field(
+        default=None,
+        description="When set, `GET /metrics` requires `Authorization: Bearer <token>`.",
+    )
+    metrics_track_probes: bool = Field(
+        default=False,
+        description="Also count `/metrics` and `/api/health*` in the `http_*` metrics.",
+    )
+    metrics_dir: Path | None = Field(
+        default=None,
+        description="Where the workers of one server share their metric snapshots.",
+        json_schema_extra={"unset": "`DATA_DIR/metrics`"},
+    )
+    metrics_sync_interval: float = Field(
+        default=1.0,
+        ge=0.05,
+        le=60,
+        description="Seconds between a worker's snapshots while other workers run: the most a "
+        "scrape lags.",
+    )
+    active_user_window_seconds: int = Field(
+        default=300,
+        ge=10,
+        le=86400,
+        description="A user counts in `active_users` for this long after a request.",
+    )
+
+    # Health
+    health_check_timeout: float = Field(
+        default=0.5,
+        gt=0,
+        le=30,
+        description="Seconds each health check may take before it counts as `timeout`.",
+    )
+    health_cache_ttl: float = Field(
+        default=1.0,
+        ge=0,
+        le=300,
+        description="Seconds a health result is reused by every poller (one probe per worker "
+        "per TTL).",
+    )
+    health_refresh_seconds: float = Field(
+        default=5.0,
+        ge=0,
+        le=3600,
+        description="Interval of the background re-check that keeps the health metrics "
+        "current; `0` turns it off.",
+    )
     health_critical_checks: Annotated[list[CheckName], NoDecode] = Field(
-        default_factory=lambda: list(DEFAULT_CRITICAL_CHECKS)
+        default_factory=lambda: list(DEFAULT_CRITICAL_CHECKS),
+        description="Checks that make `/api/health` degraded (503) and `/api/health/ready` fail; "
+        "any of `database`, `cache`, `disk`, `memory`.",
     )
-    health_disk_path: Path | None = None
-    disk_warning_free_percent: float = Field(default=20.0, ge=0, le=100)
-    memory_warning_percent: float = Field(default=90.0, ge=0, le=100)
-    # Not read by the service: the threshold of the MemoryHigh alert (monitoring/), an early
-    # warning below the health check's, kept here so that the two are checked together.
-    memory_alert_percent: float = Field(default=85.0, ge=0, le=100)
+    health_disk_path: Path | None = Field(
+        default=None,
+        description="Filesystem whose free space the disk check reads.",
+        json_schema_extra={"unset": "`DATA_DIR`"},
+    )
+    disk_warning_free_percent: float = Field(
+        default=20.0, ge=0, le=100, description="The disk check warns below this free percentage."
+    )
+    memory_warning_percent: float = Field(
+        default=90.0,
+        ge=0,
+        le=100,
+        description="The memory check warns at or above this percentage used.",
+    )
+    memory_alert_percent: float = Field(
+        default=85.0,
+        ge=0,
+        le=100,
+        description="Where the `MemoryHigh` alert fires: an early warning, so below "
+        "`MEMORY_WARNING_PERCENT` (the start refuses otherwise). Not read by the service: kept "
+        "here so that the two are checked together; the shipped rule uses the default.",
+    )
 
-    rum_pages: Annotated[list[str], NoDecode] = Field(default_factory=list)
-    rum_allowed_origins: Annotated[list[str], NoDecode] = Field(default_factory=list)
-    rum_rate_per_second: float = Field(default=10.0, gt=0, le=10_000)
-    rum_burst: int = Field(default=50, ge=1, le=100_000)
-    rum_demo_enabled: bool | None = None
-
-    rate_limit_window_seconds: int = Field(default=60, ge=1, le=86400)
-    login_limit_per_ip: int = Field(default=20, ge=1)
-    login_limit_per_username: int = Field(default=5, ge=1)
-    register_limit_per_ip: int = Field(default=10, ge=1)
-    rate_limit_ipv6_prefix: int = Field(default=64, ge=32, le=128)
-    password_min_length: int = Field(default=12, ge=8, le=MAX_PASSWORD_LENGTH)
-    password_hash_threads: int | None = Field(default=None, ge=1, le=256)
+    # Frontend monitoring
+    rum_pages: Annotated[list[str], NoDecode] = Field(
+        default_factory=list,
+        description="Comma-separated page templates (`/books/<int:book_id>`) that beacons may "
+        "name; other pages count as `other`. The service's own routes are always known.",
+    )
+    rum_allowed_origins: Annotated[list[str], NoDecode] = Field(
+        default_factory=list,
+        description="Comma-separated origins (`https://books.example`) whose beacons are "
+        "accepted; others get 403.",
+        json_schema_extra={"unset": "any origin"},
+    )
+    rum_rate_per_second: float = Field(
+        default=10.0,
+        gt=0,
+        le=10_000,
+        description="Beacons per second per client address (`POST /api/rum`); over it, 429.",
+    )
+    rum_burst: int = Field(
+        default=50,
+        ge=1,
+        le=100_000,
+        description="Beacons a client address may send at once before the rate applies.",
+    )
+    rum_demo_enabled: bool | None = Field(
+        default=None,
+        description="Serve the demo pages under `GET /rum/demo`.",
+        json_schema_extra={"unset": "on in development, off in production"},
+    )
 
     @field_validator("log_level")
     @classmethod

@@ -9,7 +9,7 @@ guesses (zxcvbn score below 3, where "safely unguessable" begins) is refused.
 
 zxcvbn is pure Python and holds the GIL. Its l33t matcher tries every combination of the
 substitutions a password's symbols and digits allow, so its time grows with how many distinct
-such characters there are: 2.4 s for 72 characters of 20 of them (bench/README.md). A
+such characters there are: 2.4 s for 72 characters of 20 of them (docs/benchmarks.md). A
 password with more than `_FULL_ANALYSIS_MAX_LEET` distinct ones is therefore judged on its first
 `_CAPPED_WINDOW` characters, each further character counted as zxcvbn counts an unmatched one (ten
 guesses): such a password is a jumble of symbols, not a word in disguise. A password that is one
@@ -89,7 +89,7 @@ def _zxcvbn(text: str, words: list[str]) -> tuple[float, str]:
 def _leet_characters() -> frozenset[str]:
     # zxcvbn is imported on the first registration, not with the service: its word lists are
     # hundreds of thousands of objects that every full garbage collection of a worker would
-    # walk (measured: +1.6 % instructions on every request, bench/README.md).
+    # walk (measured: +1.6 % instructions on every request, docs/benchmarks.md).
     from zxcvbn.matching import L33T_TABLE
 
     return frozenset(char for subs in L33T_TABLE.values() for char in subs)

@@ -11,7 +11,7 @@ from pydantic import BaseModel, Field
 from quart import Blueprint, Response, jsonify, request
 from quart_auth import current_user, login_required, login_user, logout_user
 from quart_rate_limiter import rate_limit
-from quart_schema import document_response, validate_request
+from quart_schema import document_response, tag_blueprint, validate_request
 from werkzeug.exceptions import RequestEntityTooLarge
 
 from service.auth.devices import DeviceCookies
@@ -80,6 +80,7 @@ def create_blueprint(
     """The auth routes, with the parts they use; built per app because their rate limits come
     from settings."""
     blueprint = Blueprint("auth", __name__, url_prefix="/api/auth")
+    tag_blueprint(blueprint, ["sign-in"])
     devices = DeviceCookies(settings)
 
     @blueprint.post("/register")
@@ -88,7 +89,9 @@ def create_blueprint(
     @document_response(Profile, 201)
     @declare_errors(400, 408, 409, 413, 415, 429, 503)
     async def register(data: NewAccount) -> tuple[Response, int]:
-        """Create an account; 201 with its profile. Safe to retry: the same username and
+        """Create an account.
+
+        201 with its profile. Safe to retry: the same username and
         password again within 10 minutes of the account's creation answer 201 with the same
         profile (the first answer may have been lost after the account was made); any other
         registration of a taken username is 409 `username_taken`."""
@@ -103,7 +106,7 @@ def create_blueprint(
         except UsernameTaken:
             retried = await _registered_just_now(database, passwords, username, data.password)
             if retried is None:
-                # The one deliberate signal that a username exists (rate limited; README).
+                # The one deliberate signal that a username exists (rate limited; docs/sign-in.md).
                 raise APIError(409, "username_taken", "This username is already taken.") from None
             logger.info("user_registered", user_id=retried.id, retry=True)
             return jsonify(_profile(retried).model_dump(mode="json")), 201
@@ -116,6 +119,11 @@ def create_blueprint(
     @document_response(SignedIn, 200)
     @declare_errors(400, 401, 408, 413, 415, 429, 503)
     async def login(data: Credentials) -> Response:
+        """Sign in: a session cookie and a device cookie.
+
+        401 `invalid_credentials` on a wrong username or password; 429 `rate_limited` (with
+        `Retry-After`) past the limits per client address and per username, or per device for a
+        browser that signed in as this user before."""
         username = data.username.lower()
         logger.info("login_attempt", username=username, known_device=_known(devices, username))
         async with database.transaction() as session:
@@ -177,7 +185,9 @@ def create_blueprint(
     @document_response(NoContent, 204)
     @declare_errors(503)
     async def logout() -> Response:
-        """End this session (if any) and clear the cookie; 204 either way. The cookie stays
+        """Sign out: end this session and clear its cookie.
+
+        204 with or without a session. The cookie stays
         until the session has ended, so a logout that failed (503) can be retried."""
         token = current_user.auth_id
         keep_cookie()
@@ -193,7 +203,9 @@ def create_blueprint(
     @document_response(SessionsEnded, 200)
     @declare_errors(401, 503)
     async def logout_all() -> Response:
-        """End every session of the signed-in user, on every device. Its own session is checked
+        """Sign out everywhere: end every session of the signed-in user.
+
+        On every device; 200 with how many ended. Its own session is checked
         in the database alone, so a logout-all that failed half-way can be retried."""
         token = current_user.auth_id
         keep_cookie()
@@ -212,6 +224,9 @@ def create_blueprint(
     @document_response(Profile, 200)
     @declare_errors(401, 503)
     async def me() -> Response:
+        """The signed-in user's profile.
+
+        Read through the cache; 401 without a live session."""
         user_id = await _current_user_id()
         profile = await _cached_profile(database, cache, user_id, settings.profile_cache_ttl)
         if profile is None:

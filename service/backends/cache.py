@@ -293,7 +293,7 @@ class _RedisCommand:
 
     The timeout is kept here, not by redis-py's `socket_timeout`: with that set, redis-py wraps
     every write in `asyncio.wait_for` (a new task per command) and every read in its own timeout,
-    about a third of a cached read's CPU (bench/README.md, "Seventh session"). A command cut
+    about a third of a cached read's CPU (docs/benchmarks.md). A command cut
     here is cancelled inside redis-py, which drops that connection, as on its own timeout.
     """
 

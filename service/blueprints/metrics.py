@@ -28,7 +28,7 @@ def create_blueprint(settings: Settings, collected: Metrics, shared: SharedMetri
     refusals = _RefusalLog()
 
     @blueprint.get(METRICS_PATH)
-    @hide  # Prometheus' text format, for Prometheus: described in README.md, not an API answer
+    @hide  # Prometheus' format, for Prometheus: described in docs/metrics.md, not an API answer
     async def metrics() -> Response:
         if settings.metrics_token is not None:
             _require_token(settings.metrics_token.get_secret_value(), refusals)
@@ -54,7 +54,7 @@ def create_blueprint(settings: Settings, collected: Metrics, shared: SharedMetri
 
 def _encode(families: exposition.Snapshot, openmetrics: bool, gzipped: bool) -> bytes:
     body = (exposition.render_openmetrics if openmetrics else exposition.render)(families)
-    # Level 1: most of the size for a fraction of the CPU of the default 9 (bench/README.md).
+    # Level 1: most of the size for a fraction of the CPU of the default 9 (docs/benchmarks.md).
     return gzip.compress(body, compresslevel=1) if gzipped else body
 
 

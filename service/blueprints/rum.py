@@ -8,7 +8,7 @@ from pathlib import Path
 
 from pydantic import BaseModel
 from quart import Blueprint, Response, request
-from quart_schema import document_request, document_response, hide
+from quart_schema import document_request, document_response, hide, tag_blueprint
 from werkzeug.routing import Map
 
 from service.http.api_docs import NoContent, declare_errors
@@ -25,7 +25,7 @@ class VitalEntry(BaseModel):
     name: str  # FCP, LCP, INP, TTFB (milliseconds) or CLS (unitless)
     value: float
     navigation: str | None = None  # web-vitals' navigationType
-    # With a poor LCP, CLS or INP: its culprit (README.md, Frontend monitoring).
+    # With a poor LCP, CLS or INP: its culprit (docs/frontend.md).
     attribution: dict[str, str | float] | None = None
 
 
@@ -42,7 +42,7 @@ class ApiEntry(BaseModel):
 
 
 class Beacon(BaseModel):
-    """A browser's beacon (README.md, Frontend monitoring), also accepted as text/plain as
+    """A browser's beacon (docs/frontend.md), also accepted as text/plain as
     `sendBeacon` sends it. An entry that does not fit is dropped and counted, not refused."""
 
     page: str | None = None
@@ -56,6 +56,7 @@ def create_blueprint(routes: Map, settings: Settings, metrics: Metrics) -> Bluep
     `routes`: the receiver matches against that URL map, which sees routes registered later too
     (werkzeug brings a bound map up to date before each match)."""
     blueprint = Blueprint("rum", __name__)
+    tag_blueprint(blueprint, ["frontend monitoring"])
     receiver = BeaconReceiver(metrics, settings, routes.bind("localhost"))
 
     @blueprint.post("/api/rum")
@@ -63,6 +64,10 @@ def create_blueprint(routes: Map, settings: Settings, metrics: Metrics) -> Bluep
     @document_response(NoContent, 204)
     @declare_errors(400, 403, 408, 413, 429)
     async def beacon() -> Response:
+        """Receive a browser's beacon: page timings and JavaScript errors.
+
+        204 when accepted (an entry that does not fit is dropped and counted); 403 from an
+        origin not in `RUM_ALLOWED_ORIGINS`, 429 past the per-address rate."""
         client = client_address(request.scope)
         try:
             receiver.admit(client, request.headers.get("Origin"), request.content_length)

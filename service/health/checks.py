@@ -326,7 +326,7 @@ def classify(exc: BaseException) -> str:
     return _CHECK_REASONS[failure_reason(exc)]
 
 
-# The health report's reason codes (README.md): coarser than the metrics' failure reasons, and
+# The health report's reason codes (docs/health.md): coarser than the metrics' failure reasons, and
 # named for a reader of the report (`connection_refused`, not `refused`).
 _CHECK_REASONS: dict[FailureReason, str] = {
     "timeout": "timeout",

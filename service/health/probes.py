@@ -4,7 +4,7 @@ Load balancers and orchestrators poll `/api/health`, `/api/health/live` and `/ap
 many times a second on every instance. As Spring Boot Actuator does with its separate management
 server, the answers here do not go through the app's per-request machinery (request context,
 routing, session, rate limits, response conversion): a probe costs a fraction of a routed request
-(bench/README.md, "Seventh session"), and it still answers when a hook misbehaves. Only GET and
+(docs/benchmarks.md), and it still answers when a hook misbehaves. Only GET and
 HEAD on the exact paths are answered here; anything else (another method, a trailing slash, an
 app mounted under a root path) goes on to Quart, where the same routes
 (service/health/routes.py) give the same answers, 405s and redirects included. Outside this

@@ -7,7 +7,7 @@ from typing import Any, Literal
 
 from pydantic import BaseModel
 from quart import Blueprint, Response, jsonify
-from quart_schema import document_response
+from quart_schema import document_response, tag_blueprint
 
 from service.health.checks import HealthMonitor
 from service.observability.context import HEALTH_PATH
@@ -36,25 +36,34 @@ class Readiness(BaseModel):
 
 def create_blueprint(monitor: HealthMonitor) -> Blueprint:
     blueprint = Blueprint("health", __name__, url_prefix=HEALTH_PATH)
+    tag_blueprint(blueprint, ["health"])
 
     @blueprint.get("")
     @document_response(HealthBody, 200)
     @document_response(HealthBody, 503)
     async def health() -> Response:
-        """The full report: 200 when every critical check is healthy, 503 (degraded) otherwise."""
+        """The health report.
+
+        Each check's status, duration and values: 200 when every critical check is healthy, 503
+        (degraded) otherwise."""
         return _json(*await report_answer(monitor))
 
     @blueprint.get("/live")
     @document_response(Liveness, 200)
     async def live() -> Response:
-        """Liveness: touches no dependency; answers while the process serves."""
+        """Liveness.
+
+        200 while the process serves; touches no dependency."""
         return _json(*await live_answer(monitor))
 
     @blueprint.get("/ready")
     @document_response(Readiness, 200)
     @document_response(Readiness, 503)
     async def ready() -> Response:
-        """Readiness: 200 only when every critical check passes and the worker is not stopping."""
+        """Readiness, for a load balancer.
+
+        200 only when every critical check passes and the worker is not stopping; else 503 with
+        each failing check's reason."""
         return _json(*await ready_answer(monitor))
 
     return blueprint

@@ -96,6 +96,12 @@ def init_api_docs(app: Quart, settings: Settings) -> None:
     _quart_schema(
         app,
         info={"title": "eBook Scene Packer API", "version": VERSION},
+        tags=[
+            {"name": "sign-in", "description": "Accounts, sessions and the signed-in profile."},
+            {"name": "health", "description": "For load balancers and orchestrators."},
+            {"name": "frontend monitoring", "description": "Beacons from browsers."},
+            {"name": "service", "description": "What this service is."},
+        ],
         redoc_ui_path=None,
         scalar_ui_path=None,
         openapi_provider_class=_Provider,

@@ -4,7 +4,7 @@ A request registers its task and its expiry in a dict when it starts and removes
 ends; a sweeper task wakes every `resolution` seconds and cancels the requests past their expiry.
 That is a dict write and a dict removal per request, where `asyncio.timeout` around each request
 scheduled and cancelled a timer handle and ran a context manager (3.6 µs of CPU per request,
-bench/README.md). The price: a deadline is kept to within `resolution` (a tenth of the timeout,
+docs/benchmarks.md). The price: a deadline is kept to within `resolution` (a tenth of the timeout,
 at most 50 ms) rather than to the millisecond.
 
 The cancellation is told apart from any other (a client that went away) by the tasks the sweeper

@@ -9,7 +9,7 @@ of nesting and refuses infinities, and every refusal is a `ValueError`, which Qu
 400 (`bad_request`).
 
 `jsonify` renders with orjson too (the standard library's encoder was one of the larger costs of
-a small answer, bench/README.md), keeping what the provider it replaces (quart-schema's, set up
+a small answer, docs/benchmarks.md), keeping what the provider it replaces (quart-schema's, set up
 in service/http/api_docs.py) promised: sorted keys, what JSON has no type for (dates, models) handed
 to that provider's `default` (pydantic's conversion: dates in ISO 8601), anything orjson refuses
 (an integer beyond 64 bits) rendered by the standard library, indented output in debug mode.

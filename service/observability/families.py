@@ -1,7 +1,7 @@
 """Every metric family the service exports, declared once as data: name, kind, help, label
 names, buckets, how workers combine it, and the series that exist from start-up.
 
-`Metrics` (metrics.py) makes one collector per row, README's metrics table is checked against
+`Metrics` (metrics.py) makes one collector per row, docs/metrics.md's table is checked against
 the rows, and a label set whose names are not the declared ones fails at once (collectors.py),
 so a typo cannot make a new series. Names and labels are a contract: dashboards and alerts in
 `monitoring/` are built on them. Label values come only from bounded sets (route templates, a

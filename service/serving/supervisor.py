@@ -56,7 +56,7 @@ from service.serving.worker import (
     worker_main,
 )
 
-# Exit codes of `scene-packer serve` (README.md, "Exit codes").
+# Exit codes of `scene-packer serve` (docs/serving.md, exit codes).
 EXIT_OK = 0
 EXIT_UNCLEAN = 1  # a worker crashed while stopping, or had to be killed
 # EXIT_CANNOT_SERVE (3): a worker failed to start (worker.py)

@@ -10,7 +10,7 @@
  * is hidden or left (sendBeacon, falling back to fetch with keepalive). It never throws into the
  * page: whatever goes wrong here is dropped.
  * Optional attributes on the tag: data-endpoint="/api/rum", data-web-vitals="<its URL>".
- * Values are milliseconds (CLS unitless); see POST /api/rum in the service's README. */
+ * Values are milliseconds (CLS unitless); see POST /api/rum in the service's docs (docs/frontend.md). */
 (function () {
   "use strict";
   var script = document.currentScript;

@@ -2,7 +2,7 @@
 databases) and Redis, both settable from the environment, and databases made for one test.
 
 `TEST_POSTGRES_URL`, `TEST_REDIS_URL` and `TEST_DATABASE_PREFIX` point the tests elsewhere, so that
-two checkouts, or a PostgreSQL shared with others, run side by side (README.md, "Test it").
+two checkouts, or a PostgreSQL shared with others, run side by side (docs/testing.md).
 """
 
 from __future__ import annotations

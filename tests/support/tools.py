@@ -39,6 +39,7 @@ TOOLS = {
     "haproxy": Tool(("haproxy",), "haproxy"),
     "node": Tool(("node", "nodejs"), "nodejs"),
     "npm": Tool(("npm",), "npm"),
+    "curl": Tool(("curl",), "curl"),
 }
 
 

@@ -21,9 +21,9 @@ from tests.support.backends import make_settings
 EXAMPLES = 40
 SEED = 20261129
 # A body of the documented shape may still be refused for what no schema can say: a password
-# the policy finds weak (400 weak_password, README.md). Every other check stays on there.
+# the policy finds weak (400 weak_password, docs/sign-in.md). Every other check stays on there.
 # A beacon's entries that do not fit are dropped one by one and counted, not refused: a browser
-# can do nothing with a 400 (README.md, Frontend monitoring).
+# can do nothing with a 400 (docs/frontend.md).
 _EXCLUDED_CHECKS = {
     "POST /api/auth/register": [positive_data_acceptance],
     "POST /api/rum": [negative_data_rejection],

@@ -19,6 +19,7 @@ import httpx
 import pytest
 import yaml
 
+from tests.support import ROOT
 from tests.support.backends import REDIS_URL
 from tests.support.grafana import (
     DASHBOARD,
@@ -90,10 +91,10 @@ def _panel_query(expr: str) -> str:
 
 
 def _assert_log_search_finds(value: str) -> None:
-    """The exemplar's link, with the dashboard's values and with each of the README's
+    """The exemplar's link, with the dashboard's values and with each of docs/dashboards.md's
     examples, searches for exactly that id: as a query parameter of a plain search, or as the
     line filter of a Loki query in Grafana's Explore."""
-    for variables in (dashboard_variables(), *_readme_log_searches()):
+    for variables in (dashboard_variables(), *_documented_log_searches()):
         link = urlsplit(log_search(value, variables))
         parameters = parse_qs(link.query)
         if link.path == "/explore":
@@ -105,9 +106,9 @@ def _assert_log_search_finds(value: str) -> None:
             assert parameters == {"q": [value]}, link
 
 
-def _readme_log_searches() -> list[dict[str, str]]:
-    """The log_search_prefix/suffix examples of monitoring/README.md, Log search links."""
-    section = (MONITORING / "README.md").read_text().split("### Log search links", 1)[1]
+def _documented_log_searches() -> list[dict[str, str]]:
+    """The log_search_prefix/suffix examples of docs/dashboards.md, Log search links."""
+    section = (ROOT / "docs" / "dashboards.md").read_text().split("## Log search links", 1)[1]
     block = section.split("```text\n", 1)[1].split("```", 1)[0]
     examples: list[dict[str, str]] = []
     for line in block.splitlines():
@@ -364,7 +365,7 @@ RUNBOOK_BASE = "https://wiki.example/ops/it's scene packer\\?a=1&b=2|c #ops"
 
 
 def test_monitoring_run_on_ports_of_choice(tmp_path: Path, postgres_url: str) -> None:
-    """monitoring/run as the README shows it, on free ports and a runbook base of choice:
+    """monitoring/run as docs/monitoring.md shows it, on free ports and a runbook base of choice:
     Prometheus scrapes the service, itself and Alertmanager, sends to that Alertmanager, and
     links each alert's runbook from that base; SIGTERM stops both."""
     prometheus_address = f"127.0.0.1:{free_port()}"

@@ -169,7 +169,7 @@ async def test_an_account_from_an_older_policy_still_signs_in(
 async def test_unknown_users_cost_the_same_argon2_work(client: Client, app: ServiceApp) -> None:
     """A login for an unknown username runs an argon2 verification in the hashing pool, against
     a real hash of the current parameters, as a wrong password does (the timing is measured by
-    `python -m bench login_timing`, bench/README.md)."""
+    `python -m bench login_timing`, docs/benchmarks.md)."""
     jobs: list[tuple[object, ...]] = []
     pool = app.parts.passwords.pool
     submit = pool.submit

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import re
+import unicodedata
 from typing import Any
 
 import yaml
@@ -11,6 +12,7 @@ import yaml
 from service.observability.exposition import exemplar_labels
 from service.observability.families import VITAL_THRESHOLDS
 from service.settings import Settings
+from tests.support import ROOT
 from tests.support.grafana import (
     DASHBOARD,
     DATASOURCES,
@@ -26,7 +28,10 @@ from tests.support.stack import (
 
 PROMETHEUS_DIR = MONITORING / "prometheus"
 # A variable in a Grafana data link: `${name}` or `${name:format}`.
-RUNBOOK_URL = '{{{{ or $externalLabels.runbook_base "monitoring/README.md" }}}}#{anchor}'
+# The monitoring pages of the documentation site (mkdocs.yml); alerts.md holds the runbooks.
+DOCS = ROOT / "docs"
+MONITORING_PAGES = ("monitoring.md", "alerts.md", "dashboards.md")
+RUNBOOK_URL = '{{{{ or $externalLabels.runbook_base "docs/alerts.md" }}}}#{anchor}'
 
 
 def _alert_rules() -> list[dict[str, Any]]:
@@ -34,16 +39,29 @@ def _alert_rules() -> list[dict[str, Any]]:
     return [rule for group in groups for rule in group["rules"] if "alert" in rule]
 
 
+def _heading_ids(markdown: str) -> set[str]:
+    """The ids MkDocs gives a page's headings: Python-Markdown's toc slugify. A repeated slug
+    gets a `_1` suffix, so it is left out: a link to it would land on the first one."""
+    markdown = re.sub(r"^```.*?^```", "", markdown, flags=re.MULTILINE | re.DOTALL)
+    slugs = []
+    for heading in re.findall(r"^#{1,6} (.+?)[ #]*$", markdown, re.MULTILINE):
+        text = unicodedata.normalize("NFKD", heading).encode("ascii", "ignore").decode("ascii")
+        text = re.sub(r"[^\w\s-]", "", text).strip().lower()
+        slugs.append(re.sub(r"[-\s]+", "-", text))
+    return {slug for slug in slugs if slugs.count(slug) == 1}
+
+
 def test_every_alert_is_documented_and_unit_tested() -> None:
-    readme = (MONITORING / "README.md").read_text()
-    anchors = {heading.lower() for heading in re.findall(r"^### (\w+)$", readme, re.MULTILINE)}
+    runbooks = (DOCS / "alerts.md").read_text()
+    anchors = _heading_ids(runbooks)
     unit_tests = (PROMETHEUS_DIR / "tests" / "alerts_test.yml").read_text()
     for rule in _alert_rules():
         name = rule["alert"]
         assert rule["labels"]["severity"] in {"critical", "warning", "none"}, name
         assert {"summary", "description", "runbook_url"} <= set(rule["annotations"]), name
         assert rule["annotations"]["runbook_url"] == RUNBOOK_URL.format(anchor=name.lower())
-        assert name.lower() in anchors, f"{name} has no section in monitoring/README.md"
+        assert f"## {name}\n" in runbooks, f"{name} has no section in docs/alerts.md"
+        assert name.lower() in anchors, f"#{name.lower()} is no heading's id in docs/alerts.md"
         assert f"alertname: {name}" in unit_tests, f"{name} has no promtool unit test"
     p95 = [
         rule["labels"]["severity"] for rule in _alert_rules() if rule["alert"] == "HighLatencyP95"
@@ -58,7 +76,7 @@ def test_every_recording_rule_is_used() -> None:
     recorded = [rule for group in rules["groups"] for rule in group["rules"] if "record" in rule]
     readers = (MONITORING / "prometheus/rules/alerts.yml").read_text()
     readers += (MONITORING / "grafana/dashboards/scene-packer.json").read_text()
-    readers += (MONITORING / "README.md").read_text()
+    readers += "".join((DOCS / page).read_text() for page in MONITORING_PAGES)
     readers += " ".join(rule["expr"] for rule in recorded)
     unused = [rule["record"] for rule in recorded if readers.count(rule["record"]) == 0]
     assert not unused, unused

@@ -32,7 +32,7 @@ def test_symbol_heavy_passwords_are_judged_on_a_bounded_window(
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
     """zxcvbn's l33t matcher is exponential in distinct symbols (3 s for this password in
-    full, bench/README.md): such a password is judged on its first characters only."""
+    full, docs/benchmarks.md): such a password is judged on its first characters only."""
     seen: list[str] = []
     real = password_policy._zxcvbn
 
