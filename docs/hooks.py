@@ -150,8 +150,9 @@ def _log_call(node: ast.AST) -> tuple[str, str, list[ast.keyword]] | None:
     if "log" not in receiver:
         return None
     method, args = node.func.attr, node.args
-    if method == "log" and len(args) >= 2:
-        level = "info or warning" if not isinstance(args[0], ast.Attribute) else args[0].attr
+    if method == "log" and len(args) >= 2:  # logger.log(INFO if … else ERROR, "event")
+        choices = [args[0].body, args[0].orelse] if isinstance(args[0], ast.IfExp) else [args[0]]
+        level = " or ".join(c.attr for c in choices if isinstance(c, ast.Attribute))
         args = args[1:]
     elif method in _LEVELS and args:
         level = "error" if method == "exception" else method

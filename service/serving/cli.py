@@ -18,6 +18,7 @@ import asyncio
 import signal
 import socket
 import sys
+import textwrap
 import tomllib
 from importlib.resources import files
 from pathlib import Path
@@ -59,7 +60,12 @@ logger = structlog.get_logger("service.serving.cli")
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="scene-packer", description=__doc__.split("\n\n")[0])
+    parser = argparse.ArgumentParser(
+        prog="scene-packer",
+        description=__doc__.split("\n\n")[0],
+        epilog=_EPILOG,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
     parser.add_argument("--version", action="version", version=f"scene-packer {VERSION}")
     commands = parser.add_subparsers(dest="command", required=True)
     serve_parser = commands.add_parser("serve", help="check, then serve with hypercorn")
@@ -103,6 +109,21 @@ def main(argv: list[str] | None = None) -> int:
         config_path = arguments.config or _default_server_config()
         return _serve(settings, config_path, arguments.bind, arguments.workers)
     return asyncio.run(_migrate(settings))
+
+
+def _epilog() -> str:
+    names = textwrap.fill(", ".join(name.upper() for name in Settings.model_fields), width=76)
+    return (
+        "settings: environment variables (each described in the documentation's\n"
+        "configuration page, docs/configuration.md; `scene-packer check` validates them):\n"
+        + textwrap.indent(names, "  ")
+        + "\n\nexit codes: 0 done; 1 stopped uncleanly; 2 bad configuration (a setting, the server"
+        "\nfile, the command line); 3 cannot serve (a critical backend, the schema, a worker that"
+        "\nfailed to start, a failed migration)"
+    )
+
+
+_EPILOG = _epilog()
 
 
 def _default_server_config() -> Path:

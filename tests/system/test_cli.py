@@ -13,6 +13,7 @@ from pathlib import Path
 import httpx
 import pytest
 
+from service.settings import Settings
 from service.version import VERSION
 from tests.support import ROOT
 from tests.support.backends import REDIS_URL
@@ -234,6 +235,14 @@ def test_version_and_a_bad_option() -> None:
     assert "--workers: must be 1 or more" in refused.stderr
 
 
+def test_help_names_every_setting_and_the_exit_codes() -> None:
+    helped = scene_packer("--help", env={})
+    assert helped.returncode == 0
+    text = " ".join(helped.stdout.split())
+    assert [name for name in Settings.model_fields if name.upper() not in text] == []
+    assert "docs/configuration.md" in text and "3 cannot serve" in text
+
+
 def test_serve_listens_where_the_command_line_says(tmp_path: Path) -> None:
     """`--bind` and `--workers` win over the file, as hypercorn's own options do."""
     in_file, on_command_line = free_port(), free_port()
@@ -265,3 +274,20 @@ def test_serve_listens_where_the_command_line_says(tmp_path: Path) -> None:
     ]
     assert started["workers"] == 1
     assert started["bind"] == [f"127.0.0.1:{on_command_line}"]
+
+
+def test_a_worker_that_dies_while_stopping_makes_serve_exit_1(tmp_path: Path) -> None:
+    """Exit code 1: the stop did not end cleanly. The worker is killed while it drains."""
+    env = {**PRODUCTION_ENV, "DRAIN_SECONDS": "60", "LOG_LEVEL": "INFO"}
+    with running_server(tmp_path, env, supervised=True) as server:
+        (worker,) = [e["pid"] for e in server.events() if e["event"] == "service_started"]
+        server.process.send_signal(signal.SIGTERM)
+        wait_until(
+            lambda: any(e["event"] == "service_draining" for e in server.events()),
+            60,
+            "the worker never started draining",
+        )
+        os.kill(worker, signal.SIGKILL)
+        assert server.process.wait(60) == 1
+    (stopped,) = [e for e in server.events() if e["event"] == "server_stopped"]
+    assert stopped["exit_code"] == 1 and stopped["level"] == "error"

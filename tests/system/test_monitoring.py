@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import itertools
 import json
+import os
 import re
 import signal
 import subprocess
@@ -11,6 +13,7 @@ import time
 import uuid
 from collections.abc import Iterator
 from contextlib import contextmanager, suppress
+from html import escape
 from pathlib import Path
 from typing import Any
 from urllib.parse import parse_qs, urlsplit
@@ -20,6 +23,7 @@ import pytest
 import yaml
 
 from tests.support import ROOT
+from tests.support import dashboard_pictures as pictures
 from tests.support.backends import REDIS_URL
 from tests.support.grafana import (
     DASHBOARD,
@@ -41,6 +45,7 @@ from tests.support.tools import require
 from tests.support.waiting import wait_until
 
 PROMETHEUS_DIR = MONITORING / "prometheus"
+PICTURE_MINUTES = 4  # of traffic behind docs/dashboards.md's pictures
 ALERTMANAGER_CONFIG = MONITORING / "alertmanager" / "alertmanager.yml"
 # A variable in a Grafana data link: `${name}` or `${name:format}`.
 
@@ -79,15 +84,6 @@ def test_amtool_accepts_the_config_and_routes_each_severity() -> None:
             f"--verify.receivers={receiver}", *labels,
         )  # fmt: skip
         assert routed.returncode == 0, (labels, routed.stdout + routed.stderr)
-
-
-def _panel_query(expr: str) -> str:
-    """A panel's query as Grafana sends it for this service's job and every instance."""
-    return (
-        expr.replace("$__rate_interval", "30s")
-        .replace("$instance", ".*")
-        .replace("$job", "scene-packer")
-    )
 
 
 def _assert_log_search_finds(value: str) -> None:
@@ -133,13 +129,34 @@ def _service_env(postgres_url: str, **extra: str) -> dict[str, str]:
 
 @contextmanager
 def _background_traffic(
-    server: Server, paths: list[str], pause: float, beacon: dict[str, Any] | None = None
+    server: Server,
+    paths: list[str],
+    pause: float,
+    beacon: dict[str, Any] | None = None,
+    *,
+    signed_in: bool = False,
 ) -> Iterator[None]:
+    """`paths` fetched (and `beacon` sent) every `pause` seconds until the block ends;
+    `signed_in`: as a user of its own, who also registers a new account every tenth turn (the
+    database and the cache at work, as under real use)."""
     stop = threading.Event()
+    password = "long enough password"
 
     def loop() -> None:
         with httpx.Client(base_url=server.base_url, timeout=30) as client:
-            while not stop.is_set():
+            if signed_in:
+                account = {"username": f"reader-{uuid.uuid4().hex[:8]}", "password": password}
+                client.post("/api/auth/register", json=account)
+                client.post("/api/auth/login", json=account)
+            for turn in itertools.count():
+                if stop.is_set():
+                    break
+                if signed_in and turn % 10 == 0:
+                    name = f"new-{uuid.uuid4().hex[:8]}"
+                    with suppress(httpx.TransportError):
+                        client.post(
+                            "/api/auth/register", json={"username": name, "password": password}
+                        )
                 for path in paths:
                     with suppress(httpx.TransportError):
                         client.get(path)
@@ -159,7 +176,7 @@ def _background_traffic(
 
 
 def test_every_dashboard_panel_returns_data(tmp_path: Path, postgres_url: str) -> None:
-    env = _service_env(postgres_url, LOGIN_LIMIT_PER_USERNAME="3")
+    env = _service_env(postgres_url, LOGIN_LIMIT_PER_USERNAME="3", REGISTER_LIMIT_PER_IP="1000")
     with running_server(tmp_path, env, app="tests.support.apps:app") as server:
         target = server.base_url.removeprefix("http://")
         config = prometheus_config(tmp_path, target, None, shorten=False)
@@ -193,15 +210,36 @@ def test_every_dashboard_panel_returns_data(tmp_path: Path, postgres_url: str) -
             assert client.post("/api/rum", json=beacon).status_code == 204
             assert client.post("/api/rum", content=b"{broken").status_code == 400
             dashboard = json.loads(DASHBOARD.read_text())
-            with _background_traffic(server, ["/api/auth/me", "/", "/nope"], 0.2, beacon):
+            started = time.monotonic()
+            paths = ["/api/auth/me", "/", "/nope", "/test/boom"]
+            with _background_traffic(server, paths, 0.2, beacon, signed_in=True):
                 for panel in panels(dashboard):
                     for panel_target in panel["targets"]:
-                        expr = _panel_query(panel_target["expr"])
+                        expr = pictures.grafana_query(panel_target["expr"], "scene-packer")
                         wait_until(
-                            lambda e=expr: bool(query(prom, e)),
+                            lambda e=expr: any(r["value"][1] != "NaN" for r in query(prom, e)),
                             90,
                             f"panel {panel['title']!r} returned no data for {expr}",
                         )
+                if os.environ.get("UPDATE_DASHBOARD_PICTURES"):  # docs/dashboards.md's pictures
+                    time.sleep(PICTURE_MINUTES * 60 - (time.monotonic() - started))
+                minutes = (time.monotonic() - started) / 60
+                _draw_every_row(dashboard, prom, minutes, tmp_path / "pictures")
+
+
+def _draw_every_row(dashboard: dict[str, Any], prom: str, minutes: float, out: Path) -> None:
+    """Each row drawn from the data (tests/support/dashboard_pictures.py): every panel titled and
+    with data. UPDATE_DASHBOARD_PICTURES=1 writes them for docs/dashboards.md."""
+    if os.environ.get("UPDATE_DASHBOARD_PICTURES"):
+        out = ROOT / "docs" / "images" / "dashboards"
+    out.mkdir(parents=True, exist_ok=True)
+    for row in pictures.rows(dashboard):
+        svg = pictures.render_row(row, prom, "scene-packer", minutes)
+        for panel in row.panels:
+            assert f">{escape(panel['title'])}</text>" in svg, panel["title"]
+        empty = re.findall(r'font-weight="bold">([^<]*)</text>(?:(?!font-weight).)*No data', svg)
+        assert not empty, f"{row.title}: no data in {empty}"
+        (out / f"{pictures.slug(row.title)}.svg").write_text(svg)
 
 
 def test_alerts_fire_route_inhibit_and_resolve(tmp_path: Path, postgres_url: str) -> None:
@@ -467,7 +505,9 @@ def test_prometheus_stores_the_exemplars_it_scrapes(tmp_path: Path, postgres_url
             }
             shown = {
                 panel["title"]: [
-                    _panel_query(t["expr"]) for t in panel["targets"] if t.get("exemplar")
+                    pictures.grafana_query(t["expr"], "scene-packer")
+                    for t in panel["targets"]
+                    if t.get("exemplar")
                 ]
                 for panel in panels(json.loads(DASHBOARD.read_text()))
             }

@@ -22,6 +22,7 @@ TOOLS = {
     "chromium": "chromium",
     "npm": "nodejs npm",
     "haproxy": "haproxy",
+    "curl": "curl",
 }
 SBIN = ("/usr/local/sbin", "/usr/sbin", "/sbin")
 
@@ -37,7 +38,8 @@ def bare_checkout() -> Iterator[Path]:
             directory.chmod(0o755)
         script = work / "scripts" / "test"
         shutil.copy(ROOT / "scripts" / "test", script)
-        shutil.copy(ROOT / "pyproject.toml", work / "pyproject.toml")
+        for name in ("pyproject.toml", "constraints.txt"):
+            shutil.copy(ROOT / name, work / name)
         script.chmod(0o755)
         for command in ("bash", "seq", "sleep", "sha256sum", "cut"):
             (work / "bin" / command).symlink_to(shutil.which(command) or command)
