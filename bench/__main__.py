@@ -23,6 +23,7 @@ BENCHMARKS = {
     "failure_paths": "bench.failure_paths",
     "exemplars": "bench.exemplars",
     "stop_resets": "bench.stop_resets",
+    "signed_in": "bench.signed_in",
 }
 
 

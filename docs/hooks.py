@@ -19,12 +19,8 @@ import re
 import tempfile
 from collections import defaultdict
 from dataclasses import dataclass, field
-from enum import Enum
 from pathlib import Path
 from typing import Any
-
-from pydantic import SecretStr
-from pydantic.fields import FieldInfo
 
 ROOT = Path(__file__).resolve().parents[1]
 _MARKER = re.compile(r"^<!-- generated: ([a-z-]+) -->$", re.MULTILINE)
@@ -38,31 +34,13 @@ def on_page_markdown(markdown: str, **_: Any) -> str:
 
 
 def settings_table() -> str:
-    from service.settings import Settings
+    from service.settings import documented
 
     rows = ["| Variable | Default | Meaning |", "| --- | --- | --- |"]
-    for name, info in Settings.model_fields.items():
-        rows.append(f"| `{name.upper()}` | {_default(info)} | {_cell(info.description or '')} |")
+    rows += [
+        f"| `{name}` | {default} | {_cell(meaning)} |" for name, default, meaning in documented()
+    ]
     return "\n".join(rows) + "\n"
-
-
-def _default(info: FieldInfo) -> str:
-    extra = info.json_schema_extra if isinstance(info.json_schema_extra, dict) else {}
-    value = info.get_default(call_default_factory=True)
-    if value is None:
-        unset = extra.get("unset")
-        return f"unset: {unset}" if unset else "unset"
-    if isinstance(value, bool):
-        return f"`{str(value).lower()}`"
-    if isinstance(value, list):
-        return f"`{','.join(value)}`" if value else str(extra.get("unset") or "empty")
-    if isinstance(value, Enum):
-        value = value.value
-    if isinstance(value, SecretStr):
-        return "a secret"
-    if isinstance(value, float):
-        return f"`{value:g}`"
-    return f"`{value}`"
 
 
 def _cell(text: str) -> str:

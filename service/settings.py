@@ -12,8 +12,10 @@ import os
 from enum import StrEnum
 from pathlib import Path
 from typing import Annotated, Any, Literal, get_args
+from urllib.parse import urlsplit
 
 from pydantic import Field, SecretStr, ValidationError, field_validator, model_validator
+from pydantic.fields import FieldInfo
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 from werkzeug.routing import Map, Rule
 
@@ -91,7 +93,8 @@ class Settings(BaseSettings):
     )
     database_url: SecretStr | None = Field(
         default=None,
-        description="`postgresql://…` (or `postgresql+asyncpg://…`) or `sqlite+aiosqlite:///…`. "
+        description="`postgresql://…` (or `postgresql+asyncpg://…`) or `sqlite+aiosqlite:///…` "
+        "(four slashes for an absolute path: `sqlite+aiosqlite:////var/lib/scene-packer/app.db`). "
         "Production must set it (SQLite there only on purpose, for one instance).",
         json_schema_extra={"unset": "SQLite in `DATA_DIR` (development only)"},
     )
@@ -372,6 +375,8 @@ class Settings(BaseSettings):
             raise ValueError(
                 "must start with postgresql://, postgresql+asyncpg:// or sqlite+aiosqlite://"
             )
+        if url.startswith("postgresql"):
+            _check_port(url)
         return SecretStr(url)
 
     @field_validator("session_idle_seconds", mode="before")
@@ -394,6 +399,22 @@ class Settings(BaseSettings):
             raise ValueError(
                 f"must start with redis://, rediss:// or unix://, or be {IN_PROCESS_CACHE}"
             )
+        if url.startswith(("redis://", "rediss://")):
+            _check_port(url)
+            database = urlsplit(url).path.strip("/")
+            if database and not database.isdigit():
+                raise ValueError("the database after the last / must be a number, such as /0")
+        return value
+
+    @field_validator("data_dir")
+    @classmethod
+    def _a_directory(cls, value: Path) -> Path:
+        """It is created at start when missing: what exists of it must be directories."""
+        for existing in (value, *value.absolute().parents):
+            if existing.exists():
+                if not existing.is_dir():
+                    raise ValueError(f"{existing} is not a directory")
+                break
         return value
 
     @field_validator(
@@ -487,7 +508,7 @@ class Settings(BaseSettings):
                 raise ValueError(
                     f"{', '.join(unset)}: production needs "
                     f"{'them' if len(unset) > 1 else 'it'} set (PostgreSQL and Redis; for one "
-                    "instance on purpose, DATABASE_URL=sqlite+aiosqlite:///path/to/file.db and "
+                    "instance on purpose, DATABASE_URL=sqlite+aiosqlite:////absolute/path.db and "
                     f"REDIS_URL={IN_PROCESS_CACHE})"
                 )
         return self
@@ -554,12 +575,46 @@ class Settings(BaseSettings):
         return self.session_cookie_secure
 
 
+def documented() -> list[tuple[str, str, str]]:
+    """(environment variable, default, meaning) of every setting, in the class's order: what
+    `scene-packer settings` prints and the documentation's configuration page shows."""
+    return [
+        (name.upper(), _default_text(field), " ".join((field.description or "").split()))
+        for name, field in Settings.model_fields.items()
+    ]
+
+
+def _default_text(field: FieldInfo) -> str:
+    extra = field.json_schema_extra if isinstance(field.json_schema_extra, dict) else {}
+    value = field.get_default(call_default_factory=True)
+    if value is None:
+        return f"unset: {extra['unset']}" if extra.get("unset") else "unset"
+    if isinstance(value, bool):
+        return f"`{str(value).lower()}`"
+    if isinstance(value, list):
+        return f"`{','.join(value)}`" if value else str(extra.get("unset") or "empty")
+    if isinstance(value, StrEnum):
+        return f"`{value.value}`"
+    if isinstance(value, float):
+        return f"`{value:g}`"
+    return f"`{value}`"
+
+
 def load_settings(**overrides: Any) -> Settings:
     """Read settings from the environment (overrides win); SettingsError names a bad one."""
     try:
         return Settings(**overrides)
     except ValidationError as exc:
         raise SettingsError(_describe(exc)) from None
+
+
+def _check_port(url: str) -> None:
+    """A port that is not a number fails here, naming the setting, not at the first connect.
+    The message leaves the URL out: it may hold a password."""
+    try:
+        urlsplit(url).port  # noqa: B018 - parsed for its ValueError
+    except ValueError:
+        raise ValueError("the port must be a number from 1 to 65535") from None
 
 
 def _split_commas(value: Any) -> Any:

@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import os
 import signal
 import socket
 import sys
@@ -34,7 +35,7 @@ from service.observability.logging import configure_logging, log_bad_configurati
 from service.observability.metrics import Metrics
 from service.serving.supervisor import EXIT_OK, serve
 from service.serving.worker import EXIT_CANNOT_SERVE, end_margin
-from service.settings import Settings, SettingsError, load_settings
+from service.settings import Settings, SettingsError, documented, load_settings
 from service.version import VERSION
 
 EXIT_BAD_CONFIGURATION = 2
@@ -89,7 +90,11 @@ def main(argv: list[str] | None = None) -> int:
     )
     commands.add_parser("check", help="settings, backends and schema: one line each")
     commands.add_parser("migrate", help="bring the database schema to the code's head")
+    commands.add_parser("settings", help="every setting: its variable, default and meaning")
     arguments = parser.parse_args(argv)
+    if arguments.command == "settings":
+        _print_settings()
+        return EXIT_OK
 
     try:
         settings = load_settings()
@@ -111,11 +116,18 @@ def main(argv: list[str] | None = None) -> int:
     return asyncio.run(_migrate(settings))
 
 
+def _print_settings() -> None:
+    for name, default, meaning in documented():
+        print(f"{name} (default: {default.replace('`', '')})")
+        print(textwrap.fill(meaning.replace("`", ""), width=78, initial_indent="    ",
+                            subsequent_indent="    "))  # fmt: skip
+
+
 def _epilog() -> str:
     names = textwrap.fill(", ".join(name.upper() for name in Settings.model_fields), width=76)
     return (
-        "settings: environment variables (each described in the documentation's\n"
-        "configuration page, docs/configuration.md; `scene-packer check` validates them):\n"
+        "settings: environment variables (`scene-packer settings` describes each; `scene-packer\n"
+        "check` validates them):\n"
         + textwrap.indent(names, "  ")
         + "\n\nexit codes: 0 done; 1 stopped uncleanly; 2 bad configuration (a setting, the server"
         "\nfile, the command line); 3 cannot serve (a critical backend, the schema, a worker that"
@@ -126,28 +138,32 @@ def _epilog() -> str:
 _EPILOG = _epilog()
 
 
+_PACKAGED_SERVER_CONFIG = Path(str(files(__package__) / "hypercorn.toml"))
+
+
 def _default_server_config() -> Path:
     """./hypercorn.toml when the directory has one (a checkout, an operator's file), else the
     copy of the repository's hypercorn.toml that the package carries."""
     here = Path("hypercorn.toml")
-    return here if here.is_file() else Path(str(files(__package__) / "hypercorn.toml"))
+    return here if here.is_file() else _PACKAGED_SERVER_CONFIG
 
 
 def _positive(text: str) -> int:
-    number = int(text)
-    if number < 1:
-        raise argparse.ArgumentTypeError(f"must be 1 or more, not {number}")
-    return number
+    if not text.strip().isdigit() or int(text) < 1:
+        raise argparse.ArgumentTypeError(f"must be a whole number of 1 or more, not {text!r}")
+    return int(text)
 
 
 def _serve(
     settings: Settings, config_path: Path, binds: list[str] | None, workers: int | None
 ) -> int:
+    # Where a bad value came from: the command line wins over the file, as with hypercorn.
+    source = {"file": str(config_path)}
     try:
         config = Config.from_toml(config_path)
-        # The command line wins over the file, as with hypercorn itself.
         if binds:
             config.bind = binds
+            source = {"option": "--bind"}
         if workers is not None:
             config.workers = workers
         _check_server_config(config)
@@ -155,13 +171,14 @@ def _serve(
     except (OSError, ValueError, TypeError) as error:
         logger.error("configuration_invalid", file=str(config_path), problem=str(error))
         return EXIT_BAD_CONFIGURATION
+    if config.logconfig is None and config.logconfig_dict is None:
+        # hypercorn's own lines through the service's pipeline (JSON in production), as the
+        # shipped file says, also under a file that does not.
+        config.logconfig_dict = tomllib.loads(_PACKAGED_SERVER_CONFIG.read_text())["logconfig_dict"]
     try:
         sockets = config.create_sockets()
-    except socket.gaierror as error:
-        logger.error("configuration_invalid", file=str(config_path), problem=f"bind: {error}")
-        return EXIT_BAD_CONFIGURATION
-    except (TypeError, ValueError) as error:
-        logger.error("configuration_invalid", file=str(config_path), problem=f"bind: {error}")
+    except (socket.gaierror, TypeError, ValueError, OverflowError) as error:
+        logger.error("configuration_invalid", **source, problem=f"bind: {error}")
         return EXIT_BAD_CONFIGURATION
     except OSError as error:  # in use, or not an address of this machine
         logger.error("cannot_serve", bind=config.bind, problem=str(error))
@@ -193,7 +210,11 @@ def _check_server_config(config: Config) -> None:
             continue
         if isinstance(value, bool) or not isinstance(value, int | float) or value < 0:
             raise ValueError(f"{name} must be a number of at least 0, not {value!r}")
-    if not isinstance(config.bind, list) or not all(isinstance(b, str) for b in config.bind):
+    if isinstance(config.workers, float) or config.workers < 1:
+        raise ValueError(f"workers must be a whole number of 1 or more, not {config.workers!r}")
+    if not isinstance(config.bind, list) or not all(
+        isinstance(b, str) and b.strip() for b in config.bind
+    ):
         raise ValueError(
             f"bind must be a list of addresses such as 127.0.0.1:8000, not {config.bind!r}"
         )
@@ -277,4 +298,8 @@ async def _migrate(settings: Settings) -> int:
 
 def run() -> None:
     """The console script's entry point."""
-    sys.exit(main())
+    try:
+        sys.exit(main())
+    except BrokenPipeError:  # `scene-packer settings | head`: the reader has what it wanted
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        sys.exit(EXIT_OK)

@@ -136,17 +136,19 @@ def running_server(
     ready_path: str = "/api/health/live",
     supervised: bool = False,
     wrapper: Sequence[str] = (),
+    bare_config: bool = False,
 ) -> Iterator[Server]:
     """Serve `app` with the repository's hypercorn.toml (bind and `config` overridden), by
     hypercorn itself or, `supervised`, by `scene-packer serve` (the service's own app only),
     on the backends `env` names, else the embedded ones (`embedded_backends`).
 
+    `bare_config`: a file of only `bind` and `config`, as an operator may write one.
     `wrapper` runs the command (`prlimit --nofile=256:4096 --`). Output (stdout and stderr
     together) goes to a file; the server is stopped with SIGTERM,
     by its own process id, when the block ends.
     """
     port = free_port()
-    settings = tomllib.loads((ROOT / "hypercorn.toml").read_text())
+    settings = {} if bare_config else tomllib.loads((ROOT / "hypercorn.toml").read_text())
     settings.update({"bind": [f"127.0.0.1:{port}"], **(config or {})})
     config_path = tmp_path / f"hypercorn-{port}.toml"
     config_path.write_text(to_toml(settings))

@@ -171,6 +171,9 @@ def test_plain_hypercorn_still_serves(tmp_path: Path) -> None:
         ({"keep_alive_timeout": "x"}, 2, "configuration_invalid"),
         ({"workers": "two"}, 2, "configuration_invalid"),
         ({"graceful_timeout": 5}, 2, "configuration_invalid"),  # below REQUEST_TIMEOUT (5 s)
+        ({"workers": 1.5}, 2, "configuration_invalid"),
+        ({"workers": 0}, 2, "configuration_invalid"),
+        ({"bind": [""]}, 2, "configuration_invalid"),  # not every address of the machine
         ({"bind": ["192.0.2.1:18001"]}, 3, "cannot_serve"),  # not an address of this machine
     ],
 )
@@ -232,7 +235,7 @@ def test_version_and_a_bad_option() -> None:
     assert (version.returncode, version.stdout.strip()) == (0, f"scene-packer {VERSION}")
     refused = scene_packer("serve", "--workers", "0", env={})
     assert refused.returncode == 2
-    assert "--workers: must be 1 or more" in refused.stderr
+    assert "--workers: must be a whole number of 1 or more, not '0'" in refused.stderr
 
 
 def test_help_names_every_setting_and_the_exit_codes() -> None:
@@ -240,7 +243,7 @@ def test_help_names_every_setting_and_the_exit_codes() -> None:
     assert helped.returncode == 0
     text = " ".join(helped.stdout.split())
     assert [name for name in Settings.model_fields if name.upper() not in text] == []
-    assert "docs/configuration.md" in text and "3 cannot serve" in text
+    assert "scene-packer settings" in text and "3 cannot serve" in text
 
 
 def test_serve_listens_where_the_command_line_says(tmp_path: Path) -> None:
@@ -291,3 +294,45 @@ def test_a_worker_that_dies_while_stopping_makes_serve_exit_1(tmp_path: Path) ->
         assert server.process.wait(60) == 1
     (stopped,) = [e for e in server.events() if e["event"] == "server_stopped"]
     assert stopped["exit_code"] == 1 and stopped["level"] == "error"
+
+
+@pytest.mark.parametrize(
+    ("option", "value", "problem"),
+    [
+        ("--bind", "127.0.0.1:99999", "bind:"),
+        ("--bind", "nonsense", "bind:"),
+        ("--workers", "abc", "--workers: must be a whole number of 1 or more, not 'abc'"),
+    ],
+)
+def test_a_bad_command_line_value_is_named_as_such(
+    tmp_path: Path, option: str, value: str, problem: str
+) -> None:
+    env = {**PRODUCTION_ENV, **embedded_backends(tmp_path), "DATA_DIR": str(tmp_path)}
+    result = scene_packer("serve", option, value, env=env)
+    assert result.returncode == 2, result.stdout + result.stderr
+    assert "Traceback" not in result.stdout + result.stderr
+    if option == "--bind":
+        (event,) = [json.loads(line) for line in result.stdout.splitlines() if line.startswith("{")]
+        assert event["event"] == "configuration_invalid" and event["option"] == "--bind"
+        assert event["problem"].startswith(problem) and "file" not in event
+    else:
+        assert problem in result.stderr
+
+
+def test_a_server_file_without_logging_keeps_every_line_json(tmp_path: Path) -> None:
+    """An operator's own hypercorn.toml with only `bind` and `workers`: hypercorn's lines still go
+    through the service's pipeline (JSON in production)."""
+    config = {"workers": 1, "graceful_timeout": 10}
+    env = {**PRODUCTION_ENV, "LOG_LEVEL": "INFO"}
+    with running_server(tmp_path, env, supervised=True, config=config, bare_config=True) as server:
+        assert is_live(server.base_url)
+    lines = server.lines()
+    assert lines and [line for line in lines if not line.startswith("{")] == []
+    assert any(e["logger"].startswith("hypercorn") for e in server.events())
+
+
+def test_settings_prints_every_variable_with_its_meaning() -> None:
+    printed = scene_packer("settings", env={})
+    assert printed.returncode == 0
+    names = [line.split(" ")[0] for line in printed.stdout.splitlines() if not line[:1].isspace()]
+    assert names == [name.upper() for name in Settings.model_fields]
