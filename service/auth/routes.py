@@ -2,10 +2,10 @@
 
 from __future__ import annotations
 
-import json
 from contextlib import suppress
 from datetime import UTC, datetime, timedelta
 
+import orjson
 import structlog
 from pydantic import BaseModel, Field
 from quart import Blueprint, Response, jsonify, request
@@ -17,7 +17,13 @@ from werkzeug.exceptions import RequestEntityTooLarge
 from service.auth.devices import DeviceCookies
 from service.auth.passwords import Passwords, needs_rehash
 from service.auth.rate_limits import login_limits, refused_by, register_limits, submitted_username
-from service.auth.sessions import SessionStore, SessionUser, current_session, keep_cookie
+from service.auth.sessions import (
+    PROFILE_KEY_PREFIX,
+    SessionStore,
+    SessionUser,
+    current_session,
+    keep_cookie,
+)
 from service.backends.cache import CacheError, InstrumentedCache
 from service.backends.db import Database
 from service.backends.db.models import User
@@ -227,8 +233,13 @@ def create_blueprint(
         """The signed-in user's profile.
 
         Read through the cache; 401 without a live session."""
-        user_id = await _current_user_id()
-        profile = await _cached_profile(database, cache, user_id, settings.profile_cache_ttl)
+        session = await current_session()
+        if session is None:
+            raise APIError(401, "unauthorized", "Authentication is required.")
+        # A cached session came with its user's cached profile, in the same round trip.
+        profile = _readable(session.profile) or await _cached_profile(
+            database, cache, session.user_id, settings.profile_cache_ttl
+        )
         if profile is None:
             logout_user()
             raise APIError(401, "unauthorized", "Authentication is required.")
@@ -242,13 +253,6 @@ _REJECTED_LOGIN_REASONS: dict[int, LoginResult] = {
     413: "invalid_input",
     429: "rate_limited",
 }
-
-
-async def _current_user_id() -> int:
-    session = await current_session()
-    if session is None:
-        raise APIError(401, "unauthorized", "Authentication is required.")
-    return session.user_id
 
 
 async def _end_replaced_session(sessions: SessionStore, token: str) -> None:
@@ -284,7 +288,18 @@ def _profile(user: User) -> Profile:
 
 
 def _profile_key(user_id: int) -> str:
-    return f"profile:{user_id}"
+    return f"{PROFILE_KEY_PREFIX}{user_id}"
+
+
+def _readable(cached: str | None) -> dict[str, object] | None:
+    """A cached profile as written by `_cached_profile`; anything else reads as a miss."""
+    if cached is None:
+        return None
+    try:
+        profile = orjson.loads(cached)
+    except orjson.JSONDecodeError:
+        return None
+    return profile if isinstance(profile, dict) else None
 
 
 async def _cached_profile(
@@ -296,8 +311,7 @@ async def _cached_profile(
     except CacheError:
         cached = None
         logger.warning("cache_unavailable", operation="get")
-    if cached is not None:
-        profile: dict[str, object] = json.loads(cached)
+    if (profile := _readable(cached)) is not None:
         return profile
     async with database.transaction() as session:
         user = await select_user(session, user_id)
@@ -305,7 +319,7 @@ async def _cached_profile(
         return None
     profile = _profile(user).model_dump(mode="json")
     try:
-        await cache.set(_profile_key(user_id), json.dumps(profile), ttl)
+        await cache.set(_profile_key(user_id), orjson.dumps(profile).decode(), ttl)
     except CacheError:
         logger.warning("cache_unavailable", operation="set")
     return profile

@@ -64,6 +64,8 @@ SESSION_CACHE_SECONDS = 60
 _TOMBSTONE_SECONDS = 300
 _TOMBSTONE = "revoked"
 _KEY_PREFIX = "session:"
+# The profile cache (`/api/auth/me`, read through): a cached session is read with its user's entry.
+PROFILE_KEY_PREFIX = "profile:"
 PURGE_INTERVAL_SECONDS = 600
 PURGE_BATCH = 10_000
 # `auth_sessions_active` is counted at most this often per worker: with several workers every
@@ -77,6 +79,8 @@ class ActiveSession:
     user_id: int
     expires_at: float  # seconds since the epoch
     last_seen_at: float
+    # The user's cached profile (JSON), read in the same round trip as a cached session.
+    profile: str | None = None
 
     @classmethod
     def from_row(cls, row: LoginSession) -> ActiveSession:
@@ -228,7 +232,10 @@ class SessionStore:
         if self._cache is None:
             return None, False
         try:
-            value = await self._cache.get(_KEY_PREFIX + session_id)
+            # The session [user_id, …] and, in the same round trip, profile:<user_id>.
+            value, profile = await self._cache.get_and_follow(
+                _KEY_PREFIX + session_id, PROFILE_KEY_PREFIX
+            )
         except CacheError:
             return None, False
         if value is None:
@@ -238,7 +245,7 @@ class SessionStore:
         try:
             user_id, expires_at, last_seen_at = orjson.loads(value)
             return ActiveSession(
-                session_id, int(user_id), float(expires_at), float(last_seen_at)
+                session_id, int(user_id), float(expires_at), float(last_seen_at), profile
             ), True
         except (ValueError, TypeError):  # not written by this code: ask the database
             logger.warning("session_cache_entry_unreadable")

@@ -6,6 +6,7 @@ Failures of the backend surface as `CacheError`, so callers decide whether to fa
 from __future__ import annotations
 
 import asyncio
+import re
 import time
 from collections import OrderedDict
 from collections.abc import Awaitable, Callable
@@ -36,6 +37,7 @@ class Cache(Protocol):
     shared: bool
 
     async def get(self, key: str) -> str | None: ...
+    async def get_and_follow(self, key: str, prefix: str) -> tuple[str | None, str | None]: ...
     async def set(self, key: str, value: str, ttl: float) -> None: ...
     async def set_unless(self, key: str, value: str, ttl: float, *, unless: str) -> None: ...
     async def set_many(self, keys: list[str], value: str, ttl: float) -> None: ...
@@ -67,6 +69,11 @@ class MemoryCache:
             del self._entries[key]
             return None
         return value
+
+    async def get_and_follow(self, key: str, prefix: str) -> tuple[str | None, str | None]:
+        value = await self.get(key)
+        owner = follows(value)
+        return value, None if owner is None else await self.get(prefix + owner)
 
     async def set(self, key: str, value: str, ttl: float) -> None:
         self._entries[key] = (value, time.monotonic() + ttl)
@@ -132,6 +139,26 @@ return {'0', exact(new_tat)}
 """
 
 
+# GET a key and, when its value names an owner (`follows`), GET that owner's key under a prefix:
+# two reads in one round trip. The second key is not declared (it is known only from the first
+# value), which Redis Cluster refuses: one Redis, or one shard per service, as the rest assumes.
+_GET_AND_FOLLOW = """
+local value = redis.call('GET', KEYS[1])
+if not value then return {false, false} end
+local owner = string.match(value, '^%[(%d+),')
+if not owner then return {value, false} end
+return {value, redis.call('GET', ARGV[1] .. owner)}
+"""
+_OWNER = re.compile(r"\[(\d+),")
+
+
+def follows(value: str | None) -> str | None:
+    """The owner a value names for `get_and_follow`: N when it starts `[N,` (a JSON array whose
+    first item is a whole number), else None."""
+    match = _OWNER.match(value) if value is not None else None
+    return match.group(1) if match else None
+
+
 # SET unless the key holds a given value (a tombstone), in one atomic step.
 _SET_UNLESS = """
 if redis.call('GET', KEYS[1]) == ARGV[3] then return 0 end
@@ -149,13 +176,20 @@ class RedisCache:
         self.timeout = timeout
         self._acquire = client.register_script(_ACQUIRE_RATE)
         self._set_unless = client.register_script(_SET_UNLESS)
+        self._get_and_follow = client.register_script(_GET_AND_FOLLOW)
         self._timed_out = _TimedOut(timeout)
 
     async def get(self, key: str) -> str | None:
         async with self._command("get"):
             value = await self.client.get(self.prefix + key)
-        # Bytes this code did not write must not fail the read: callers parse what they get.
-        return value.decode(errors="replace") if isinstance(value, bytes) else value
+        return _text(value)
+
+    async def get_and_follow(self, key: str, prefix: str) -> tuple[str | None, str | None]:
+        async with self._command("get"):
+            value, followed = await self._get_and_follow(
+                keys=[self.prefix + key], args=[self.prefix + prefix]
+            )
+        return _text(value), _text(followed)
 
     async def set(self, key: str, value: str, ttl: float) -> None:
         async with self._command("set"):
@@ -237,6 +271,20 @@ class InstrumentedCache:
         value: str | None = await self._call(operation, self.inner.get(key))
         self._requests.inc({"operation": operation, "result": "miss" if value is None else "hit"})
         return value
+
+    async def get_and_follow(self, key: str, prefix: str) -> tuple[str | None, str | None]:
+        """`key`'s value and, when it names an owner (`follows`), the value of `prefix` + that
+        owner, in one round trip; counted as the reads they are."""
+        pair: tuple[str | None, str | None] = await self._call(
+            "get", self.inner.get_and_follow(key, prefix)
+        )
+        value, followed = pair
+        self._requests.inc({"operation": "get", "result": "miss" if value is None else "hit"})
+        if follows(value) is not None:
+            self._requests.inc(
+                {"operation": "get", "result": "miss" if followed is None else "hit"}
+            )
+        return pair
 
     async def set(self, key: str, value: str, ttl: float) -> None:
         await self.write(key, value, ttl, operation="set")
@@ -345,6 +393,11 @@ class _TimedOut:
         request = current_context()
         if (request is not None and request is self.request) or time.monotonic() < self.until:
             raise CacheError(f"{operation} not tried: Redis timed out just now") from TimeoutError()
+
+
+def _text(value: Any) -> str | None:
+    # Bytes this code did not write must not fail the read: callers parse what they get.
+    return value.decode(errors="replace") if isinstance(value, bytes) else value
 
 
 def _millis(seconds: float) -> int:

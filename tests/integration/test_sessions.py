@@ -9,6 +9,7 @@ from contextlib import asynccontextmanager
 from pathlib import Path
 from typing import Any
 
+import redis.asyncio as aioredis
 from pydantic import SecretStr
 from quart import Quart
 from quart_auth.extension import _AuthSerializer
@@ -195,3 +196,39 @@ async def test_a_hung_redis_is_waited_for_once_a_request(postgres_url: str, tmp_
         await hung.stop()
     assert me.status_code == 200 and (await me.get_json())["username"] == "ivan"
     assert connections <= 1
+
+
+async def test_a_signed_in_read_is_one_round_trip_to_redis(
+    postgres_url: str, tmp_path: Path
+) -> None:
+    """The cached session and its user's cached profile come back in one command (a script that
+    reads both), as Redis itself sees the requests (MONITOR)."""
+    settings = make_settings("postgres", postgres_url, tmp_path)
+    prefix = settings.cache_key_prefix
+    app = create_app(settings)
+    async with app.test_app() as test_app:
+        client = test_app.test_client()
+        await register(client, "una")
+        await login(client, "una")
+        first = await client.get("/api/auth/me")  # caches the session, then the profile
+        assert (await client.get("/api/auth/me")).status_code == 200
+        watcher = aioredis.Redis.from_url(REDIS_URL)
+        marker = f"end-{uuid.uuid4().hex}"
+        try:
+            async with watcher.monitor() as monitor:
+                answer = await client.get("/api/auth/me")
+                await watcher.echo(marker)
+                seen = []
+                while marker not in (command := await monitor.next_command())["command"]:
+                    if prefix in command["command"]:
+                        seen.append(command)
+        finally:
+            await watcher.aclose()
+    assert answer.status_code == 200 and await answer.get_json() == await first.get_json()
+    sent = [c["command"].split()[0] for c in seen if c["client_type"] != "lua"]
+    inside = [c["command"].split() for c in seen if c["client_type"] == "lua"]
+    assert sent == ["EVALSHA"]
+    assert [(verb, key.removeprefix(prefix).split(":")[0]) for verb, key, *_ in inside] == [
+        ("GET", "session"),
+        ("GET", "profile"),
+    ]
