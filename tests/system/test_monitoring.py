@@ -78,6 +78,8 @@ def test_amtool_accepts_the_config_and_routes_each_severity() -> None:
         (["alertname=HighErrorRate", "severity=critical", "job=scene-packer"], "pager"),
         (["alertname=HighLatencyP95", "severity=warning", "job=scene-packer"], "tickets"),
         (["alertname=Watchdog", "severity=none"], "watchdog"),
+        # A failing pager is not told of its own failure.
+        (["alertname=NotificationsFailing", "severity=critical", "job=alertmanager"], "fallback"),
     ):
         routed = _run(
             amtool, "config", "routes", "test", f"--config.file={ALERTMANAGER_CONFIG}",
