@@ -157,3 +157,30 @@ def test_exemplar_links_are_written_as_grafana_reads_them() -> None:
     assert log_search("1a2b3c4d-request", dashboard_variables()) == (
         "https://logs.example.invalid/search?q=1a2b3c4d-request"
     )
+
+
+def _seconds(duration: str) -> float:
+    number, unit = re.fullmatch(r"(\d+)(ms|s|m|h)", duration).groups()  # type: ignore[union-attr]
+    return int(number) * {"ms": 0.001, "s": 1, "m": 60, "h": 3600}[unit]
+
+
+def test_an_alertmanager_restart_gets_every_cause_back_before_a_symptom_is_sent() -> None:
+    """Alertmanager forgets the alerts it held when it restarts; Prometheus sends each firing
+    alert again within its resend delay plus one evaluation, each rule group on its own
+    schedule. A symptom (HighErrorRate, ErrorBudgetBurn: other groups than the causes) back
+    first would be sent before its cause could inhibit it, unless every route that carries
+    symptoms waits longer than that (tests/system/test_monitoring.py shows both sides)."""
+    run = (MONITORING / "run").read_text()
+    (resend,) = re.findall(r"--rules\.alert\.resend-delay=(\w+)", run)
+    evaluation = yaml.safe_load((PROMETHEUS_DIR / "prometheus.yml").read_text())["global"][
+        "evaluation_interval"
+    ]
+    route = yaml.safe_load((MONITORING / "alertmanager" / "alertmanager.yml").read_text())["route"]
+    symptom_routes = [
+        r for r in route["routes"] if not any("Watchdog" in m or "Notifications" in m
+                                              for m in r["matchers"])
+    ]  # fmt: skip
+    assert symptom_routes
+    for symptom_route in symptom_routes:
+        group_wait = _seconds(symptom_route.get("group_wait", route["group_wait"]))
+        assert _seconds(resend) + _seconds(evaluation) < group_wait, symptom_route
