@@ -453,6 +453,18 @@ def test_monitoring_run_on_ports_of_choice(tmp_path: Path, postgres_url: str) ->
 
             wait_until(lambda: watchdog_runbook() is not None, 60, "no Watchdog")
             assert watchdog_runbook() == RUNBOOK_BASE + "#watchdog"
+
+            def watchdog_source() -> str | None:
+                """The Watchdog's link to its source, as Alertmanager holds it."""
+                with suppress(httpx.TransportError, ValueError):
+                    held = httpx.get(f"http://{alertmanager_address}/api/v2/alerts", timeout=5)
+                    for alert in held.json():
+                        if alert["labels"]["alertname"] == "Watchdog":
+                            return str(alert["generatorURL"])
+                return None
+
+            wait_until(lambda: watchdog_source() is not None, 60, "Alertmanager has no Watchdog")
+            assert str(watchdog_source()).startswith(f"{url}/graph?")
         finally:
             run.send_signal(signal.SIGTERM)
             run.wait(timeout=30)
