@@ -80,10 +80,12 @@ class HAProxy:
         self.port = free_port()
         self.socket = tmp / "haproxy.sock"
         self.url = f"http://127.0.0.1:{self.port}"
+        self.metrics_address = f"127.0.0.1:{free_port()}"  # its exporter (HAPROXY_METRICS_BIND)
         env = {
             "PATH": os.environ.get("PATH", "/usr/sbin:/usr/bin:/bin"),
             "HAPROXY_BIND": f"127.0.0.1:{self.port}",
             "HAPROXY_STATS_SOCKET": str(self.socket),
+            "HAPROXY_METRICS_BIND": self.metrics_address,
             **{f"SCENE_PACKER_{name.upper()}": address for name, address in servers.items()},
         }
         binary = require("haproxy")
@@ -159,9 +161,10 @@ def _instance_env(database_url: str, prefix: str) -> dict[str, str]:
     }
 
 
-def _discovering_prometheus_config(tmp: Path, addresses: list[str]) -> Path:
+def _discovering_prometheus_config(tmp: Path, addresses: list[str], balancer: str) -> Path:
     """monitoring/prometheus as shipped (rules' `for:` shortened), finding the instances in a
-    file as the commented `file_sd_configs` example in prometheus.yml says."""
+    file as the commented `file_sd_configs` example in prometheus.yml says, and scraping the
+    load balancer's exporter as its commented `scene-packer-lb` job does."""
     config_path = prometheus_config(tmp, addresses[0], None, shorten=True)
     config = yaml.safe_load(config_path.read_text())
     (job,) = [j for j in config["scrape_configs"] if j["job_name"] == "scene-packer"]
@@ -170,6 +173,13 @@ def _discovering_prometheus_config(tmp: Path, addresses: list[str]) -> Path:
     targets.parent.mkdir()
     targets.write_text(yaml.safe_dump([{"targets": addresses, "labels": labels}]))
     job["file_sd_configs"] = [{"files": [str(tmp / "targets" / "scene-packer-*.yml")]}]
+    config["scrape_configs"].append(
+        {
+            "job_name": "scene-packer-lb",
+            "scrape_interval": "1s",
+            "static_configs": [{"targets": [balancer], "labels": {"slo_job": "scene-packer"}}],
+        }
+    )
     config_path.write_text(yaml.safe_dump(config))
     return config_path
 
@@ -203,7 +213,7 @@ async def test_two_instances_behind_haproxy_on_a_bad_day(tmp_path: Path, postgre
             _haproxy(tmp_path, {name: _address(s) for name, s in instances.items()})
         )
         addresses = [_address(instance) for instance in instances.values()]
-        config = _discovering_prometheus_config(tmp_path, addresses)
+        config = _discovering_prometheus_config(tmp_path, addresses, haproxy.metrics_address)
         prometheus_url = await asyncio.to_thread(stack.enter_context, prometheus(tmp_path, config))
         await haproxy.wait_for("a", "UP")
         await haproxy.wait_for("b", "UP")
@@ -237,6 +247,10 @@ async def test_two_instances_behind_haproxy_on_a_bad_day(tmp_path: Path, postgre
         await running
         assert not load.failures, load.failures[:3]
         assert after_down == [], after_down[:5]
+        # The availability SLO counts what clients got, from HAProxy's exporter.
+        lb_view = 'job:slo_failures_per_request:ratio_rate5m{job="scene-packer"}'
+        await _until(lambda: bool(query(prometheus_url, lb_view)))
+        assert query(prometheus_url, "job:slo_lb_failures_per_request:ratio_rate5m")
 
         # 3. Active users and rate limits are global. A user signed in through HAProxy is counted
         # once, by both instances, whichever answered; the per-address login limit counts the
