@@ -78,8 +78,11 @@ def test_amtool_accepts_the_config_and_routes_each_severity() -> None:
         (["alertname=HighErrorRate", "severity=critical", "job=scene-packer"], "pager"),
         (["alertname=HighLatencyP95", "severity=warning", "job=scene-packer"], "tickets"),
         (["alertname=Watchdog", "severity=none"], "watchdog"),
-        # A failing pager is not told of its own failure.
-        (["alertname=NotificationsFailing", "severity=critical", "job=alertmanager"], "fallback"),
+        # A failing pager or second channel: told on both, one of them works.
+        (
+            ["alertname=NotificationsFailing", "severity=critical", "job=alertmanager"],
+            "fallback,pager",
+        ),
     ):
         routed = _run(
             amtool, "config", "routes", "test", f"--config.file={ALERTMANAGER_CONFIG}",
@@ -302,12 +305,12 @@ def test_alerts_fire_route_inhibit_and_resolve(tmp_path: Path, postgres_url: str
                 slow = ["/test/slow/2300"] * 3
                 with _background_traffic(server, ["/test/boom", *slow], 0.0):
                     # The symptoms' conditions hold, yet the rules keep them quiet while their
-                    # cause fires (job:dependency_down:recent*): nothing for Alertmanager to
+                    # cause fires (job:cause_alert:recent*): nothing for Alertmanager to
                     # hold back, nothing to send once the cause resolves.
                     for condition in (
                         "job:http_errors:rate5m * 60 > 10",
                         "job:http_request_duration_seconds:p95_5m > 2",
-                        "job:dependency_down:recent10m == 1",
+                        "job:cause_alert:recent10m == 1",
                     ):
                         wait_until(
                             lambda c=condition: bool(query(prometheus_url, c)), 90, condition

@@ -250,7 +250,7 @@ async def test_two_instances_behind_haproxy_on_a_bad_day(tmp_path: Path, postgre
         # The availability SLO counts what clients got, from HAProxy's exporter.
         lb_view = 'job:slo_failures_per_request:ratio_rate5m{job="scene-packer"}'
         await _until(lambda: bool(query(prometheus_url, lb_view)))
-        assert query(prometheus_url, "job:slo_lb_failures_per_request:ratio_rate5m")
+        assert query(prometheus_url, "job:slo_lb_errors_per_request:ratio_rate5m")
 
         # 3. Active users and rate limits are global. A user signed in through HAProxy is counted
         # once, by both instances, whichever answered; the per-address login limit counts the
