@@ -611,8 +611,11 @@ def load_settings(**overrides: Any) -> Settings:
 def _check_port(url: str) -> None:
     """A port that is not a number fails here, naming the setting, not at the first connect.
     The message leaves the URL out: it may hold a password."""
+    parts = urlsplit(url)
+    if "," in parts.netloc:  # several hosts (libpq's failover list): left to the driver
+        return
     try:
-        urlsplit(url).port  # noqa: B018 - parsed for its ValueError
+        parts.port  # noqa: B018 - parsed for its ValueError
     except ValueError:
         raise ValueError("the port must be a number from 1 to 65535") from None
 

@@ -181,7 +181,8 @@ def _legend(template: str, labels: dict[str, str]) -> str:
 def format_value(value: float, unit: str) -> str:
     """As Grafana writes the units this dashboard uses."""
     if unit == "percentunit":
-        return f"{value * 100:.3g} %"
+        percent = value * 100
+        return f"{percent:,.0f} %" if abs(percent) >= 1000 else f"{percent:.3g} %"
     if unit == "s":
         return f"{value * 1000:.3g} ms" if abs(value) < 1 else f"{value:.3g} s"
     if unit == "bytes":

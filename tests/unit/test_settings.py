@@ -48,3 +48,8 @@ def test_production_may_name_the_embedded_backends(tmp_path: Path) -> None:
     )
     assert settings.uses_embedded_database and not settings.uses_redis
     assert settings.effective_database_url == f"sqlite+aiosqlite:///{tmp_path}/app.db"
+
+
+def test_a_list_of_database_hosts_is_left_to_the_driver() -> None:
+    url = "postgresql://app@db-a:5432,db-b:5432/app?target_session_attrs=read-write"
+    assert load_settings(database_url=url).database_url is not None
