@@ -236,10 +236,13 @@ def create_blueprint(
         session = await current_session()
         if session is None:
             raise APIError(401, "unauthorized", "Authentication is required.")
-        # A cached session came with its user's cached profile, in the same round trip.
-        profile = _readable(session.profile) or await _cached_profile(
-            database, cache, session.user_id, settings.profile_cache_ttl
-        )
+        ttl = settings.profile_cache_ttl
+        if session.profile_read:  # a cached session came with its user's cached profile
+            profile = _readable(session.profile) or await _profile_from_database(
+                database, cache, session.user_id, ttl
+            )
+        else:
+            profile = await _cached_profile(database, cache, session.user_id, ttl)
         if profile is None:
             logout_user()
             raise APIError(401, "unauthorized", "Authentication is required.")
@@ -313,6 +316,13 @@ async def _cached_profile(
         logger.warning("cache_unavailable", operation="get")
     if (profile := _readable(cached)) is not None:
         return profile
+    return await _profile_from_database(database, cache, user_id, ttl)
+
+
+async def _profile_from_database(
+    database: Database, cache: InstrumentedCache, user_id: int, ttl: int
+) -> dict[str, object] | None:
+    """The profile from the database, cached for the next read (a cache miss already seen)."""
     async with database.transaction() as session:
         user = await select_user(session, user_id)
     if user is None:

@@ -79,8 +79,10 @@ class ActiveSession:
     user_id: int
     expires_at: float  # seconds since the epoch
     last_seen_at: float
-    # The user's cached profile (JSON), read in the same round trip as a cached session.
+    # The user's cached profile (JSON), read in the same round trip as a cached session;
+    # `profile_read` says it was asked for, so that None is a miss, not "not read".
     profile: str | None = None
+    profile_read: bool = False
 
     @classmethod
     def from_row(cls, row: LoginSession) -> ActiveSession:
@@ -245,7 +247,7 @@ class SessionStore:
         try:
             user_id, expires_at, last_seen_at = orjson.loads(value)
             return ActiveSession(
-                session_id, int(user_id), float(expires_at), float(last_seen_at), profile
+                session_id, int(user_id), float(expires_at), float(last_seen_at), profile, True
             ), True
         except (ValueError, TypeError):  # not written by this code: ask the database
             logger.warning("session_cache_entry_unreadable")

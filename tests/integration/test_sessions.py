@@ -198,11 +198,30 @@ async def test_a_hung_redis_is_waited_for_once_a_request(postgres_url: str, tmp_
     assert connections <= 1
 
 
+async def _as_redis_sees_it(client: Any, prefix: str) -> tuple[Any, list[dict[str, Any]]]:
+    """`GET /api/auth/me` and the commands on keys under `prefix` that Redis saw meanwhile
+    (MONITOR), until a marker of ours."""
+    watcher = aioredis.Redis.from_url(REDIS_URL)
+    marker = f"end-{uuid.uuid4().hex}"
+    try:
+        async with watcher.monitor() as monitor:
+            answer = await client.get("/api/auth/me")
+            await watcher.echo(marker)
+            seen = []
+            while marker not in (command := await monitor.next_command())["command"]:
+                if prefix in command["command"]:
+                    seen.append(command)
+    finally:
+        await watcher.aclose()
+    return answer, seen
+
+
 async def test_a_signed_in_read_is_one_round_trip_to_redis(
     postgres_url: str, tmp_path: Path
 ) -> None:
     """The cached session and its user's cached profile come back in one command (a script that
-    reads both), as Redis itself sees the requests (MONITOR)."""
+    reads both), as Redis itself sees the requests (MONITOR); a profile missing from the cache
+    is not asked for a second time."""
     settings = make_settings("postgres", postgres_url, tmp_path)
     prefix = settings.cache_key_prefix
     app = create_app(settings)
@@ -212,18 +231,14 @@ async def test_a_signed_in_read_is_one_round_trip_to_redis(
         await login(client, "una")
         first = await client.get("/api/auth/me")  # caches the session, then the profile
         assert (await client.get("/api/auth/me")).status_code == 200
-        watcher = aioredis.Redis.from_url(REDIS_URL)
-        marker = f"end-{uuid.uuid4().hex}"
+        answer, seen = await _as_redis_sees_it(client, prefix)
+        evicted = aioredis.Redis.from_url(REDIS_URL)
         try:
-            async with watcher.monitor() as monitor:
-                answer = await client.get("/api/auth/me")
-                await watcher.echo(marker)
-                seen = []
-                while marker not in (command := await monitor.next_command())["command"]:
-                    if prefix in command["command"]:
-                        seen.append(command)
+            user_id = (await first.get_json())["id"]
+            assert await evicted.delete(f"{prefix}profile:{user_id}") == 1
         finally:
-            await watcher.aclose()
+            await evicted.aclose()
+        after_a_miss, seen_after = await _as_redis_sees_it(client, prefix)
     assert answer.status_code == 200 and await answer.get_json() == await first.get_json()
     sent = [c["command"].split()[0] for c in seen if c["client_type"] != "lua"]
     inside = [c["command"].split() for c in seen if c["client_type"] == "lua"]
@@ -231,4 +246,10 @@ async def test_a_signed_in_read_is_one_round_trip_to_redis(
     assert [(verb, key.removeprefix(prefix).split(":")[0]) for verb, key, *_ in inside] == [
         ("GET", "session"),
         ("GET", "profile"),
+    ]
+    # The miss came with the session: the database answers and the profile is cached again.
+    assert await after_a_miss.get_json() == await first.get_json()
+    assert [c["command"].split()[0] for c in seen_after if c["client_type"] != "lua"] == [
+        "EVALSHA",
+        "SET",
     ]
