@@ -29,8 +29,11 @@ SENSITIVE_KEY_PARTS = (
 # Every pattern below starts only where a token can start (a lookbehind) and scans a bounded or
 # delimited stretch from there, so masking stays linear in the text's length: the texts are
 # partly chosen by clients (paths, browser error messages).
+# The password runs to the last `@` of the authority (the host after it holds none): a raw `@`
+# or a space in a password must not leave its tail in the line.
 _URL_CREDENTIALS = re.compile(
-    r"(?<![A-Za-z0-9+.-])(?P<scheme>[A-Za-z][A-Za-z0-9+.-]{0,31}://)(?P<user>[^:/@\s]*):[^@\s/]*@"
+    r"(?<![A-Za-z0-9+.-])(?P<scheme>[A-Za-z][A-Za-z0-9+.-]{0,31}://)(?P<user>[^:/@\s]*)"
+    r":[^/]*?@(?=[^@/\s]*(?:[/?#]|\s(?![^/\s]*@)|$))"
 )
 # Secrets by their shape, wherever they sit in a text (an exception message, a traceback, a
 # browser's error). First whole tokens: password hashes in PHC/crypt form and JWTs.

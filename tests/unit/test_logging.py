@@ -91,6 +91,18 @@ def test_redaction_at_any_depth_and_in_urls() -> None:
     assert redact_url("no credentials here") == "no credentials here"
 
 
+def test_a_password_with_an_at_sign_or_a_space_is_masked_whole() -> None:
+    """A password as an operator may type it: its tail must not show after the mask."""
+    for url, shown in (
+        ("redis://:S3cr3t@M@127.0.0.1:6379/11", "redis://:***@127.0.0.1:6379/11"),
+        ("redis://:S3cr3t T@cache:6379/0", "redis://:***@cache:6379/0"),
+        ("postgresql://app:pa@ss w@rd@db:5432/x?a=1", "postgresql://app:***@db:5432/x?a=1"),
+        ("postgresql://app:p@db", "postgresql://app:***@db"),
+    ):
+        assert redact_url(url) == shown
+        assert redact_url(f"start {url} done") == f"start {shown} done"
+
+
 def test_a_flag_named_like_a_secret_is_shown() -> None:
     """`SESSION_COOKIE_SECURE: false` in the start-up line tells how the service runs; a yes, a
     no or nothing holds no secret. Any other value under such a name is still hidden."""
