@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import ipaddress
 import os
+from collections.abc import Callable
 from enum import StrEnum
 from pathlib import Path
 from typing import Annotated, Any, Literal, get_args
@@ -17,6 +18,8 @@ from urllib.parse import urlsplit
 from pydantic import Field, SecretStr, ValidationError, field_validator, model_validator
 from pydantic.fields import FieldInfo
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
+from redis.connection import parse_url
+from sqlalchemy.engine import make_url
 from werkzeug.routing import Map, Rule
 
 # REDIS_URL's value for the in-process cache, said explicitly (production must say something).
@@ -376,7 +379,7 @@ class Settings(BaseSettings):
                 "must start with postgresql://, postgresql+asyncpg:// or sqlite+aiosqlite://"
             )
         if url.startswith("postgresql"):
-            _check_port(url)
+            _readable_by(make_url, url, "several hosts go in the query: ?host=a:5432&host=b:5432")
         return SecretStr(url)
 
     @field_validator("session_idle_seconds", mode="before")
@@ -399,8 +402,9 @@ class Settings(BaseSettings):
             raise ValueError(
                 f"must start with redis://, rediss:// or unix://, or be {IN_PROCESS_CACHE}"
             )
+        if url != IN_PROCESS_CACHE:
+            _readable_by(parse_url, url, "its options are redis-py's")
         if url.startswith(("redis://", "rediss://")):
-            _check_port(url)
             database = urlsplit(url).path.strip("/")
             if database and not database.isdigit():
                 raise ValueError("the database after the last / must be a number, such as /0")
@@ -608,16 +612,20 @@ def load_settings(**overrides: Any) -> Settings:
         raise SettingsError(_describe(exc)) from None
 
 
-def _check_port(url: str) -> None:
-    """A port that is not a number fails here, naming the setting, not at the first connect.
-    The message leaves the URL out: it may hold a password."""
-    parts = urlsplit(url)
-    if "," in parts.netloc:  # several hosts (libpq's failover list): left to the driver
-        return
+def _readable_by(parse: Callable[[str], Any], url: str, hint: str) -> None:
+    """The URL as the library that connects will read it (SQLAlchemy's `make_url`, redis-py's
+    `parse_url`): what it cannot read fails here, naming the setting, not in a traceback at the
+    first connect. The message leaves the URL and the library's words out: either may hold the
+    password."""
     try:
-        parts.port  # noqa: B018 - parsed for its ValueError
+        parsed = parse(url)
+        port = parsed.get("port") if isinstance(parsed, dict) else parsed.port
     except ValueError:
-        raise ValueError("the port must be a number from 1 to 65535") from None
+        port = -1
+    if port is not None and not 1 <= port <= 65535:
+        raise ValueError(
+            f"cannot be read: its port must be a number from 1 to 65535, its options valid ({hint})"
+        )
 
 
 def _split_commas(value: Any) -> Any:

@@ -246,12 +246,14 @@ class SessionStore:
             return None, True
         try:
             user_id, expires_at, last_seen_at = orjson.loads(value)
-            return ActiveSession(
-                session_id, int(user_id), float(expires_at), float(last_seen_at), profile, True
-            ), True
-        except (ValueError, TypeError):  # not written by this code: ask the database
+        except (ValueError, TypeError):
+            user_id = expires_at = last_seen_at = None
+        if not _written_here(user_id, expires_at, last_seen_at):  # ask the database
             logger.warning("session_cache_entry_unreadable")
             return None, False
+        return ActiveSession(
+            session_id, user_id, float(expires_at), float(last_seen_at), profile, True
+        ), True
 
     async def _remember(self, session: ActiveSession, now: float, read_at: float) -> None:
         if self._cache is None:
@@ -349,6 +351,19 @@ class _SessionAuth(QuartAuth):
         auth_id: object = self.load_cookie()  # cookie mode only (QUART_AUTH_MODE is not set)
         # A signed payload is whatever was signed: only our own tokens are strings.
         return SessionUser(auth_id if type(auth_id) is str else None, Action.PASS, self.store)
+
+
+def _written_here(user_id: object, expires_at: object, last_seen_at: object) -> bool:
+    """A cached session as `_remember` writes it: a user id (a whole number, as in the table)
+    and two finite times. Anything else, a hand-edited or corrupted entry, is not believed."""
+    return (
+        type(user_id) is int
+        and 0 < user_id < 2**63
+        and all(
+            type(t) in (int, float) and math.isfinite(t)  # type: ignore[arg-type]
+            for t in (expires_at, last_seen_at)
+        )
+    )
 
 
 def stored_id(token: str) -> str:

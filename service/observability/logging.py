@@ -7,6 +7,7 @@ stdlib loggers (SQLAlchemy, alembic, asyncio, Quart, hypercorn) reach the same c
 
 from __future__ import annotations
 
+import json
 import logging
 import os
 import re
@@ -207,7 +208,12 @@ def _add_access_fields(_logger: WrappedLogger, _method: str, event_dict: EventDi
 def _dumps(obj: Any, **kwargs: Any) -> bytes:
     """One JSON line: orjson writes U+0085, U+2028 and U+2029 as they are (valid JSON), which
     line-oriented readers split on; they are escaped here."""
-    line = orjson.dumps(obj, **kwargs)
+    try:
+        line = orjson.dumps(obj, **kwargs)
+    except orjson.JSONEncodeError:
+        # A value orjson cannot write (an integer beyond 64 bits): the standard library's JSON
+        # writes it, every non-ASCII character escaped, rather than the line being lost.
+        return json.dumps(obj, default=kwargs.get("default", repr)).encode()
     if b"\xc2\x85" in line or b"\xe2\x80\xa8" in line or b"\xe2\x80\xa9" in line:
         for raw, escaped in _LINE_BREAKS:
             line = line.replace(raw, escaped)

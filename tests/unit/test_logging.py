@@ -230,3 +230,16 @@ async def test_an_error_answer_names_its_code_on_the_request_line(client: Client
         (200, None),
     ]
     assert "error_code" not in lines[-1]
+
+
+def test_a_value_orjson_cannot_write_keeps_its_line() -> None:
+    """An integer beyond 64 bits (a poisoned cache entry's user id, say): the line is still
+    written, the value with it, instead of vanishing."""
+    stream = io.StringIO()
+    configure_logging(
+        load_settings(environment="production", secret_key="x" * 40, **_EMBEDDED), stream
+    )
+    structlog.get_logger("t").info("huge", user_id=2**70, note="caf\u00e9 \u2028")
+    (line,) = stream.getvalue().splitlines()
+    event = json.loads(line)
+    assert (event["event"], event["user_id"], event["note"]) == ("huge", 2**70, "caf\u00e9 \u2028")
