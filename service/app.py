@@ -23,7 +23,13 @@ from service.auth import routes as auth
 from service.auth.active_users import ActiveUsers, init_active_users
 from service.auth.passwords import Passwords, init_passwords
 from service.auth.rate_limits import init_rate_limits, rate_limited_routes
-from service.auth.sessions import SessionStore, init_sessions, settle_session_cookie
+from service.auth.sessions import (
+    SESSION_COOKIE_NAME,
+    SessionStore,
+    init_sessions,
+    settle_session_cookie,
+)
+from service.auth.signed_in import LocalSessions, SignedInEdge, init_signed_in
 from service.backends.cache import InstrumentedCache, create_cache, init_cache
 from service.backends.db import Database, init_db
 from service.blueprints import meta, rum
@@ -93,6 +99,7 @@ class Parts:
     deadlines: Deadlines  # REQUEST_TIMEOUT, kept per request
     lifecycle: Lifecycle
     gate: RequestGate  # every request as the stop sees it
+    local_sessions: LocalSessions | None  # this worker's signed-in answers (with Redis)
 
 
 class ServiceApp(Quart):
@@ -271,6 +278,9 @@ def create_app(settings: Settings | None = None) -> ServiceApp:
         deadlines=Deadlines(settings.request_timeout),
         lifecycle=Lifecycle(settings, health_monitor),
         gate=RequestGate(),
+        local_sessions=LocalSessions()
+        if settings.uses_redis and settings.session_local_copies
+        else None,
     )
     app = ServiceApp(__name__, parts)
     # `/api//health` is no route: 404 like any other path, not werkzeug's HTML 308 to an address
@@ -291,6 +301,8 @@ def create_app(settings: Settings | None = None) -> ServiceApp:
     init_rate_limits(app, settings, cache)
     init_passwords(app, parts.passwords)
     init_sessions(app, parts.sessions, settings, metrics)
+    if parts.local_sessions is not None:
+        init_signed_in(app, parts.local_sessions, settings)
     init_api_docs(app, settings)
     register_error_handlers(app)
 
@@ -301,7 +313,15 @@ def create_app(settings: Settings | None = None) -> ServiceApp:
     app.register_blueprint(health.create_blueprint(health_monitor))
     app.register_blueprint(rum.create_blueprint(app.url_map, settings, metrics))
     app.register_blueprint(
-        auth.create_blueprint(settings, metrics, parts.sessions, database, cache, parts.passwords)
+        auth.create_blueprint(
+            settings,
+            metrics,
+            parts.sessions,
+            database,
+            cache,
+            parts.passwords,
+            parts.local_sessions,
+        )
     )
     metrics.expect_rate_limits(rate_limited_routes(app))
     # After every part's start-up hook, so that `service_started` means every part is open.
@@ -332,6 +352,10 @@ def _asgi_stack(quart: ASGIFramework, parts: Parts) -> ASGIFramework:
         else None,
         # Probes answered before Quart, inside the record: they are requests too.
         lambda inner: ProbeEdge(inner, parts.health),
+        # The signed-in read a worker has answered before, from its copy (with Redis).
+        (lambda inner: SignedInEdge(inner, local, parts.active_users, SESSION_COOKIE_NAME))
+        if (local := parts.local_sessions) is not None
+        else None,
     ]
     app = quart
     for layer in reversed(layers):

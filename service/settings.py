@@ -207,6 +207,13 @@ class Settings(BaseSettings):
         description="End a session unused for this long; each use slides it on.",
         json_schema_extra={"unset": "off"},
     )
+    session_local_copies: bool = Field(
+        default=True,
+        description="Each worker answers a signed-in read (`GET /api/auth/me`) it has answered "
+        "before from its own copy, kept current through Redis pub/sub; a sign-out then waits "
+        "0.2 s so that no copy outlives it (docs/sign-in.md). Needs Redis; `false`: every read "
+        "asks Redis.",
+    )
     password_min_length: int = Field(
         default=12,
         ge=8,

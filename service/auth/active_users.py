@@ -29,6 +29,11 @@ class ActiveUsers:
         self._cache = cache
         self._marked: dict[int, float] = {}
 
+    def due(self, user_id: int) -> bool:
+        """Whether `mark` would write for this user now."""
+        last = self._marked.get(user_id)
+        return last is None or time.time() - last >= _MARK_EVERY_SECONDS
+
     async def mark(self, user_id: int) -> None:
         """Remember a user as active; raises CacheError (counted by the cache) on a failure."""
         now = time.time()

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import time
 from contextlib import suppress
 from datetime import UTC, datetime, timedelta
 
@@ -19,11 +20,13 @@ from service.auth.passwords import Passwords, needs_rehash
 from service.auth.rate_limits import login_limits, refused_by, register_limits, submitted_username
 from service.auth.sessions import (
     PROFILE_KEY_PREFIX,
+    SESSION_COOKIE_NAME,
     SessionStore,
     SessionUser,
     current_session,
     keep_cookie,
 )
+from service.auth.signed_in import Copy, LocalSessions
 from service.backends.cache import CacheError, InstrumentedCache
 from service.backends.db import Database
 from service.backends.db.models import User
@@ -37,6 +40,7 @@ from service.backends.db.users import (
 )
 from service.http.api_docs import NoContent, declare_errors
 from service.http.errors import APIError
+from service.http.wrappers import json_body
 from service.observability.context import bind_user
 from service.observability.families import LoginResult
 from service.observability.metrics import Metrics
@@ -82,6 +86,7 @@ def create_blueprint(
     database: Database,
     cache: InstrumentedCache,
     passwords: Passwords,
+    local: LocalSessions | None = None,
 ) -> Blueprint:
     """The auth routes, with the parts they use; built per app because their rate limits come
     from settings."""
@@ -246,7 +251,16 @@ def create_blueprint(
         if profile is None:
             logout_user()
             raise APIError(401, "unauthorized", "Authentication is required.")
-        return jsonify(profile)
+        body = json_body(profile)
+        if local is not None:  # this worker answers the same cookie again from a copy
+            copy = Copy(
+                session.id,
+                session.user_id,
+                body,
+                sessions.copy_until(session, time.time(), ttl),
+            )
+            local.remember(request.scope, request.cookies[SESSION_COOKIE_NAME], copy)
+        return Response(body, content_type="application/json")
 
     return blueprint
 
@@ -336,8 +350,9 @@ async def _profile_from_database(
 
 
 async def _forget_profile(cache: InstrumentedCache, user_id: int) -> None:
+    """Drop the cached profile, and every worker's copy of it (service/auth/signed_in.py)."""
     try:
-        await cache.delete(_profile_key(user_id))
+        await cache.delete(_profile_key(user_id), announce=f"user {user_id}")
     except CacheError:
         logger.warning("cache_unavailable", operation="delete")
 

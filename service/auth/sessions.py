@@ -45,6 +45,7 @@ from service.backends.db.sessions import (
     select_user_session_ids,
     touch_session,
 )
+from service.backends.invalidations import TRUST_SECONDS
 from service.observability.metrics import Metrics
 from service.settings import Settings
 from service.unavailable import DependencyUnavailable
@@ -160,22 +161,39 @@ class SessionStore:
         """End one session; the user it belonged to, or None if it did not exist.
 
         The cache is told first: if it cannot be, nothing is deleted and the caller answers
-        503, so a retry does the whole revocation (a cached copy must not outlive the row)."""
+        503, so a retry does the whole revocation (a cached copy must not outlive the row).
+        Workers keeping copies (service/auth/signed_in.py) are told in the same round trip; the
+        ending returns only when every one has heard it or stopped trusting its copies."""
         session_id = stored_id(token)
-        await self._revoke_cached([session_id])
+        heard_by = await self._revoke_cached([session_id])
         async with self._database.transaction() as db:
-            return await delete_session(db, session_id)
+            user_id = await delete_session(db, session_id)
+        await heard_by.wait()
+        return user_id
 
     async def end_all(self, user_id: int) -> int:
         """End every session of a user, cache first as in `end`; how many there were."""
         async with self._database.transaction() as db:
             known = await select_user_session_ids(db, user_id)
-        await self._revoke_cached(known)
+        heard_by = await self._revoke_cached(known)
         async with self._database.transaction() as db:
             ended = await delete_user_sessions(db, user_id)
         # Sessions made by a login meanwhile: their rows are gone; bury them too.
-        await self._revoke_cached(sorted(set(ended) - set(known)))
+        later = await self._revoke_cached(sorted(set(ended) - set(known)))
+        await heard_by.wait()
+        await later.wait()
         return len(ended)
+
+    def copy_until(self, session: ActiveSession, now: float, profile_ttl: float) -> float:
+        """Until when a worker may answer from its own copy of this session's read (epoch
+        seconds): not past its expiry, its idle limit or its next `last_seen_at` write, nor
+        past how long the shared cache keeps a session or a profile."""
+        until = min(session.expires_at, now + SESSION_CACHE_SECONDS, now + profile_ttl)
+        if self.idle is not None:
+            until = min(until, session.last_seen_at + self.idle)
+        if self.touch_interval is not None:
+            until = min(until, session.last_seen_at + self.touch_interval)
+        return until
 
     async def purge_expired(self) -> int:
         """Delete expired sessions in bounded batches; how many were deleted."""
@@ -275,19 +293,39 @@ class SessionStore:
         with suppress(CacheError):
             await self._write_tombstones(session_ids)
 
-    async def _revoke_cached(self, session_ids: list[str]) -> None:
+    async def _revoke_cached(self, session_ids: list[str]) -> _Heard:
+        """Tombstones for these sessions, announced to every worker's copies."""
         try:
-            await self._write_tombstones(session_ids)
+            return await self._write_tombstones(session_ids, announce=True)
         except CacheError as exc:
             raise RevocationIncomplete(
                 "The sign-out could not reach the session cache; nothing was ended. Retry."
             ) from exc
 
-    async def _write_tombstones(self, session_ids: list[str]) -> None:
+    async def _write_tombstones(self, session_ids: list[str], *, announce: bool = False) -> _Heard:
         if self._cache is None or not session_ids:
-            return
+            return _Heard(0)
         keys = [_KEY_PREFIX + session_id for session_id in session_ids]
-        await self._cache.set_many(keys, _TOMBSTONE, _TOMBSTONE_SECONDS)
+        message = "session " + " ".join(session_ids) if announce else None
+        listeners = await self._cache.set_many(
+            keys, _TOMBSTONE, _TOMBSTONE_SECONDS, announce=message
+        )
+        return _Heard(listeners)
+
+
+class _Heard:
+    """An announcement made just now: `wait()` returns once every worker that listened has
+    heard it or stopped trusting its copies (TRUST_SECONDS after it was published)."""
+
+    __slots__ = ("deadline",)
+
+    def __init__(self, listeners: int) -> None:
+        self.deadline = time.monotonic() + TRUST_SECONDS if listeners else 0.0
+
+    async def wait(self) -> None:
+        remaining = self.deadline - time.monotonic()
+        if remaining > 0:
+            await asyncio.sleep(remaining)
 
 
 class RevocationIncomplete(DependencyUnavailable):

@@ -20,6 +20,7 @@ from redis.asyncio.retry import Retry
 from redis.backoff import NoBackoff
 from redis.exceptions import RedisError
 
+from service.backends.invalidations import CHANNEL
 from service.observability.context import RequestContext, current_context, waiting_on
 from service.settings import Settings
 from service.unavailable import FailureReason, failure_reason
@@ -40,8 +41,10 @@ class Cache(Protocol):
     async def get_and_follow(self, key: str, prefix: str) -> tuple[str | None, str | None]: ...
     async def set(self, key: str, value: str, ttl: float) -> None: ...
     async def set_unless(self, key: str, value: str, ttl: float, *, unless: str) -> None: ...
-    async def set_many(self, keys: list[str], value: str, ttl: float) -> None: ...
-    async def delete(self, key: str) -> None: ...
+    async def set_many(
+        self, keys: list[str], value: str, ttl: float, *, announce: str | None = None
+    ) -> int: ...
+    async def delete(self, key: str, *, announce: str | None = None) -> int: ...
     async def acquire_rate(
         self, key: str, now: float, interval: float, period: float
     ) -> tuple[float, float]: ...
@@ -85,12 +88,16 @@ class MemoryCache:
         if await self.get(key) != unless:
             await self.set(key, value, ttl)
 
-    async def set_many(self, keys: list[str], value: str, ttl: float) -> None:
+    async def set_many(
+        self, keys: list[str], value: str, ttl: float, *, announce: str | None = None
+    ) -> int:
         for key in keys:
             await self.set(key, value, ttl)
+        return 0  # no worker listens: nothing is copied from an in-process cache
 
-    async def delete(self, key: str) -> None:
+    async def delete(self, key: str, *, announce: str | None = None) -> int:
         self._entries.pop(key, None)
+        return 0
 
     async def acquire_rate(
         self, key: str, now: float, interval: float, period: float
@@ -173,6 +180,8 @@ class RedisCache:
     def __init__(self, client: aioredis.Redis, prefix: str, timeout: float) -> None:
         self.client = client
         self.prefix = prefix
+        # Where `announce` publishes, what every worker's InvalidationChannel hears.
+        self.channel = prefix + CHANNEL
         self.timeout = timeout
         self._acquire = client.register_script(_ACQUIRE_RATE)
         self._set_unless = client.register_script(_SET_UNLESS)
@@ -199,18 +208,30 @@ class RedisCache:
         async with self._command("set_unless"):
             await self._set_unless(keys=[self.prefix + key], args=[value, _millis(ttl), unless])
 
-    async def set_many(self, keys: list[str], value: str, ttl: float) -> None:
+    async def set_many(
+        self, keys: list[str], value: str, ttl: float, *, announce: str | None = None
+    ) -> int:
         async with (
             self._command("set_many"),
             self.client.pipeline(transaction=False) as pipe,
         ):
             for key in keys:
                 pipe.set(self.prefix + key, value, px=_millis(ttl))
-            await pipe.execute()
+            if announce is not None:
+                pipe.publish(self.channel, announce)
+            replies = await pipe.execute()
+        return int(replies[-1]) if announce is not None else 0
 
-    async def delete(self, key: str) -> None:
-        async with self._command("delete"):
-            await self.client.delete(self.prefix + key)
+    async def delete(self, key: str, *, announce: str | None = None) -> int:
+        async with (
+            self._command("delete"),
+            self.client.pipeline(transaction=False) as pipe,
+        ):
+            pipe.delete(self.prefix + key)
+            if announce is not None:
+                pipe.publish(self.channel, announce)
+            replies = await pipe.execute()
+        return int(replies[-1]) if announce is not None else 0
 
     async def acquire_rate(
         self, key: str, now: float, interval: float, period: float
@@ -295,11 +316,20 @@ class InstrumentedCache:
     async def set_unless(self, key: str, value: str, ttl: float, *, unless: str) -> None:
         await self._counted("set", self.inner.set_unless(key, value, ttl, unless=unless))
 
-    async def set_many(self, keys: list[str], value: str, ttl: float) -> None:
-        await self._counted("set", self.inner.set_many(keys, value, ttl))
+    async def set_many(
+        self, keys: list[str], value: str, ttl: float, *, announce: str | None = None
+    ) -> int:
+        """Set every key; with `announce`, publish it to every worker in the same round trip
+        (service/backends/invalidations.py). How many workers listened."""
+        listeners: int = await self._counted(
+            "set", self.inner.set_many(keys, value, ttl, announce=announce)
+        )
+        return listeners
 
-    async def delete(self, key: str) -> None:
-        await self._counted("delete", self.inner.delete(key))
+    async def delete(self, key: str, *, announce: str | None = None) -> int:
+        """Delete a key; `announce` as in `set_many`."""
+        listeners: int = await self._counted("delete", self.inner.delete(key, announce=announce))
+        return listeners
 
     async def acquire_rate(
         self, key: str, now: float, interval: float, period: float
