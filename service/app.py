@@ -353,7 +353,11 @@ def _asgi_stack(quart: ASGIFramework, parts: Parts) -> ASGIFramework:
         # Probes answered before Quart, inside the record: they are requests too.
         lambda inner: ProbeEdge(inner, parts.health),
         # The signed-in read a worker has answered before, from its copy (with Redis).
-        (lambda inner: SignedInEdge(inner, local, parts.active_users, SESSION_COOKIE_NAME))
+        (
+            lambda inner: SignedInEdge(
+                inner, local, parts.active_users, SESSION_COOKIE_NAME, parts.metrics.cache_requests
+            )
+        )
         if (local := parts.local_sessions) is not None
         else None,
     ]

@@ -28,6 +28,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
 
+from aioprometheus.collectors import Counter
 from hypercorn.typing import ASGIFramework, ASGIReceiveCallable, ASGISendCallable, Scope
 from quart import Quart
 
@@ -135,12 +136,21 @@ class SignedInEdge:
     """`GET /api/auth/me` from this worker's copy, or on to Quart (which makes one)."""
 
     def __init__(
-        self, app: ASGIFramework, local: LocalSessions, active_users: ActiveUsers, cookie: str
+        self,
+        app: ASGIFramework,
+        local: LocalSessions,
+        active_users: ActiveUsers,
+        cookie: str,
+        requests: Counter,
     ) -> None:
         self.app = app
         self.local = local
         self.active_users = active_users
         self.cookie_prefix = cookie.encode() + b"="
+        # cache_requests_total{operation="copy"}: a hit answered here, a miss passed on.
+        self._hit = {"operation": "copy", "result": "hit"}
+        self._miss = {"operation": "copy", "result": "miss"}
+        self._requests = requests
 
     async def __call__(
         self, scope: Scope, receive: ASGIReceiveCallable, send: ASGISendCallable
@@ -155,6 +165,7 @@ class SignedInEdge:
             if cookie is not None:
                 copy = self.local.answer(cookie)
                 if copy is not None and not self.active_users.due(copy.user_id):
+                    self._requests.inc(self._hit)
                     bind_route(PATH)
                     bind_user(copy.user_id)
                     headers = [*_HEADERS, (b"content-length", b"%d" % len(copy.body))]
@@ -163,6 +174,7 @@ class SignedInEdge:
                         {"type": "http.response.body", "body": copy.body, "more_body": False}
                     )
                     return
+                self._requests.inc(self._miss)
                 scope[SCOPE_KEY] = (cookie, self.local.generation)  # type: ignore[literal-required]
         await self.app(scope, receive, send)
 

@@ -49,6 +49,8 @@ class InvalidationChannel:
         self, url: str, prefix: str, timeout: float, listener: Callable[[str | None], None]
     ) -> None:
         self.channel = (prefix + CHANNEL).encode()
+        # A client name has no spaces or control characters.
+        self.name = "".join(c if "!" <= c <= "~" else "_" for c in prefix + CHANNEL)
         self._url = url
         self._timeout = timeout
         self._listener = listener
@@ -186,7 +188,7 @@ class _Subscription(asyncio.Protocol):
         self._ready: asyncio.Future[None] = asyncio.get_running_loop().create_future()
         self._reader = hiredis.Reader(encoding="utf-8", errors="replace")
         self._transport: asyncio.Transport | None = None
-        self._authenticating = False
+        self._pending: list[str] = []  # AUTH and CLIENT SETNAME, answered in order
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         self._transport = transport  # type: ignore[assignment]
@@ -195,8 +197,11 @@ class _Subscription(asyncio.Protocol):
         assert self._transport is not None
         if password is not None:
             auth = ["AUTH", username, password] if username else ["AUTH", password]
-            self._authenticating = True
             self._send(*auth)
+            self._pending.append("AUTH")
+        # Named, for CLIENT LIST (and CLIENT KILL) by an operator: prefix, then what it is.
+        self._send("CLIENT", "SETNAME", self.owner.name)
+        self._pending.append("CLIENT")
         self._send("SUBSCRIBE", self.owner.channel.decode())
         await self._ready
 
@@ -227,15 +232,17 @@ class _Subscription(asyncio.Protocol):
             self.lost.set_result(None)
 
     def _reply(self, reply: Any) -> None:
+        command = self._pending.pop(0) if self._pending else None
+        if command == "CLIENT":
+            return  # the name is a courtesy: an ACL that forbids it does not stop the channel
         if isinstance(reply, hiredis.ReplyError):
             if not self._ready.done():
                 self._ready.set_exception(_Refused(str(reply).split(" ", 1)[0]))
             self.close()
             return
-        if self._authenticating:
-            self._authenticating = False  # +OK
+        if not isinstance(reply, list):  # +OK to AUTH
             return
-        if not isinstance(reply, list) or not reply:
+        if not reply:
             return
         kind = reply[0]
         if kind == "message" and len(reply) == 3:

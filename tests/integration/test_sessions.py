@@ -190,7 +190,12 @@ async def test_a_hung_redis_is_waited_for_once_a_request(postgres_url: str, tmp_
     waits its timeout, the rest of the request does not ask again (the hung server sees one
     connection, not one per command), and the read is answered from the database."""
     settings = make_settings(
-        "postgres", postgres_url, tmp_path, redis_socket_timeout=0.2, health_refresh_seconds=0
+        "postgres",
+        postgres_url,
+        tmp_path,
+        redis_socket_timeout=0.2,
+        health_refresh_seconds=0,
+        session_local_copies=False,  # its channel would connect to the hung server too
     )
     app = create_app(settings)
     async with app.test_app() as test_app:
@@ -237,8 +242,8 @@ async def test_a_signed_in_read_is_one_round_trip_to_redis(
 ) -> None:
     """The cached session and its user's cached profile come back in one command (a script that
     reads both), as Redis itself sees the requests (MONITOR); a profile missing from the cache
-    is not asked for a second time."""
-    settings = make_settings("postgres", postgres_url, tmp_path)
+    is not asked for a second time. With SESSION_LOCAL_COPIES off, every read is this one."""
+    settings = make_settings("postgres", postgres_url, tmp_path, session_local_copies=False)
     prefix = settings.cache_key_prefix
     app = create_app(settings)
     async with app.test_app() as test_app:

@@ -1,0 +1,155 @@
+"""A worker's copies of signed-in reads (service/auth/signed_in.py): which ones a message ends,
+which fills are refused, and which requests the edge leaves to Quart. The invalidation channel
+is a stand-in here (proven or not at the test's word); the integration tier runs the real one."""
+
+from __future__ import annotations
+
+import time
+from typing import Any, cast
+
+import pytest
+from aioprometheus.collectors import Counter, Registry
+
+from service.auth.active_users import ActiveUsers
+from service.auth.signed_in import PATH, SCOPE_KEY, Copy, LocalSessions, SignedInEdge
+from service.backends.invalidations import InvalidationChannel
+
+COOKIE = "scene_packer_session"
+
+
+class _Channel:
+    def __init__(self) -> None:
+        self.connected = True
+        self.proven = True
+
+    def trusted(self) -> bool:
+        return self.proven
+
+
+def _local() -> tuple[LocalSessions, _Channel]:
+    local = LocalSessions()
+    channel = _Channel()
+    local.channel = cast(InvalidationChannel, channel)
+    return local, channel
+
+
+def _copy(session_id: str = "s1", user_id: int = 1, seconds: float = 60) -> Copy:
+    return Copy(session_id, user_id, b'{"id":1}\n', time.time() + seconds)
+
+
+def _fill(local: LocalSessions, cookie: str, copy: Copy) -> None:
+    local.remember({SCOPE_KEY: (cookie, local.generation)}, cookie, copy)
+
+
+def test_a_message_ends_the_copies_it_names_and_no_other() -> None:
+    local, _ = _local()
+    _fill(local, "a", _copy("s1", 1))
+    _fill(local, "b", _copy("s2", 1))
+    _fill(local, "c", _copy("s3", 2))
+    local.heard("session s1 s9")
+    assert local.answer("a") is None and local.answer("b") is not None
+    local.heard("user 1")
+    assert local.answer("b") is None and local.answer("c") is not None
+    local.heard(None)  # the channel was lost
+    assert len(local) == 0
+    _fill(local, "d", _copy("s4", 3))
+    local.heard("something new")  # not understood: forget everything rather than guess
+    assert len(local) == 0
+
+
+def test_a_read_that_began_before_a_message_is_not_kept() -> None:
+    local, channel = _local()
+    began = {SCOPE_KEY: ("a", local.generation)}
+    local.heard("session other")  # arrived while the read was on its way
+    local.remember(began, "a", _copy())
+    assert local.answer("a") is None
+    # Nor one the edge did not see, nor one made while the channel is down.
+    local.remember({}, "a", _copy())
+    channel.connected = False
+    _fill(local, "a", _copy())
+    assert len(local) == 0
+
+
+def test_a_copy_is_used_only_while_proven_and_unexpired() -> None:
+    local, channel = _local()
+    _fill(local, "a", _copy())
+    _fill(local, "old", _copy("s2", 2, seconds=-1))
+    assert local.answer("a") is not None
+    channel.proven = False
+    assert local.answer("a") is None
+    channel.proven = True
+    assert local.answer("old") is None and len(local) == 1
+
+
+class _Users:
+    def due(self, user_id: int) -> bool:
+        return False
+
+
+class _Recorder:
+    def __init__(self) -> None:
+        self.passed_on: list[dict[str, Any]] = []
+        self.sent: list[dict[str, Any]] = []
+
+    async def app(self, scope: Any, receive: Any, send: Any) -> None:
+        self.passed_on.append(scope)
+
+    async def send(self, message: Any) -> None:
+        self.sent.append(message)
+
+
+async def _through_edge(headers: list[tuple[bytes, bytes]], **scope: Any) -> _Recorder:
+    local, _ = _local()
+    _fill(local, "tok.en-_1", _copy())
+    recorder = _Recorder()
+    edge = SignedInEdge(
+        recorder.app,  # type: ignore[arg-type]
+        local,
+        cast(ActiveUsers, _Users()),
+        COOKIE,
+        Counter("c", "c", registry=Registry()),
+    )
+    request = {"type": "http", "path": PATH, "method": "GET", "headers": headers, **scope}
+    await edge(request, None, recorder.send)  # type: ignore[arg-type]
+    return recorder
+
+
+async def test_the_edge_answers_a_plain_read_from_the_copy() -> None:
+    recorder = await _through_edge([(b"cookie", b"theme=dark; scene_packer_session=tok.en-_1")])
+    assert recorder.passed_on == []
+    assert recorder.sent[0]["status"] == 200
+    assert recorder.sent[1]["body"] == b'{"id":1}\n'
+
+
+@pytest.mark.parametrize(
+    ("headers", "scope"),
+    [
+        ([(b"cookie", b"scene_packer_session=unknown")], {}),
+        ([(b"cookie", b"scene_packer_session=tok.en-_1"), (b"cookie", b"a=b")], {}),
+        ([(b"cookie", b"scene_packer_session=tok.en-_1; scene_packer_session=x")], {}),
+        ([(b"cookie", b'scene_packer_session="tok.en-_1"')], {}),
+        ([(b"cookie", b"xscene_packer_session=tok.en-_1")], {}),
+        ([(b"cookie", b"scene_packer_session=tok.en-_1"), (b"content-length", b"3")], {}),
+        ([(b"cookie", b"scene_packer_session=tok.en-_1"), (b"transfer-encoding", b"chunked")], {}),
+        ([(b"cookie", b"scene_packer_session=tok.en-_1")], {"method": "HEAD"}),
+        ([(b"cookie", b"scene_packer_session=tok.en-_1")], {"path": PATH + "/"}),
+        ([(b"cookie", b"scene_packer_session=tok.en-_1")], {"root_path": "/app"}),
+    ],
+    ids=[
+        "no copy",
+        "two cookie headers",
+        "the cookie twice",
+        "quoted",
+        "another name",
+        "a body",
+        "a chunked body",
+        "HEAD",
+        "another path",
+        "mounted under a root path",
+    ],
+)
+async def test_the_edge_leaves_anything_else_to_quart(
+    headers: list[tuple[bytes, bytes]], scope: dict[str, Any]
+) -> None:
+    recorder = await _through_edge(headers, **scope)
+    assert recorder.sent == [] and len(recorder.passed_on) == 1
