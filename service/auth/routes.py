@@ -276,7 +276,7 @@ async def _end_replaced_session(sessions: SessionStore, token: str) -> None:
     """A login from a browser that had a session replaces it: the old one is ended, so sessions
     do not pile up. The login has succeeded whatever happens here."""
     try:
-        await sessions.end(token)
+        await sessions.end(token, tidying=True)
     except Exception:
         logger.warning("replaced_session_not_ended", exc_info=True)
 

@@ -157,18 +157,21 @@ class SessionStore:
         session = ActiveSession.from_row(row)
         return session.user_id if self._live(session, time.time()) else None
 
-    async def end(self, token: str) -> int | None:
+    async def end(self, token: str, *, tidying: bool = False) -> int | None:
         """End one session; the user it belonged to, or None if it did not exist.
 
         The cache is told first: if it cannot be, nothing is deleted and the caller answers
         503, so a retry does the whole revocation (a cached copy must not outlive the row).
         Workers keeping copies (service/auth/signed_in.py) are told in the same round trip; the
-        ending returns only when every one has heard it or stopped trusting its copies."""
+        ending returns only when every one has heard it or stopped trusting its copies, unless
+        `tidying` (a login replacing its browser's session: nobody asked for it to end, and the
+        login need not wait)."""
         session_id = stored_id(token)
         heard_by = await self._revoke_cached([session_id])
         async with self._database.transaction() as db:
             user_id = await delete_session(db, session_id)
-        await heard_by.wait()
+        if not tidying:
+            await heard_by.wait()
         return user_id
 
     async def end_all(self, user_id: int) -> int:

@@ -17,8 +17,8 @@ A copy is believed only while it provably cannot be stale:
 - a copy ends with its session (expiry, idle time, the next `last_seen_at` write), after
   SESSION_CACHE_SECONDS, and after PROFILE_CACHE_TTL.
 
-Anything else (no copy, a channel not proven, an active-user mark due, a body, an odd cookie
-header) goes on to Quart, which makes the copy.
+Anything else (no copy, a channel not proven, an active-user mark due, a body, the cookie named
+twice or quoted) goes on to Quart, which makes the copy.
 """
 
 from __future__ import annotations
@@ -179,25 +179,20 @@ class SignedInEdge:
         await self.app(scope, receive, send)
 
     def _cookie(self, headers: Any) -> str | None:
-        """The session cookie's value when the request is plain: one Cookie header naming it
-        once, in the characters a signed token has, and no body. Else None (Quart decides)."""
-        found: bytes | None = None
+        """The session cookie's value when the request is plain: the cookie named once in all
+        its Cookie headers (HTTP/2 sends one per cookie; werkzeug joins them), in the characters
+        a signed token has, and no body. Else None (Quart decides)."""
+        token: bytes | None = None
         for name, value in headers:
             if name == b"cookie":
-                if found is not None:
-                    return None
-                found = value
+                for part in value.split(b";"):
+                    part = part.strip()
+                    if part.startswith(self.cookie_prefix):
+                        if token is not None:
+                            return None
+                        token = part[len(self.cookie_prefix) :]
             elif (name == b"content-length" and value != b"0") or name == b"transfer-encoding":
                 return None
-        if found is None:
-            return None
-        token: bytes | None = None
-        for part in found.split(b";"):
-            part = part.strip()
-            if part.startswith(self.cookie_prefix):
-                if token is not None:
-                    return None
-                token = part[len(self.cookie_prefix) :]
         if not token or not _COOKIE_CHARACTERS.issuperset(token):
             return None
         return token.decode()
