@@ -4,9 +4,10 @@ from __future__ import annotations
 
 import asyncio
 import os
+from typing import Any
 
 import structlog
-from quart import Response, request
+from quart import request
 
 from service.app import create_app
 
@@ -46,8 +47,20 @@ async def background() -> str:
     return "started"
 
 
-@app.after_request
-async def worker_pid(response: Response) -> Response:
-    """Which worker answered: lets tests see that every worker was asked."""
-    response.headers["X-Worker-PID"] = str(os.getpid())
-    return response
+def _with_worker_pid(inner: Any) -> Any:
+    """Which worker answered, on every answer (those given before Quart too): lets tests see
+    that every worker was asked."""
+    pid = (b"x-worker-pid", str(os.getpid()).encode())
+
+    async def asgi(scope: Any, receive: Any, send: Any) -> None:
+        async def tagged(message: Any) -> None:
+            if message["type"] == "http.response.start":
+                message = {**message, "headers": [*message.get("headers", ()), pid]}
+            await send(message)
+
+        await inner(scope, receive, tagged)
+
+    return asgi
+
+
+app.asgi_app = _with_worker_pid(app.asgi_app)  # type: ignore[method-assign]

@@ -35,6 +35,9 @@ ME = "/api/auth/me"
 ROUNDS = 1000
 AT_ONCE = 20
 READS = 4  # at once, twice before the logout and once after it
+# A logged-out cookie is refused: 401 from the database, or 503 when even the check could not be
+# made in time (fail closed). Never 200.
+REFUSED = {401, 503}
 
 
 def _env(database_url: str, redis_url: str, prefix: str) -> dict[str, str]:
@@ -43,7 +46,10 @@ def _env(database_url: str, redis_url: str, prefix: str) -> dict[str, str]:
         "DATABASE_URL": database_url,
         "REDIS_URL": redis_url,
         "CACHE_KEY_PREFIX": prefix,
-        "REDIS_SOCKET_TIMEOUT": "0.5",
+        # Generous: a's Redis is reached through a proxy on the test's busy event loop. A
+        # request's session lookup has half of REQUEST_TIMEOUT, the Redis wait included.
+        "REDIS_SOCKET_TIMEOUT": "2",
+        "REQUEST_TIMEOUT": "8",
         "METRICS_SYNC_INTERVAL": "0.2",
         "TRUSTED_PROXIES": "127.0.0.1/32",
         "LOG_LEVEL": "WARNING",
@@ -166,7 +172,7 @@ async def test_no_logged_out_cookie_is_answered_by_any_worker_of_any_instance(
             await _warm(client, a, cookie)
             assert redis_of_a.hang() >= 2  # a subscription per worker, at least
             await _logout(client, b.base_url, cookie)
-            assert set(await _reads(client, a.base_url, cookie, 2 * READS)) == {401}
+            assert set(await _reads(client, a.base_url, cookie, 2 * READS)) <= REFUSED
 
             # 3. Back, then cut (connections reset, new ones refused).
             await redis_of_a.cut()
@@ -176,7 +182,7 @@ async def test_no_logged_out_cookie_is_answered_by_any_worker_of_any_instance(
             await _warm(client, a, cookie)
             await redis_of_a.cut()
             await _logout(client, b.base_url, cookie)
-            assert set(await _reads(client, a.base_url, cookie, 2 * READS)) == {401}
+            assert set(await _reads(client, a.base_url, cookie, 2 * READS)) <= REFUSED
         await sessions.engine.dispose()
     finally:
         await asyncio.to_thread(stack.close)
