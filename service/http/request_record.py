@@ -79,7 +79,7 @@ class RequestObserver:
         if scope["type"] != "http":
             await self.app(scope, receive, send)
             return
-        context = self._start(scope)
+        context, has_body = self._start(scope)
         is_poll = is_probe(scope["path"])
         track = self.settings.metrics_track_probes or not is_poll
         method = method_label(scope["method"])
@@ -92,6 +92,23 @@ class RequestObserver:
         started_at = time.perf_counter()
         if track:
             self.metrics.request_started(method)
+        # The time spent waiting for the client to send its body is the client's, not the
+        # service's: timed apart, and taken out of the request's duration in the metrics.
+        body_wait = 0.0
+        if has_body:
+            receiving = True
+            client_receive = receive
+
+            async def receive() -> Any:
+                nonlocal body_wait, receiving
+                if not receiving:
+                    return await client_receive()
+                asked = time.perf_counter()
+                message = await client_receive()
+                body_wait += time.perf_counter() - asked
+                if message["type"] != "http.request" or not message.get("more_body", False):
+                    receiving = False  # the body is in (or the client left): later waits are not
+                return message
 
         # A plain function handing back `send`'s awaitable: no coroutine of its own per message.
         def observed_send(message: Any) -> Awaitable[None]:
@@ -124,36 +141,49 @@ class RequestObserver:
                 await _send_fallback_500(observed_send)
         finally:
             elapsed = time.perf_counter() - started_at
+            body_wait = min(body_wait, elapsed)
             if track:
                 self.metrics.request_finished(
                     method,
                     context.route or UNMATCHED,
                     status,
-                    elapsed,
+                    elapsed - body_wait,
                     context.request_id,
                     context.trace_id,
                 )
+                if has_body:
+                    self.metrics.body_waited(context.route or UNMATCHED, body_wait)
             # Abandoned at a stop: the answer (or its end) was handed over but never taken.
             abandoned = self.lifecycle.abandoned
             delivered = not abandoned or asyncio.current_task() not in abandoned
             if self.settings.log_health_requests or not is_poll:
-                self._log_finished(context, status, elapsed, sent_bytes, delivered)
+                self._log_finished(
+                    context,
+                    status,
+                    elapsed,
+                    sent_bytes,
+                    delivered,
+                    body_wait if has_body else None,
+                )
 
-    def _start(self, scope: HTTPScope) -> RequestContext:
-        """The request's context, from the one pass over its headers this module makes."""
+    def _start(self, scope: HTTPScope) -> tuple[RequestContext, bool]:
+        """The request's context, and whether a body comes, from the one pass over its headers
+        this module makes."""
         incoming_id = traceparent = None
-        has_cookies = False
+        has_cookies = has_body = False
         for name, value in scope["headers"]:
             if name == _REQUEST_ID_HEADER:
                 incoming_id = value.decode("latin-1")
             elif name == b"cookie":
                 has_cookies = True
+            elif (name == b"content-length" and value != b"0") or name == b"transfer-encoding":
+                has_body = True
             elif name == _TRACEPARENT_HEADER:
                 # Sent twice, it is ambiguous: ignored like a malformed one.
                 traceparent = value.decode("latin-1") if traceparent is None else ""
         # Every log line carries the path unredacted (see logging.configure_logging): the client
         # chooses it, so credentials in it are masked here, once.
-        return start_request(
+        context = start_request(
             accept_request_id(incoming_id),
             scope["method"],
             redact_url(scope["path"]),
@@ -161,6 +191,7 @@ class RequestObserver:
             has_cookies=has_cookies,
             trace=accept_traceparent(traceparent),
         )
+        return context, has_body
 
     def _log_finished(
         self,
@@ -169,14 +200,18 @@ class RequestObserver:
         elapsed: float,
         sent_bytes: int,
         delivered: bool,
+        body_wait: float | None,
     ) -> None:
         # Whole microseconds: round(x, 3) formats the float as text internally.
         duration_ms = int(elapsed * 1_000_000) / 1000
+        # Only a request with a body has a wait for it: the other lines stay as they were.
+        waited = {} if body_wait is None else {"body_wait_ms": int(body_wait * 1_000_000) / 1000}
         if status < 400 and delivered:
             self.logger.info(
                 "request_finished",
                 status=status,
                 duration_ms=duration_ms,
+                **waited,
                 response_bytes=sent_bytes,
                 route=context.route,
                 user_id=context.user_id,
@@ -190,6 +225,7 @@ class RequestObserver:
             error_code=context.error_code,
             **({} if delivered else {"delivered": False}),
             duration_ms=duration_ms,
+            **waited,
             response_bytes=sent_bytes,
             route=context.route,
             user_id=context.user_id,

@@ -105,8 +105,12 @@ FAMILIES: tuple[MetricFamily, ...] = (
     MetricFamily("http_requests", "http_requests_total", "counter",
            "HTTP requests answered, by route template.", ("method", "endpoint", "status")),
     MetricFamily("http_duration", "http_request_duration_seconds", "histogram",
-           "Time from request start until the response body was fully sent.",
+           "The service's time on a request: from its start until the response body was fully "
+           "sent, less the time spent waiting for the client to send its body.",
            ("method", "endpoint"), buckets=HTTP_DURATION_BUCKETS),
+    MetricFamily("http_body_wait", "http_request_body_wait_seconds", "histogram",
+           "Time spent waiting for the client to send a request body (requests with one).",
+           ("endpoint",), buckets=HTTP_DURATION_BUCKETS),
     MetricFamily("http_in_progress", "http_requests_in_progress", "gauge",
            "HTTP requests being handled now.", ("method",), merge="sum"),
     MetricFamily("app_errors", "app_errors_total", "counter",

@@ -61,6 +61,7 @@ class Metrics:
 
     http_requests: Counter
     http_duration: Histogram
+    http_body_wait: Histogram
     http_in_progress: Gauge
     app_errors: Counter
     rate_limited: Counter
@@ -139,6 +140,10 @@ class Metrics:
         """A part's own values to read when a scrape comes (it sets its gauges itself), within
         SCRAPE_READ_SECONDS."""
         self._scrape_readers.append(reader)
+
+    def body_waited(self, endpoint: str, seconds: float) -> None:
+        """A request with a body waited this long for it in all (the client's part)."""
+        self.http_body_wait.observe({"endpoint": endpoint}, seconds)
 
     def request_started(self, method: str) -> None:
         self._in_progress.add((method,), 1)

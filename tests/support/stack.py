@@ -39,10 +39,18 @@ def process(command: list[str], ready_url: str, log: Path) -> Iterator[subproces
 
 
 def prometheus_config(
-    tmp_path: Path, target: str, alertmanager: str | None, *, shorten: bool
+    tmp_path: Path,
+    target: str,
+    alertmanager: str | None,
+    *,
+    shorten: bool,
+    blackbox: tuple[str, str] | None = None,
+    remote_write: str | None = None,
 ) -> Path:
     """monitoring/prometheus as shipped, scraping `target` every second. `shorten` rewrites the
-    rules' `for:` and range windows to seconds, so alerts fire and resolve within a test."""
+    rules' `for:` and range windows to seconds, so alerts fire and resolve within a test.
+    `blackbox` (the exporter's address, the base URL to probe) keeps the `blackbox` job;
+    `remote_write` adds that URL, as `monitoring/run --remote-write` does."""
     rules_dir = tmp_path / "rules"
     rules_dir.mkdir(exist_ok=True)
     for rule_file in (MONITORING / "prometheus" / "rules").glob("*.yml"):
@@ -66,6 +74,21 @@ def prometheus_config(
         config["alerting"]["alertmanagers"][0]["static_configs"] = [{"targets": [alertmanager]}]
         jobs["alertmanager"]["static_configs"] = [{"targets": [alertmanager]}]
         kept.append(jobs["alertmanager"])
+    if blackbox is not None:
+        exporter, base = blackbox
+        probes = jobs["blackbox"]
+        probes["scrape_interval"] = "1s"
+        for group in probes["static_configs"]:
+            group["targets"] = [
+                base + t.removeprefix("http://127.0.0.1:8000") for t in group["targets"]
+            ]
+        (address,) = [
+            r for r in probes["relabel_configs"] if r.get("target_label") == "__address__"
+        ]
+        address["replacement"] = exporter
+        kept.append(probes)
+    if remote_write is not None:
+        config["remote_write"] = [{"url": remote_write}]
     config["scrape_configs"] = kept
     path = tmp_path / "prometheus.yml"
     path.write_text(yaml.safe_dump(config))
@@ -87,6 +110,25 @@ def prometheus(tmp_path: Path, config: Path) -> Iterator[str]:
     ]
     url = f"http://127.0.0.1:{port}"
     with process(command, url + "/-/ready", tmp_path / "prometheus.log"):
+        yield url
+
+
+@contextmanager
+def victoria_metrics(tmp_path: Path) -> Iterator[str]:
+    """A single-node VictoriaMetrics (Debian's `victoria-metrics`): the long-term store that
+    Prometheus remote-writes to; its URL (`/api/v1/write` to write, the Prometheus query API)."""
+    port = free_port()
+    command = [
+        require("victoria-metrics"),
+        f"-storageDataPath={tmp_path / 'victoria-metrics'}",
+        f"-httpListenAddr=127.0.0.1:{port}",
+        # Samples visible as soon as written (30 s later by default), no cached answers: a test
+        # asks about the last seconds.
+        "-search.latencyOffset=0s",
+        "-search.disableCache",
+    ]
+    url = f"http://127.0.0.1:{port}"
+    with process(command, url + "/health", tmp_path / "victoria-metrics.log"):
         yield url
 
 

@@ -33,7 +33,7 @@ def _operator_check(objects: list[dict[str, Any]]) -> subprocess.CompletedProces
 
 def test_operator_objects_match_its_published_crd_schemas() -> None:
     operator_objects = [o for o in objects() if o["apiVersion"] == OPERATOR_API]
-    assert {o["kind"] for o in operator_objects} == {"ServiceMonitor", "PrometheusRule"}
+    assert {o["kind"] for o in operator_objects} == {"ServiceMonitor", "PrometheusRule", "Probe"}
     result = _operator_check(operator_objects)
     assert result.returncode == 0, result.stdout + result.stderr
     broken = one("ServiceMonitor")
@@ -60,3 +60,20 @@ def test_the_prometheus_rule_loads_in_promtool(tmp_path: Path) -> None:
         if "alert" in r
     }  # fmt: skip
     assert spec_names == names
+
+
+def test_the_probes_name_modules_the_shipped_exporter_configuration_has(tmp_path: Path) -> None:
+    exporter = require("prometheus-blackbox-exporter")
+    config = tmp_path / "blackbox.yml"
+    config.write_text(one("ConfigMap", "scene-packer-blackbox-modules")["data"]["blackbox.yml"])
+    check = subprocess.run(
+        [exporter, f"--config.file={config}", "--config.check"], capture_output=True, timeout=60
+    )
+    assert check.returncode == 0, check.stdout + check.stderr
+    modules = set(yaml.safe_load(config.read_text())["modules"])
+    probes = [o for o in objects() if o["kind"] == "Probe"]
+    assert {p["spec"]["module"] for p in probes} == modules
+    for probe in probes:  # the labels ProbeFailing reads
+        labels = probe["spec"]["targets"]["staticConfig"]["labels"]
+        assert labels["module"] == probe["spec"]["module"] and labels["probe_job"] == "scene-packer"
+        assert probe["spec"]["jobName"] == "blackbox"

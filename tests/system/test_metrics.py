@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import socket
 from pathlib import Path
+from typing import Any
 
 import httpx
 
@@ -12,7 +13,7 @@ from service.observability.metrics import Metrics
 from service.settings import load_settings
 from tests.support.client import Client, login, register
 from tests.support.metrics_helpers import parse, promtool_check, value
-from tests.support.server import running_server
+from tests.support.server import Server, raw_exchange, running_server
 from tests.support.waiting import wait_until
 
 
@@ -87,3 +88,45 @@ def test_a_client_that_goes_away_is_not_a_server_error(tmp_path: Path) -> None:
     assert (
         value(samples, "http_requests_total", method="POST", endpoint="/api/rum", status="499") == 5
     )
+
+
+def test_a_slow_upload_is_the_clients_time_not_the_services(tmp_path: Path) -> None:
+    """A client that takes 1.5 s to send its body: the wait is timed apart (the log line's
+    `body_wait_ms`, `http_request_body_wait_seconds`) and left out of
+    `http_request_duration_seconds`, which the latency alerts and the latency SLO read."""
+    body = b'{"username": 1, "password": "x"}'  # read, then refused: no password is hashed
+    head = (
+        b"POST /api/auth/login HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n"
+        b"Connection: close\r\nContent-Length: %d\r\n\r\n" % len(body)
+    )
+    with running_server(tmp_path, {"LOG_LEVEL": "INFO"}) as server:
+        answer = raw_exchange(server.base_url, head + body[:10], body[10:], pause=1.5)
+        assert answer.startswith(b"HTTP/1.1 400")
+        assert httpx.get(server.base_url + "/", timeout=30).status_code == 200
+        samples = parse(httpx.get(server.base_url + "/metrics", timeout=30).text)
+        wait_until(
+            lambda: len(_finished(server, "/api/auth/login") + _finished(server, "/")) == 2,
+            30,
+            "no request_finished lines for the upload and the plain request",
+        )
+        (line,) = _finished(server, "/api/auth/login")
+        (plain,) = _finished(server, "/")
+    endpoint = {"endpoint": "/api/auth/login"}
+    waited = value(samples, "http_request_body_wait_seconds_sum", **endpoint)
+    served = value(samples, "http_request_duration_seconds_sum", method="POST", **endpoint)
+    assert value(samples, "http_request_body_wait_seconds_count", **endpoint) == 1
+    assert waited >= 1.5 and line["body_wait_ms"] >= 1500  # the client's pause, at least
+    assert line["duration_ms"] >= line["body_wait_ms"]
+    # The service's part is the whole less the wait, in the metrics as in the line.
+    assert abs(served - (line["duration_ms"] - line["body_wait_ms"]) / 1000) < 0.002
+    assert abs(waited - line["body_wait_ms"] / 1000) < 0.002
+    # A request without a body has no wait, and its line no field for one.
+    assert "body_wait_ms" not in plain
+
+
+def _finished(server: Server, route: str) -> list[dict[str, Any]]:
+    return [
+        e
+        for e in server.events()
+        if e.get("event") == "request_finished" and e.get("route") == route
+    ]

@@ -12,7 +12,7 @@ import threading
 import time
 import uuid
 from collections.abc import Iterator
-from contextlib import contextmanager, suppress
+from contextlib import ExitStack, contextmanager, suppress
 from html import escape
 from pathlib import Path
 from typing import Any
@@ -31,15 +31,18 @@ from tests.support.grafana import (
     log_search,
     panels,
 )
+from tests.support.haproxy import running_haproxy
 from tests.support.server import PRODUCTION_ENV, Server, free_port, running_server
 from tests.support.stack import (
     MONITORING,
     ThreadedProxy,
     Webhook,
     alertmanager,
+    process,
     prometheus,
     prometheus_config,
     query,
+    victoria_metrics,
 )
 from tests.support.tools import require
 from tests.support.waiting import wait_until
@@ -47,6 +50,7 @@ from tests.support.waiting import wait_until
 PROMETHEUS_DIR = MONITORING / "prometheus"
 PICTURE_MINUTES = 4  # of traffic behind docs/dashboards.md's pictures
 ALERTMANAGER_CONFIG = MONITORING / "alertmanager" / "alertmanager.yml"
+RECORDING_RULES = PROMETHEUS_DIR / "rules" / "recording.yml"
 # A variable in a Grafana data link: `${name}` or `${name:format}`.
 
 
@@ -181,10 +185,18 @@ def _background_traffic(
 
 
 def test_every_dashboard_panel_returns_data(tmp_path: Path, postgres_url: str) -> None:
+    """Every panel's every query returns a number, from Prometheus and, beyond it, from the
+    long-term store it remote-writes to (VictoriaMetrics): the dashboard and the recording
+    rules' series read the same there."""
     env = _service_env(postgres_url, LOGIN_LIMIT_PER_USERNAME="3", REGISTER_LIMIT_PER_IP="1000")
-    with running_server(tmp_path, env, app="tests.support.apps:app") as server:
+    with (
+        running_server(tmp_path, env, app="tests.support.apps:app") as server,
+        victoria_metrics(tmp_path) as long_term,
+    ):
         target = server.base_url.removeprefix("http://")
-        config = prometheus_config(tmp_path, target, None, shorten=False)
+        config = prometheus_config(
+            tmp_path, target, None, shorten=False, remote_write=long_term + "/api/v1/write"
+        )
         with prometheus(tmp_path, config) as prom, httpx.Client(base_url=server.base_url) as client:
             credentials = {"username": "dashboard", "password": "long enough password"}
             client.post("/api/auth/register", json=credentials)
@@ -226,6 +238,28 @@ def test_every_dashboard_panel_returns_data(tmp_path: Path, postgres_url: str) -
                             90,
                             f"panel {panel['title']!r} returned no data for {expr}",
                         )
+                # The same queries of the long-term store, and every recording rule's series
+                # that Prometheus has by now.
+                recorded = [
+                    rule["record"]
+                    for group in yaml.safe_load(RECORDING_RULES.read_text())["groups"]
+                    for rule in group["rules"]
+                    if "record" in rule and query(prom, rule["record"])
+                ]
+                assert len(recorded) >= 10
+                for expr in [
+                    *recorded,
+                    *(
+                        pictures.grafana_query(t["expr"], "scene-packer")
+                        for panel in panels(dashboard)
+                        for t in panel["targets"]
+                    ),
+                ]:
+                    wait_until(
+                        lambda e=expr: any(r["value"][1] != "NaN" for r in query(long_term, e)),
+                        90,
+                        f"VictoriaMetrics returned no data for {expr}",
+                    )
                 if os.environ.get("UPDATE_DASHBOARD_PICTURES"):  # docs/dashboards.md's pictures
                     time.sleep(PICTURE_MINUTES * 60 - (time.monotonic() - started))
                 minutes = (time.monotonic() - started) / 60
@@ -422,6 +456,7 @@ def test_monitoring_run_on_ports_of_choice(tmp_path: Path, postgres_url: str) ->
     links each alert's runbook from that base; SIGTERM stops both."""
     prometheus_address = f"127.0.0.1:{free_port()}"
     alertmanager_address = f"127.0.0.1:{free_port()}"
+    blackbox_address = f"127.0.0.1:{free_port()}"
     with running_server(tmp_path, _service_env(postgres_url)) as server:
         service_address = server.base_url.removeprefix("http://")
         run = subprocess.Popen(
@@ -429,6 +464,7 @@ def test_monitoring_run_on_ports_of_choice(tmp_path: Path, postgres_url: str) ->
                 str(MONITORING / "run"),
                 "--prometheus", prometheus_address,
                 "--alertmanager", alertmanager_address,
+                "--blackbox", blackbox_address,
                 "--runbook-base", RUNBOOK_BASE,
                 service_address,
             ],
@@ -444,11 +480,15 @@ def test_monitoring_run_on_ports_of_choice(tmp_path: Path, postgres_url: str) ->
                 with suppress(httpx.TransportError, ValueError):
                     found = query(url, "up == 1")
                     return {s["metric"]["job"] for s in found} == {
-                        "scene-packer", "prometheus", "alertmanager"
+                        "scene-packer", "prometheus", "alertmanager", "blackbox"
                     }  # fmt: skip
                 return False
 
             wait_until(all_up, 60, "Prometheus does not see the service, itself and Alertmanager")
+            # The user's view, probed (the service itself here: no --probe given).
+            wait_until(
+                lambda: _probes_succeeding(url) == PROBE_MODULES, 60, "the probes do not succeed"
+            )
             wait_until(
                 lambda: bool(query(url, "prometheus_notifications_alertmanagers_discovered == 1")),
                 60,
@@ -480,10 +520,57 @@ def test_monitoring_run_on_ports_of_choice(tmp_path: Path, postgres_url: str) ->
         finally:
             run.send_signal(signal.SIGTERM)
             run.wait(timeout=30)
-    # SIGTERM stopped both (monitoring/run waits for them before it exits).
-    for address in (prometheus_address, alertmanager_address):
+    # SIGTERM stopped them all (monitoring/run waits for them before it exits).
+    for address in (prometheus_address, alertmanager_address, blackbox_address):
         with pytest.raises(httpx.ConnectError):
             httpx.get(f"http://{address}/-/ready", timeout=5)
+
+
+PROBE_MODULES = {"scene_packer_ready", "scene_packer_sign_in_check"}
+
+
+def _probes_succeeding(prometheus_url: str) -> set[str]:
+    with suppress(httpx.TransportError, ValueError):
+        return {s["metric"]["module"] for s in query(prometheus_url, "probe_success == 1")}
+    return set()
+
+
+def test_the_users_view_is_probed_through_the_load_balancer(
+    tmp_path: Path, postgres_url: str
+) -> None:
+    """The blackbox exporter (monitoring/blackbox/blackbox.yml) probes the service through the
+    HAProxy of deploy/haproxy, as prometheus.yml's `blackbox` job says: both probes succeed.
+    With HAProxy stopped and the service itself fine (no cause alert to explain it), users
+    cannot reach it: ProbeFailing fires for the service's job, once per probe."""
+    require("haproxy")
+    exporter = require("prometheus-blackbox-exporter")
+    with running_server(tmp_path, _service_env(postgres_url)) as server, ExitStack() as stack:
+        address = server.base_url.removeprefix("http://")
+        balancer = stack.enter_context(running_haproxy(tmp_path, {"a": address, "b": address}))
+        wait_until(lambda: balancer.status("a") == "UP", 60, "HAProxy never sent to the service")
+        blackbox = f"127.0.0.1:{free_port()}"
+        config_file = MONITORING / "blackbox" / "blackbox.yml"
+        command = [exporter, f"--config.file={config_file}", f"--web.listen-address={blackbox}"]
+        stack.enter_context(process(command, f"http://{blackbox}/-/healthy", tmp_path / "bb.log"))
+        config = prometheus_config(
+            tmp_path, address, None, shorten=True, blackbox=(blackbox, balancer.url)
+        )
+        prom = stack.enter_context(prometheus(tmp_path, config))
+        wait_until(lambda: _probes_succeeding(prom) == PROBE_MODULES, 60, "the probes fail")
+        assert not query(prom, 'ALERTS{alertname="ProbeFailing"}')
+
+        balancer.close()
+
+        def failing() -> set[tuple[str, str]]:
+            found = query(prom, 'ALERTS{alertname="ProbeFailing", alertstate="firing"}')
+            return {(a["metric"]["job"], a["metric"]["module"]) for a in found}
+
+        wait_until(
+            lambda: failing() == {("scene-packer", m) for m in PROBE_MODULES},
+            90,
+            "ProbeFailing did not fire for both probes",
+        )
+        assert query(prom, 'up{job="scene-packer"} == 1')  # the service itself was fine
 
 
 def test_prometheus_stores_the_exemplars_it_scrapes(tmp_path: Path, postgres_url: str) -> None:

@@ -2,9 +2,9 @@
 // operator's published CRD schemas (compiled by @kubernetes-models/prometheus-operator, pinned in
 // package.json). Prints one line per invalid object and exits 1 if any; used by
 // tests/test_kubernetes.py.
-import { PodMonitor, PrometheusRule, ServiceMonitor } from "@kubernetes-models/prometheus-operator/monitoring.coreos.com/v1";
+import { PodMonitor, Probe, PrometheusRule, ServiceMonitor } from "@kubernetes-models/prometheus-operator/monitoring.coreos.com/v1";
 
-const kinds = { PodMonitor, PrometheusRule, ServiceMonitor };
+const kinds = { PodMonitor, Probe, PrometheusRule, ServiceMonitor };
 let input = "";
 for await (const chunk of process.stdin) input += chunk;
 let failed = 0;
