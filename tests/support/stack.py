@@ -217,6 +217,18 @@ class ThreadedProxy:
     def cut(self) -> None:
         asyncio.run_coroutine_threadsafe(self.proxy.cut(), self.loop).result(10)
 
+    def hang(self) -> None:
+        async def hang() -> None:
+            self.proxy.hang()
+
+        asyncio.run_coroutine_threadsafe(hang(), self.loop).result(10)
+
+    def restore(self) -> None:
+        """Open again after a cut or a hang: the hung connections are reset, new ones pass."""
+        self.cut()
+        self.proxy.hung = False
+        self.start()
+
     def close(self) -> None:
         self.cut()
         self.loop.call_soon_threadsafe(self.loop.stop)
