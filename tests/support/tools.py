@@ -40,6 +40,11 @@ TOOLS = {
     "node": Tool(("node", "nodejs"), "nodejs"),
     "npm": Tool(("npm",), "npm"),
     "curl": Tool(("curl",), "curl"),
+    "prometheus-blackbox-exporter": Tool(
+        ("prometheus-blackbox-exporter", "blackbox_exporter"), "prometheus-blackbox-exporter"
+    ),
+    "victoria-metrics": Tool(("victoria-metrics",), "victoria-metrics"),
+    "psql": Tool(("psql",), "postgresql-client"),
 }
 
 

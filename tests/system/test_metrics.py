@@ -13,7 +13,7 @@ from service.observability.metrics import Metrics
 from service.settings import load_settings
 from tests.support.client import Client, login, register
 from tests.support.metrics_helpers import parse, promtool_check, value
-from tests.support.server import Server, raw_exchange, running_server
+from tests.support.server import PRODUCTION_ENV, Server, raw_exchange, running_server
 from tests.support.waiting import wait_until
 
 
@@ -99,7 +99,7 @@ def test_a_slow_upload_is_the_clients_time_not_the_services(tmp_path: Path) -> N
         b"POST /api/auth/login HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n"
         b"Connection: close\r\nContent-Length: %d\r\n\r\n" % len(body)
     )
-    with running_server(tmp_path, {"LOG_LEVEL": "INFO"}) as server:
+    with running_server(tmp_path, {**PRODUCTION_ENV, "LOG_LEVEL": "INFO"}) as server:
         answer = raw_exchange(server.base_url, head + body[:10], body[10:], pause=1.5)
         assert answer.startswith(b"HTTP/1.1 400")
         assert httpx.get(server.base_url + "/", timeout=30).status_code == 200

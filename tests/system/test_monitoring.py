@@ -547,7 +547,12 @@ def test_the_users_view_is_probed_through_the_load_balancer(
     with running_server(tmp_path, _service_env(postgres_url)) as server, ExitStack() as stack:
         address = server.base_url.removeprefix("http://")
         balancer = stack.enter_context(running_haproxy(tmp_path, {"a": address, "b": address}))
-        wait_until(lambda: balancer.status("a") == "UP", 60, "HAProxy never sent to the service")
+        def sending() -> bool:
+            with suppress(OSError):  # its stats socket is not there yet
+                return balancer.status("a") == "UP"
+            return False
+
+        wait_until(sending, 60, "HAProxy never sent to the service")
         blackbox = f"127.0.0.1:{free_port()}"
         config_file = MONITORING / "blackbox" / "blackbox.yml"
         command = [exporter, f"--config.file={config_file}", f"--web.listen-address={blackbox}"]
