@@ -219,7 +219,7 @@ def run_drill(drill: Drill, stack: Stack, inbox: Inbox) -> Result:
             result.problem = f"no {drill.expect} within {stack.page_within:g} s of the fault's end"
         resolved = _wait_for(inbox, mark, stack, drill.expect, "resolved", stack.resolve_within)
         if resolved is not None:
-            result.seconds_to_resolve = round(resolved - ended, 1)
+            result.seconds_to_resolve = round(max(0.0, resolved - ended), 1)
     # The symptoms' windows still hold the outage: nothing may page while they pass.
     recovered = inbox.mark()
     time.sleep(stack.quiet_after)

@@ -56,7 +56,8 @@ def prometheus_config(
     for rule_file in (MONITORING / "prometheus" / "rules").glob("*.yml"):
         text = rule_file.read_text()
         if shorten:
-            text = re.sub(r"for: \d+[smhd]", "for: 1s", text)
+            text = re.sub(r"(?<!_)for: \d+[smhd]", "for: 1s", text)
+            text = re.sub(r"keep_firing_for: \d+[smhd]", "keep_firing_for: 10s", text)
             text = re.sub(r"\[\d+[smhd]\]", "[10s]", text)
         (rules_dir / rule_file.name).write_text(text)
     config = yaml.safe_load((MONITORING / "prometheus" / "prometheus.yml").read_text())

@@ -15,9 +15,10 @@ import shlex
 import subprocess
 import sys
 import threading
+import time
 import tomllib
 import uuid
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import ExitStack, contextmanager, suppress
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
@@ -29,6 +30,7 @@ from sqlalchemy.engine import make_url
 from service.auth.sessions import SESSION_COOKIE_NAME
 from tests.support import ROOT
 from tests.support.backends import REDIS_URL
+from tests.support.client import PASSWORD
 from tests.support.faults import small_disk
 from tests.support.server import PRODUCTION_ENV, free_port, running_server
 from tests.support.stack import ThreadedProxy, alertmanager, prometheus, prometheus_config
@@ -70,13 +72,17 @@ def _load(base_url: str) -> Iterator[None]:
 
     def loop() -> None:
         with httpx.Client(base_url=base_url, timeout=30) as client:
-            account = {"username": f"load-{uuid.uuid4().hex[:8]}", "password": "long enough pw"}
-            client.post("/api/auth/register", json=account)
-            login = client.post("/api/auth/login", json=account)
+            account = {"username": f"load-{uuid.uuid4().hex[:8]}", "password": PASSWORD}
+            # A busy machine's first requests may meet a timeout: asked again until answered.
+            _until_answered(lambda: client.post("/api/auth/register", json=account), 201)
+            login = _until_answered(lambda: client.post("/api/auth/login", json=account), 200)
             ended = f"{SESSION_COOKIE_NAME}={login.cookies[SESSION_COOKIE_NAME]}"
-            client.post("/api/auth/logout-all", headers={"Cookie": ended})
+            _until_answered(
+                lambda: client.post("/api/auth/logout-all", headers={"Cookie": ended}), 200
+            )
             client.cookies.clear()
-            client.post("/api/auth/login", json=account)
+            _until_answered(lambda: client.post("/api/auth/login", json=account), 200)
+            started.release()
             for _ in itertools.count():
                 if stop.is_set():
                     return
@@ -91,15 +97,28 @@ def _load(base_url: str) -> Iterator[None]:
                         request()
                 stop.wait(0.1)
 
+    started = threading.Semaphore(0)
     threads = [threading.Thread(target=loop, daemon=True) for _ in range(2)]
     for thread in threads:
         thread.start()
+    for _ in threads:
+        assert started.acquire(timeout=120), "the load never signed in"
     try:
         yield
     finally:
         stop.set()
         for thread in threads:
             thread.join(30)
+
+
+def _until_answered(request: Callable[[], httpx.Response], status: int) -> httpx.Response:
+    for _ in range(30):
+        with suppress(httpx.TransportError):
+            answer = request()
+            if answer.status_code == status:
+                return answer
+        time.sleep(1)
+    raise AssertionError(f"never answered {status}")
 
 
 def _plan(

@@ -547,6 +547,7 @@ def test_the_users_view_is_probed_through_the_load_balancer(
     with running_server(tmp_path, _service_env(postgres_url)) as server, ExitStack() as stack:
         address = server.base_url.removeprefix("http://")
         balancer = stack.enter_context(running_haproxy(tmp_path, {"a": address, "b": address}))
+
         def sending() -> bool:
             with suppress(OSError):  # its stats socket is not there yet
                 return balancer.status("a") == "UP"
