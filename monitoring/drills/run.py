@@ -51,6 +51,7 @@ QUIET_ALERTS = {"Watchdog"}
 @dataclass
 class Stack:
     alertmanager: str
+    prometheus: str | None  # when given, its firing alerts count too before a drill starts
     paging_receivers: list[str]
     page_within: float  # seconds a drill waits for its page
     resolve_within: float  # and for its resolution
@@ -179,11 +180,19 @@ class Fault:
 
 
 def firing_now(stack: Stack) -> list[str]:
-    """Alerts Alertmanager holds as active (not silenced or inhibited), but the Watchdog."""
+    """Alerts Alertmanager holds as active (not silenced or inhibited) and, when the plan names
+    Prometheus, alerts firing there that may not have reached Alertmanager yet; but the
+    Watchdog."""
     url = stack.alertmanager.rstrip("/") + "/api/v2/alerts?silenced=false&inhibited=false"
     with urllib.request.urlopen(url, timeout=10) as answer:
         alerts = json.load(answer)
     names = {a["labels"].get("alertname", "") for a in alerts if a["status"]["state"] == "active"}
+    if stack.prometheus:
+        with urllib.request.urlopen(
+            stack.prometheus.rstrip("/") + "/api/v1/alerts", timeout=10
+        ) as answer:
+            rules = json.load(answer)["data"]["alerts"]
+        names |= {a["labels"].get("alertname", "") for a in rules if a["state"] == "firing"}
     return sorted(names - QUIET_ALERTS)
 
 
@@ -273,6 +282,7 @@ def load_plan(path: Path) -> tuple[Stack, list[Drill]]:
     given = plan["stack"]
     stack = Stack(
         alertmanager=given["alertmanager"],
+        prometheus=given.get("prometheus"),
         paging_receivers=list(given.get("paging_receivers", ["pager"])),
         page_within=float(given.get("page_within", 600)),
         resolve_within=float(given.get("resolve_within", 600)),

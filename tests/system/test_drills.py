@@ -228,8 +228,9 @@ def test_every_drill_pages_once_for_its_cause_and_never_after(
             tmp_path, server.base_url.removeprefix("http://"), manager.removeprefix("http://"),
             shorten=True,
         )  # fmt: skip
-        stack.enter_context(prometheus(tmp_path, config))
+        prometheus_url = stack.enter_context(prometheus(tmp_path, config))
         plan = _plan(controls, server.process.pid, data_dir, manager, tmp_path / "alertmanager.yml")
+        plan["stack"]["prometheus"] = prometheus_url
         plan["stack"]["environment"] |= {
             "DRILL_SERVICE": server.base_url,
             "DRILL_DATABASE": database.set(drivername="postgresql").render_as_string(
