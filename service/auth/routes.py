@@ -20,6 +20,7 @@ from service.auth.passwords import Passwords, needs_rehash
 from service.auth.rate_limits import login_limits, refused_by, register_limits, submitted_username
 from service.auth.sessions import (
     PROFILE_KEY_PREFIX,
+    SESSION_CACHE_SECONDS,
     SESSION_COOKIE_NAME,
     SessionStore,
     SessionUser,
@@ -257,7 +258,8 @@ def create_blueprint(
                 session.id,
                 session.user_id,
                 body,
-                sessions.copy_until(session, time.time(), ttl),
+                valid_until=sessions.copy_until(session),
+                fresh_until=time.monotonic() + min(SESSION_CACHE_SECONDS, ttl),
             )
             local.remember(request.scope, request.cookies[SESSION_COOKIE_NAME], copy)
         return Response(body, content_type="application/json")

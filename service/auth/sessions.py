@@ -168,30 +168,34 @@ class SessionStore:
         login need not wait)."""
         session_id = stored_id(token)
         heard_by = await self._revoke_cached([session_id])
-        async with self._database.transaction() as db:
-            user_id = await delete_session(db, session_id)
-        if not tidying:
-            await heard_by.wait()
-        return user_id
+        try:
+            async with self._database.transaction() as db:
+                return await delete_session(db, session_id)
+        finally:  # a failed delete too: the session stays refused (tombstone) from the answer on
+            if not tidying:
+                await heard_by.wait()
 
     async def end_all(self, user_id: int) -> int:
         """End every session of a user, cache first as in `end`; how many there were."""
         async with self._database.transaction() as db:
             known = await select_user_session_ids(db, user_id)
         heard_by = await self._revoke_cached(known)
-        async with self._database.transaction() as db:
-            ended = await delete_user_sessions(db, user_id)
-        # Sessions made by a login meanwhile: their rows are gone; bury them too.
-        later = await self._revoke_cached(sorted(set(ended) - set(known)))
-        await heard_by.wait()
-        await later.wait()
+        try:
+            async with self._database.transaction() as db:
+                ended = await delete_user_sessions(db, user_id)
+            # Sessions made by a login meanwhile: their rows are gone; bury them too.
+            later = await self._revoke_cached(sorted(set(ended) - set(known)))
+            await later.wait()
+        finally:
+            await heard_by.wait()
         return len(ended)
 
-    def copy_until(self, session: ActiveSession, now: float, profile_ttl: float) -> float:
+    def copy_until(self, session: ActiveSession) -> float:
         """Until when a worker may answer from its own copy of this session's read (epoch
-        seconds): not past its expiry, its idle limit or its next `last_seen_at` write, nor
-        past how long the shared cache keeps a session or a profile."""
-        until = min(session.expires_at, now + SESSION_CACHE_SECONDS, now + profile_ttl)
+        seconds): not past its expiry, its idle limit or its next `last_seen_at` write. (How
+        long any copy may be kept, SESSION_CACHE_SECONDS and PROFILE_CACHE_TTL, is counted on
+        the monotonic clock by the caller.)"""
+        until = session.expires_at
         if self.idle is not None:
             until = min(until, session.last_seen_at + self.idle)
         if self.touch_interval is not None:

@@ -13,7 +13,9 @@ A copy is believed only while it provably cannot be stale:
   ending answers only `TRUST_SECONDS` later, so the next request anywhere cannot meet a copy;
 - a copy is used only while the channel's last answered PING (sent less than `TRUST_SECONDS`
   ago) proves every earlier message applied; a lost or hung channel forgets every copy;
-- a copy made from reads that began before a message arrived is not kept (`generation`);
+- a copy made from reads that began before its session's ending, its user's change, or a loss
+  or (re)subscription of the channel arrived is not kept (`generation`); nor one under a cookie
+  spelt other than its signature's one form;
 - a copy ends with its session (expiry, idle time, the next `last_seen_at` write), after
   SESSION_CACHE_SECONDS, and after PROFILE_CACHE_TTL.
 
@@ -23,6 +25,8 @@ twice or quoted) goes on to Quart, which makes the copy.
 
 from __future__ import annotations
 
+import base64
+import binascii
 import time
 from collections.abc import Mapping
 from dataclasses import dataclass
@@ -41,10 +45,14 @@ PATH = "/api/auth/me"
 # What the edge saw of a request it passed on: the cookie and the generation before any read.
 SCOPE_KEY = "scene_packer.signed_in"
 MAX_COPIES = 10_000
+# Endings and changes remembered by generation, for fills in flight; past this many, the fills
+# in flight are refused instead (as after a loss).
+MAX_HEARD = 100_000
+# A signed token is about 130 characters; anything much longer is not one of ours.
+MAX_COOKIE_LENGTH = 512
 _HEADERS = [(b"content-type", b"application/json"), (b"cache-control", b"no-store")]
-_COOKIE_CHARACTERS = frozenset(
-    b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789-_.="
-)
+# URL-safe base64 without padding, in parts joined by dots (itsdangerous' signed tokens).
+_COOKIE_CHARACTERS = frozenset(b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789-_.")
 
 
 @dataclass(frozen=True, slots=True)
@@ -52,7 +60,8 @@ class Copy:
     session_id: str
     user_id: int
     body: bytes
-    valid_until: float  # seconds since the epoch
+    valid_until: float  # seconds since the epoch: the session's own limits
+    fresh_until: float  # time.monotonic(): how long a copy may be kept at all
 
 
 class LocalSessions:
@@ -60,11 +69,15 @@ class LocalSessions:
 
     def __init__(self) -> None:
         self.channel: InvalidationChannel | None = None  # set by `init_signed_in`
-        # Bumped by every message and every loss: a copy whose reads began under an older
-        # generation may predate an ending, and is not kept.
+        # Bumped by every message and every loss. A fill whose reads began (at the edge) under
+        # an older generation is refused if its session ended, its user changed, or the channel
+        # was lost or (re)subscribed since.
         self.generation = 0
+        self._lost_at = 0
+        self._ended: dict[str, int] = {}  # session id -> generation that ended it
+        self._changed: dict[int, int] = {}  # user id -> generation that changed it
         self._copies: dict[str, Copy] = {}  # by cookie value
-        self._by_session: dict[str, str] = {}
+        self._by_session: dict[str, set[str]] = {}
         self._by_user: dict[int, set[str]] = {}
 
     def __len__(self) -> int:
@@ -75,7 +88,7 @@ class LocalSessions:
         copy = self._copies.get(cookie)
         if copy is None:
             return None
-        if time.time() >= copy.valid_until:
+        if time.monotonic() >= copy.fresh_until or time.time() >= copy.valid_until:
             self._drop(cookie)
             return None
         if self.channel is None or not self.channel.trusted():
@@ -83,39 +96,57 @@ class LocalSessions:
         return copy
 
     def remember(self, scope: Mapping[str, object], cookie: str, copy: Copy) -> None:
-        """Keep `copy` for `cookie`, unless a message arrived since this request's reads
-        began (or the edge did not see the request, or the channel is down)."""
+        """Keep `copy` for `cookie`, unless its session ended, its user changed or the channel
+        was lost since this request's reads began (or the edge did not see the request, or the
+        channel is down, or the cookie is not in the one form its signature has)."""
         seen = scope.get(SCOPE_KEY)
-        if seen is None or seen != (cookie, self.generation):
+        if not (isinstance(seen, tuple) and seen[0] == cookie):
             return
-        if self.channel is None or not self.channel.connected:
+        began: int = seen[1]
+        if (
+            self._lost_at > began
+            or self._ended.get(copy.session_id, -1) > began
+            or self._changed.get(copy.user_id, -1) > began
+        ):
+            return
+        if self.channel is None or not self.channel.connected or not _canonical(cookie):
             return
         if len(self._copies) >= MAX_COPIES and cookie not in self._copies:
-            self.forget_all()  # a flood of sessions: start again rather than scan
+            self._forget_copies()  # a flood of sessions: start again rather than scan
         self._drop(cookie)
         self._copies[cookie] = copy
-        self._by_session[copy.session_id] = cookie
+        self._by_session.setdefault(copy.session_id, set()).add(cookie)
         self._by_user.setdefault(copy.user_id, set()).add(cookie)
 
     def heard(self, message: str | None) -> None:
         """A message from the channel (`session <id> …`, `user <id>`), or None: the channel
-        was lost, anything may have been missed."""
+        was lost or has just (re)subscribed, anything may have been missed."""
         self.generation += 1
         kind, _, rest = (message or "").partition(" ")
         if kind == "session":
             for session_id in rest.split():
-                cookie = self._by_session.get(session_id)
-                if cookie is not None:
+                self._ended[session_id] = self.generation
+                for cookie in list(self._by_session.get(session_id, ())):
                     self._drop(cookie)
         elif kind == "user":
             for user_id in rest.split():
                 if user_id.isdigit():
+                    self._changed[int(user_id)] = self.generation
                     for cookie in list(self._by_user.get(int(user_id), ())):
                         self._drop(cookie)
         else:
             self.forget_all()
+        if len(self._ended) + len(self._changed) > MAX_HEARD:
+            self.forget_all()
 
     def forget_all(self) -> None:
+        """No copy, and no fill in flight, is believed."""
+        self._lost_at = self.generation
+        self._ended.clear()
+        self._changed.clear()
+        self._forget_copies()
+
+    def _forget_copies(self) -> None:
         self._copies.clear()
         self._by_session.clear()
         self._by_user.clear()
@@ -124,12 +155,30 @@ class LocalSessions:
         copy = self._copies.pop(cookie, None)
         if copy is None:
             return
-        self._by_session.pop(copy.session_id, None)
-        cookies = self._by_user.get(copy.user_id)
-        if cookies is not None:
-            cookies.discard(cookie)
-            if not cookies:
-                del self._by_user[copy.user_id]
+        _unlink(self._by_session, copy.session_id, cookie)
+        _unlink(self._by_user, copy.user_id, cookie)
+
+
+def _unlink(index: dict[Any, set[str]], key: object, cookie: str) -> None:
+    cookies = index.get(key)
+    if cookies is not None:
+        cookies.discard(cookie)
+        if not cookies:
+            del index[key]
+
+
+def _canonical(cookie: str) -> bool:
+    """Whether each dot-separated part is URL-safe base64 exactly as it encodes back: a
+    signature admits other spellings (unused low bits of its last character), and a copy
+    kept under one of those would outlive the ending that drops the copy of another."""
+    for part in cookie.split("."):
+        try:
+            decoded = base64.urlsafe_b64decode(part + "=" * (-len(part) % 4))
+        except (ValueError, binascii.Error):
+            return False
+        if base64.urlsafe_b64encode(decoded).rstrip(b"=").decode() != part:
+            return False
+    return True
 
 
 class SignedInEdge:
@@ -185,6 +234,8 @@ class SignedInEdge:
         token: bytes | None = None
         for name, value in headers:
             if name == b"cookie":
+                if b'"' in value:  # a quoted value may hide `;` from werkzeug, not from here
+                    return None
                 for part in value.split(b";"):
                     part = part.strip()
                     if part.startswith(self.cookie_prefix):
@@ -193,7 +244,7 @@ class SignedInEdge:
                         token = part[len(self.cookie_prefix) :]
             elif (name == b"content-length" and value != b"0") or name == b"transfer-encoding":
                 return None
-        if not token or not _COOKIE_CHARACTERS.issuperset(token):
+        if not token or len(token) > MAX_COOKIE_LENGTH or not _COOKIE_CHARACTERS.issuperset(token):
             return None
         return token.decode()
 

@@ -108,6 +108,7 @@ class InvalidationChannel:
             try:
                 await self._ping_while_used(protocol)
             finally:
+                protocol.current = False
                 self._protocol = None
                 self._forget()
                 protocol.close()
@@ -132,6 +133,7 @@ class InvalidationChannel:
         try:
             await protocol.subscribe(options.get("username"), options.get("password"))
         except BaseException:
+            protocol.current = False
             protocol.close()
             raise
         return protocol
@@ -184,6 +186,7 @@ class _Subscription(asyncio.Protocol):
     def __init__(self, channel: InvalidationChannel) -> None:
         self.owner = channel
         self.subscribed = False
+        self.current = True  # until the channel gives this connection up
         self.lost: asyncio.Future[None] = asyncio.get_running_loop().create_future()
         self._ready: asyncio.Future[None] = asyncio.get_running_loop().create_future()
         self._reader = hiredis.Reader(encoding="utf-8", errors="replace")
@@ -232,6 +235,8 @@ class _Subscription(asyncio.Protocol):
             self.lost.set_result(None)
 
     def _reply(self, reply: Any) -> None:
+        if not self.current:
+            return  # a connection given up: its late bytes prove nothing
         command = self._pending.pop(0) if self._pending else None
         if command == "CLIENT":
             return  # the name is a courtesy: an ACL that forbids it does not stop the channel
@@ -251,6 +256,9 @@ class _Subscription(asyncio.Protocol):
             self.owner._pong()
         elif kind == "subscribe":
             self.subscribed = True
+            # Whatever was published before this moment was not heard: reads that began
+            # before it make no copy (a worker starting, or back after a loss).
+            self.owner._listener(None)
             if not self._ready.done():
                 self._ready.set_result(None)
 

@@ -33,8 +33,15 @@ from tests.support.backends import REDIS_URL
 from tests.support.client import PASSWORD
 from tests.support.faults import small_disk
 from tests.support.server import PRODUCTION_ENV, free_port, running_server
-from tests.support.stack import ThreadedProxy, alertmanager, prometheus, prometheus_config
+from tests.support.stack import (
+    ThreadedProxy,
+    alertmanager,
+    prometheus,
+    prometheus_config,
+    query,
+)
 from tests.support.tools import require
+from tests.support.waiting import wait_until
 
 DRILLS = ROOT / "monitoring" / "drills"
 # Shortened as the rules are (tests/support/stack.py: `for:` 1 s, windows 10 s): a page within
@@ -231,6 +238,14 @@ def test_every_drill_pages_once_for_its_cause_and_never_after(
         prometheus_url = stack.enter_context(prometheus(tmp_path, config))
         plan = _plan(controls, server.process.pid, data_dir, manager, tmp_path / "alertmanager.yml")
         plan["stack"]["prometheus"] = prometheus_url
+        # With `for:` shortened to 1 s, Prometheus' first evaluation, before its first scrape of
+        # Alertmanager, may fire AlertmanagerDown (absent), which then keeps firing 10 s: past
+        # that, the drill tool sees whatever still fires and waits for it.
+        wait_until(
+            lambda: query(prometheus_url, 'count_over_time(up{job="alertmanager"}[15s]) >= 12'),
+            60,
+            "Prometheus never scraped Alertmanager for 12 s",
+        )
         plan["stack"]["environment"] |= {
             "DRILL_SERVICE": server.base_url,
             "DRILL_DATABASE": database.set(drivername="postgresql").render_as_string(
