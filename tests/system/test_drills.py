@@ -206,6 +206,9 @@ def test_every_drill_pages_once_for_its_cause_and_never_after(
             proxy.start()
             stack.callback(proxy.close)
         controls = Controls(proxies)
+        stack.callback(
+            controls.server.server_close
+        )  # after the shutdown below (last in, first out)
         stack.callback(controls.server.shutdown)
         data_dir = stack.enter_context(small_disk(tmp_path / "data", "64m"))
         env = {
