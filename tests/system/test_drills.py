@@ -45,8 +45,8 @@ from tests.support.waiting import wait_until
 
 DRILLS = ROOT / "monitoring" / "drills"
 # Shortened as the rules are (tests/support/stack.py: `for:` 1 s, windows 10 s): a page within
-# a minute, and 15 s of quiet after the resolution (the symptoms' windows, 10 s here).
-TIMING = {"page_within": 60, "resolve_within": 60, "quiet_after": 15, "settle_within": 90}
+# a minute, and 12 s of quiet after the resolution (the symptoms' windows, 10 s here).
+TIMING = {"page_within": 60, "resolve_within": 60, "quiet_after": 12, "settle_within": 90}
 
 
 class Controls:
@@ -139,7 +139,7 @@ def _plan(
         "cache cut": {"start": controls.command("cache", "cut")},
         "cache hung": {"start": controls.command("cache", "hang")},
         "table locked": {"during": shipped_during(shipped, "table locked")},
-        "slow clients": {"during": shipped_during(shipped, "slow clients"), "hold": 15},
+        "slow clients": {"during": shipped_during(shipped, "slow clients"), "hold": 12},
         "workers killed": {
             "during": f"while :; do pkill -KILL -n -P {supervisor}; sleep 2; done",
         },

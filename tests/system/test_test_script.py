@@ -23,6 +23,9 @@ TOOLS = {
     "npm": "nodejs npm",
     "haproxy": "haproxy",
     "curl": "curl",
+    "prometheus-blackbox-exporter": "prometheus-blackbox-exporter",
+    "victoria-metrics": "victoria-metrics",
+    "psql": "postgresql-client",
 }
 SBIN = ("/usr/local/sbin", "/usr/sbin", "/sbin")
 
