@@ -160,6 +160,11 @@ class Fault:
                 ["sh", "-c", self.drill.during], env=self.environment, start_new_session=True
             )
 
+    def check(self) -> None:
+        """A `during` command that has exited is not causing its fault any more."""
+        if self._during is not None and self._during.poll() is not None:
+            raise RuntimeError(f"`{self.drill.during}` exited {self._during.returncode}")
+
     def end(self) -> None:
         if self._during is not None:
             if self._during.poll() is None:
@@ -213,6 +218,7 @@ def run_drill(drill: Drill, stack: Stack, inbox: Inbox) -> Result:
             time.sleep(drill.hold)
         elif _wait_for(inbox, mark, stack, drill.expect, "firing", stack.page_within) is None:
             result.problem = f"no {drill.expect} within {stack.page_within:g} s"
+        fault.check()
     except RuntimeError as error:
         result.problem = str(error)
     finally:
@@ -229,6 +235,8 @@ def run_drill(drill: Drill, stack: Stack, inbox: Inbox) -> Result:
         resolved = _wait_for(inbox, mark, stack, drill.expect, "resolved", stack.resolve_within)
         if resolved is not None:
             result.seconds_to_resolve = round(max(0.0, resolved - ended), 1)
+        elif result.problem is None:
+            result.problem = f"not resolved within {stack.resolve_within:g} s of the fault's end"
     # The symptoms' windows still hold the outage: nothing may page while they pass.
     recovered = inbox.mark()
     time.sleep(stack.quiet_after)
