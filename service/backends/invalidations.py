@@ -91,7 +91,7 @@ class InvalidationChannel:
         while True:
             try:
                 protocol = await asyncio.wait_for(self._connect(), self._timeout)
-            except (OSError, TimeoutError, _Refused) as error:
+            except Exception as error:  # any failure to subscribe: no copy is believed, retry
                 if lost_since is None:
                     lost_since = time.monotonic()
                     logger.warning("invalidations_unavailable", error=_describe(error))
