@@ -186,7 +186,7 @@ class Fault:
 
 def firing_now(stack: Stack) -> list[str]:
     """Alerts Alertmanager holds as active (not silenced or inhibited) and, when the plan names
-    Prometheus, alerts firing there that may not have reached Alertmanager yet; but the
+    Prometheus, alerts firing or pending there (not delivered yet, or about to fire); but the
     Watchdog."""
     url = stack.alertmanager.rstrip("/") + "/api/v2/alerts?silenced=false&inhibited=false"
     with urllib.request.urlopen(url, timeout=10) as answer:
@@ -197,7 +197,8 @@ def firing_now(stack: Stack) -> list[str]:
             stack.prometheus.rstrip("/") + "/api/v1/alerts", timeout=10
         ) as answer:
             rules = json.load(answer)["data"]["alerts"]
-        names |= {a["labels"].get("alertname", "") for a in rules if a["state"] == "firing"}
+        # Pending too: an alert about to fire would page in the middle of the next drill.
+        names |= {a["labels"].get("alertname", "") for a in rules if a["state"] != "inactive"}
     return sorted(names - QUIET_ALERTS)
 
 

@@ -9,6 +9,7 @@ import subprocess
 import threading
 from collections.abc import Iterator
 from contextlib import contextmanager
+from functools import partial
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from typing import Any
@@ -44,19 +45,22 @@ def prometheus_config(
     alertmanager: str | None,
     *,
     shorten: bool,
+    for_scale: float | None = None,
     blackbox: tuple[str, str] | None = None,
     remote_write: str | None = None,
 ) -> Path:
     """monitoring/prometheus as shipped, scraping `target` every second. `shorten` rewrites the
     rules' `for:` and range windows to seconds, so alerts fire and resolve within a test.
     `blackbox` (the exporter's address, the base URL to probe) keeps the `blackbox` job;
-    `remote_write` adds that URL, as `monitoring/run --remote-write` does."""
+    `remote_write` adds that URL, as `monitoring/run --remote-write` does. `for_scale` (with
+    `shorten`) scales each `for:` instead of setting it to 1 s, so that alerts fire in the order
+    they do in production (DatabaseDown's minute before DatabaseSlow's two)."""
     rules_dir = tmp_path / "rules"
     rules_dir.mkdir(exist_ok=True)
     for rule_file in (MONITORING / "prometheus" / "rules").glob("*.yml"):
         text = rule_file.read_text()
         if shorten:
-            text = re.sub(r"(?<!_)for: \d+[smhd]", "for: 1s", text)
+            text = re.sub(r"(?<!_)for: (\d+)([smhd])", partial(_for, for_scale), text)
             text = re.sub(r"keep_firing_for: \d+[smhd]", "keep_firing_for: 10s", text)
             text = re.sub(r"\[\d+[smhd]\]", "[10s]", text)
         (rules_dir / rule_file.name).write_text(text)
@@ -94,6 +98,16 @@ def prometheus_config(
     path = tmp_path / "prometheus.yml"
     path.write_text(yaml.safe_dump(config))
     return path
+
+
+_SECONDS = {"s": 1, "m": 60, "h": 3600, "d": 86400}
+
+
+def _for(scale: float | None, match: re.Match[str]) -> str:
+    if scale is None:
+        return "for: 1s"
+    seconds = int(match.group(1)) * _SECONDS[match.group(2)] * scale
+    return f"for: {max(1, round(seconds))}s"
 
 
 @contextmanager

@@ -1,8 +1,7 @@
-"""The drills of monitoring/drills/staging.toml on the service's own processes and machine (slow
-clients, killed workers, a filling disk) and on the alerting path (Alertmanager stopped), run by
+"""The drills of monitoring/drills/staging.toml on the service's own processes and machine
+(killed workers, a filling disk) and on the alerting path (Alertmanager stopped), run by
 monitoring/drills/run.py against a real stack (tests/support/drills.py): for each, one page of
-the expected cause (none for slow clients) with its runbook link, resolved, and nothing paging
-after recovery."""
+the expected cause with its runbook link, resolved, and nothing paging after recovery."""
 
 from __future__ import annotations
 

@@ -91,7 +91,7 @@ def test_a_client_that_goes_away_is_not_a_server_error(tmp_path: Path) -> None:
 
 
 def test_a_slow_upload_is_the_clients_time_not_the_services(tmp_path: Path) -> None:
-    """A client that takes 1.5 s to send its body: the wait is timed apart (the log line's
+    """A client that takes 2 s to send its body: the wait is timed apart (the log line's
     `body_wait_ms`, `http_request_body_wait_seconds`) and left out of
     `http_request_duration_seconds`, which the latency alerts and the latency SLO read."""
     body = b'{"username": 1, "password": "x"}'  # read, then refused: no password is hashed
@@ -100,7 +100,7 @@ def test_a_slow_upload_is_the_clients_time_not_the_services(tmp_path: Path) -> N
         b"Connection: close\r\nContent-Length: %d\r\n\r\n" % len(body)
     )
     with running_server(tmp_path, {**PRODUCTION_ENV, "LOG_LEVEL": "INFO"}) as server:
-        answer = raw_exchange(server.base_url, head + body[:10], body[10:], pause=1.5)
+        answer = raw_exchange(server.base_url, head + body[:10], body[10:], pause=2)
         assert answer.startswith(b"HTTP/1.1 400")
         assert httpx.get(server.base_url + "/", timeout=30).status_code == 200
         samples = parse(httpx.get(server.base_url + "/metrics", timeout=30).text)
@@ -115,7 +115,8 @@ def test_a_slow_upload_is_the_clients_time_not_the_services(tmp_path: Path) -> N
     waited = value(samples, "http_request_body_wait_seconds_sum", **endpoint)
     served = value(samples, "http_request_duration_seconds_sum", method="POST", **endpoint)
     assert value(samples, "http_request_body_wait_seconds_count", **endpoint) == 1
-    assert waited >= 1.5 and line["body_wait_ms"] >= 1500  # the client's pause, at least
+    # The client's 2 s pause, less the moments the server took to ask for the rest.
+    assert waited >= 1 and line["body_wait_ms"] >= 1000
     assert line["duration_ms"] >= line["body_wait_ms"]
     # The service's part is the whole less the wait, in the metrics as in the line.
     assert abs(served - (line["duration_ms"] - line["body_wait_ms"]) / 1000) < 0.002
