@@ -137,7 +137,11 @@ class LocalSessions:
         else:
             self.forget_all()
         if len(self._ended) + len(self._changed) > MAX_HEARD:
-            self.forget_all()
+            # The copies are current (each message dropped its own); only the fills in flight
+            # can no longer be checked one by one: they are refused, as after a loss.
+            self._lost_at = self.generation
+            self._ended.clear()
+            self._changed.clear()
 
     def forget_all(self) -> None:
         """No copy, and no fill in flight, is believed."""

@@ -201,3 +201,16 @@ async def test_the_edge_leaves_anything_else_to_quart(
 ) -> None:
     recorder = await _through_edge(headers, **scope)
     assert recorder.sent == [] and len(recorder.passed_on) == 1
+
+
+def test_past_its_memory_of_endings_it_refuses_fills_in_flight_and_keeps_its_copies(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    monkeypatch.setattr("service.auth.signed_in.MAX_HEARD", 3)
+    local, _ = _local()
+    _fill(local, "YQ", _copy("s1", 1))
+    in_flight = {SCOPE_KEY: ("Yg", local.generation)}
+    for n in range(4):  # endings of other sessions, past what it remembers one by one
+        local.heard(f"session other{n}")
+    local.remember(in_flight, "Yg", _copy("s2", 2))
+    assert local.answer("YQ") is not None and local.answer("Yg") is None
