@@ -150,25 +150,21 @@ class InvalidationChannel:
                 continue
             sent_at = self._ping_sent_at = time.monotonic()
             protocol.ping()
-            done, _ = await asyncio.wait([protocol.lost], timeout=PING_EVERY_SECONDS)
-            if done:
-                return
-            # Unanswered for REDIS_SOCKET_TIMEOUT: a hung path; closed, so the copies go.
-            while self._ping_sent_at == sent_at:
-                if time.monotonic() - sent_at > self._timeout:
-                    logger.warning("invalidations_hung", seconds=self._timeout)
-                    return
+            while True:
                 done, _ = await asyncio.wait([protocol.lost], timeout=PING_EVERY_SECONDS)
                 if done:
+                    return
+                if self._ping_sent_at != sent_at:
+                    break  # answered: the next one
+                # Unanswered for REDIS_SOCKET_TIMEOUT: a hung path; closed, so the copies go.
+                if time.monotonic() - sent_at > self._timeout:
+                    logger.warning("invalidations_hung", seconds=self._timeout)
                     return
 
     def _pong(self) -> None:
         if self._ping_sent_at is not None:
             self._trusted_until = self._ping_sent_at + TRUST_SECONDS
             self._ping_sent_at = None
-
-    def _message(self, text: str) -> None:
-        self._listener(text)
 
     def _forget(self) -> None:
         self._trusted_until = 0.0
@@ -251,7 +247,7 @@ class _Subscription(asyncio.Protocol):
             return
         kind = reply[0]
         if kind == "message" and len(reply) == 3:
-            self.owner._message(reply[2])
+            self.owner._listener(reply[2])
         elif kind == "pong":
             self.owner._pong()
         elif kind == "subscribe":
